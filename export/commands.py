@@ -1,0 +1,60 @@
+"""CLI commands of the exporter: `mbedge export` and `mbedge parity`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modernbert_edge.errors import UserError
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def export_cmd(
+    checkpoint: Annotated[
+        str, typer.Argument(help="Hugging Face checkpoint folder (or Hub id, when reachable).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
+    task: Annotated[
+        str | None,
+        typer.Option(
+            help="feature-extraction, fill-mask, text-classification, token-classification, "
+            "question-answering; default: from config.architectures."
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
+    validate: Annotated[bool, typer.Option(help="Check the graph against PyTorch after export.")] = True,
+) -> None:
+    """Build a fused-op ONNX graph from a ModernBERT checkpoint, checked against PyTorch."""
+    try:
+        from modernbert_edge.export.exporter import export
+    except ImportError as e:
+        raise UserError(
+            f"exporting needs the export extra ({e.name} is missing): pip install 'modernbert-edge[export]'."
+        )
+    manifest = export(checkpoint, out_dir, task=task, overwrite=overwrite, validate=validate, log=_log)
+    typer.echo(f"{manifest['task']}: {out_dir / manifest['model_file']}")
+
+
+def parity_cmd(
+    checkpoint: Annotated[
+        str, typer.Argument(help="The Hugging Face checkpoint folder the model came from.")
+    ],
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export.")],
+    atol: Annotated[float | None, typer.Option(help="Tolerance; default: the task's (1e-4).")] = None,
+) -> None:
+    """Compare an exported model folder with its PyTorch checkpoint on several batches."""
+    from modernbert_edge.export.exporter import resolve_checkpoint
+    from modernbert_edge.export.validate import reference_available, validate_export
+
+    from modernbert_edge.manifest import read_manifest
+
+    if not reference_available():
+        raise UserError("mbedge parity needs torch and transformers: pip install 'modernbert-edge[dev]'.")
+    manifest = read_manifest(model_dir)
+    result = validate_export(resolve_checkpoint(checkpoint), model_dir, manifest["task"], log=_log, atol=atol)
+    typer.echo(f"max abs diff {result['max_abs_diff']:.3e} <= {result['atol']:.0e}: {result['status']}")

@@ -1,0 +1,208 @@
+"""ModernBERT's config.json, read into one frozen, validated dataclass.
+
+Real checkpoints carry two formats: the original flat one (`global_rope_theta`,
+`local_rope_theta`, `global_attn_every_n_layers`, `rope_scaling`) and the newer one of
+transformers 5 (`layer_types`, `rope_parameters`). Both are read here, and every value the graph
+builder does not support stops the export with a sentence that names the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modernbert_edge.errors import UserError
+
+GLOBAL, LOCAL = "full_attention", "sliding_attention"
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_pytorch_tanh", "gelu_new", "silu", "swish", "relu")
+SUPPORTED_ROPE_TYPES = ("default", "linear")
+
+
+@dataclass(frozen=True)
+class ModernBertConfig:
+    """The fields of a ModernBERT config.json that the graph depends on (names as in the file)."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    hidden_activation: str = "gelu"  # GeGLU's activation
+    max_position_embeddings: int = 8192  # rotary caches are built this long
+    norm_eps: float = 1e-5
+    norm_bias: bool = False  # LayerNorms carry a bias
+    attention_bias: bool = False  # Wqkv and attention Wo carry biases
+    mlp_bias: bool = False  # Wi and mlp Wo carry biases
+    local_attention: int = 128  # total window of local layers: |i - j| <= local_attention // 2
+    layer_types: tuple[str, ...] = ()  # one of GLOBAL / LOCAL per layer
+    global_rope_theta: float = 160_000.0
+    local_rope_theta: float = 10_000.0
+    global_rope_factor: float = 1.0  # "linear" rope scaling divides positions by this
+    local_rope_factor: float = 1.0
+    classifier_pooling: str = "cls"  # "cls" or "mean" for sequence classification
+    classifier_activation: str = "gelu"  # prediction head's activation
+    classifier_bias: bool = False  # prediction head's dense bias
+    decoder_bias: bool = True  # fill-mask decoder bias
+    tie_word_embeddings: bool = True
+    num_labels: int = 2
+    id2label: dict[int, str] = field(default_factory=dict)
+    problem_type: str | None = None
+    architectures: tuple[str, ...] = ()
+    pad_token_id: int | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def window(self) -> int:
+        """Half window: a local-layer query attends to keys with |i - j| <= window."""
+        return self.local_attention // 2
+
+    def rope(self, layer_type: str) -> tuple[float, float]:
+        """(theta, linear scaling factor) for a layer type."""
+        if layer_type == GLOBAL:
+            return self.global_rope_theta, self.global_rope_factor
+        return self.local_rope_theta, self.local_rope_factor
+
+
+def _fail(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what}")
+
+
+def _rope_entry(path: Path, params: dict | None, name: str, default_theta: float) -> tuple[float, float]:
+    """(theta, factor) from one rope_parameters / rope_scaling entry."""
+    params = dict(params or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise _fail(
+            path,
+            f"{name}.rope_type = {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)}).",
+        )
+    theta = float(params.get("rope_theta", default_theta))
+    factor = float(params.get("factor", 1.0)) if rope_type == "linear" else 1.0
+    if theta <= 0 or factor <= 0:
+        raise _fail(path, f"{name} has a non-positive rope_theta or factor ({theta}, {factor}).")
+    return theta, factor
+
+
+def parse_config(raw: dict, path: Path = Path("config.json")) -> ModernBertConfig:
+    """Validate a config dict (either format) and return the dataclass."""
+    if raw.get("model_type") != "modernbert":
+        raise _fail(
+            path,
+            f"model_type is {raw.get('model_type')!r}, not 'modernbert': this is not a ModernBERT config.",
+        )
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if not isinstance(raw.get(key), int) or raw[key] <= 0:
+            raise _fail(path, f"{key} must be a positive integer, got {raw.get(key)!r}.")
+    hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if hidden % heads:
+        raise _fail(path, f"hidden_size {hidden} is not divisible by num_attention_heads {heads}.")
+    head_dim = raw.get("head_dim")
+    if head_dim not in (None, hidden // heads):
+        raise _fail(
+            path, f"head_dim = {head_dim} differs from hidden_size / num_attention_heads = {hidden // heads}."
+        )
+    if (hidden // heads) % 2:
+        raise _fail(path, f"head dimension {hidden // heads} is odd; rotary embeddings need an even one.")
+
+    layers = raw["num_hidden_layers"]
+    layer_types = raw.get("layer_types")
+    if layer_types is None:
+        every = raw.get("global_attn_every_n_layers", 3)
+        if not isinstance(every, int) or every <= 0:
+            raise _fail(path, f"global_attn_every_n_layers must be a positive integer, got {every!r}.")
+        layer_types = [LOCAL if i % every else GLOBAL for i in range(layers)]
+    layer_types = tuple(layer_types)
+    if len(layer_types) != layers:
+        raise _fail(path, f"layer_types has {len(layer_types)} entries for {layers} layers.")
+    for i, t in enumerate(layer_types):
+        if t not in (GLOBAL, LOCAL):
+            raise _fail(path, f"layer_types[{i}] = {t!r} is not supported (use {GLOBAL!r} or {LOCAL!r}).")
+
+    # Newer configs: rope_parameters = {"full_attention": {...}, "sliding_attention": {...}}.
+    # Older configs: global_rope_theta / local_rope_theta, plus an optional rope_scaling for both.
+    rope_params = raw.get("rope_parameters")
+    if rope_params is not None and not isinstance(rope_params, dict):
+        raise _fail(path, f"rope_parameters must be an object, got {rope_params!r}.")
+    if rope_params and (GLOBAL in rope_params or LOCAL in rope_params):
+        g = _rope_entry(path, rope_params.get(GLOBAL), f"rope_parameters.{GLOBAL}", 160_000.0)
+        l = _rope_entry(path, rope_params.get(LOCAL), f"rope_parameters.{LOCAL}", 10_000.0)
+    else:
+        scaling = raw.get("rope_scaling") or rope_params or {}
+        g = _rope_entry(
+            path, {**scaling, "rope_theta": raw.get("global_rope_theta", 160_000.0)}, "rope_scaling", 0
+        )
+        l = _rope_entry(
+            path, {**scaling, "rope_theta": raw.get("local_rope_theta", 10_000.0)}, "rope_scaling", 0
+        )
+
+    for key in ("hidden_activation", "classifier_activation"):
+        act = raw.get(key, "gelu")
+        if act not in SUPPORTED_ACTIVATIONS:
+            raise _fail(
+                path, f"{key} = {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})."
+            )
+    pooling = raw.get("classifier_pooling", "cls")
+    if pooling not in ("cls", "mean"):
+        raise _fail(path, f"classifier_pooling = {pooling!r} is not supported (use 'cls' or 'mean').")
+    local_attention = raw.get("local_attention", 128)
+    if not isinstance(local_attention, int) or local_attention < 2:
+        raise _fail(path, f"local_attention must be an integer >= 2, got {local_attention!r}.")
+    for key in (
+        "norm_bias",
+        "attention_bias",
+        "mlp_bias",
+        "classifier_bias",
+        "decoder_bias",
+        "tie_word_embeddings",
+    ):
+        if key in raw and not isinstance(raw[key], bool):
+            raise _fail(path, f"{key} must be true or false, got {raw[key]!r}.")
+
+    id2label = {int(k): str(v) for k, v in (raw.get("id2label") or {}).items()}
+    num_labels = raw.get("num_labels", len(id2label) or 2)
+    return ModernBertConfig(
+        vocab_size=raw["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=raw["intermediate_size"],
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        hidden_activation=raw.get("hidden_activation", "gelu"),
+        max_position_embeddings=int(raw.get("max_position_embeddings", 8192)),
+        norm_eps=float(raw.get("norm_eps", 1e-5)),
+        norm_bias=raw.get("norm_bias", False),
+        attention_bias=raw.get("attention_bias", False),
+        mlp_bias=raw.get("mlp_bias", False),
+        local_attention=local_attention,
+        layer_types=layer_types,
+        global_rope_theta=g[0],
+        global_rope_factor=g[1],
+        local_rope_theta=l[0],
+        local_rope_factor=l[1],
+        classifier_pooling=pooling,
+        classifier_activation=raw.get("classifier_activation", "gelu"),
+        classifier_bias=raw.get("classifier_bias", False),
+        decoder_bias=raw.get("decoder_bias", True),
+        tie_word_embeddings=raw.get("tie_word_embeddings", True),
+        num_labels=int(num_labels),
+        id2label=id2label,
+        problem_type=raw.get("problem_type"),
+        architectures=tuple(raw.get("architectures") or ()),
+        pad_token_id=raw.get("pad_token_id"),
+    )
+
+
+def read_config(path: Path) -> tuple[ModernBertConfig, dict]:
+    """Read and validate config.json; returns the dataclass and the raw dict (copied verbatim on export)."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: a checkpoint folder needs a config.json.")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} could not be read as JSON ({e}).") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} does not hold a JSON object.")
+    return parse_config(raw, path), raw

@@ -1,0 +1,167 @@
+"""`mbedge export`: checkpoint folder -> model folder (model.onnx, config, tokenizer, manifest).
+
+The folder is written to a temporary sibling and renamed into place only when everything,
+validation included, has succeeded: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from modernbert_edge.export.builder import OPSET
+from modernbert_edge.export.checkpoint import load_weights
+from modernbert_edge.export.config import read_config
+from modernbert_edge.export.tasks import build_graph, choose_task
+
+from modernbert_edge.errors import UserError
+from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
+
+FUSED_OPS = ("MultiHeadAttention", "RotaryEmbedding", "SkipLayerNormalization", "Gelu", "LayerNormalization")
+EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("modernbert-edge", "onnx", "onnxruntime", "numpy", "tokenizers", "torch", "transformers"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def resolve_checkpoint(checkpoint: str) -> Path:
+    """A local folder, or a Hub id downloaded with huggingface_hub when it is installed and reachable."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{checkpoint} is a file; pass the checkpoint folder that holds config.json.")
+    looks_like_hub_id = checkpoint.count("/") == 1 and not checkpoint.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise UserError(f"checkpoint folder {checkpoint} does not exist.")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(
+            f"{checkpoint} is not a local folder, and huggingface_hub is not installed to fetch it."
+        ) from None
+    try:
+        patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+        return Path(snapshot_download(checkpoint, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001 - any Hub failure is the user's to fix (network, name, auth)
+        raise UserError(
+            f"{checkpoint} is not a local folder and could not be fetched from the Hub ({e})."
+        ) from None
+
+
+def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    counts = Counter(n.op_type for n in model.graph.node)
+    return {op: counts[op] for op in FUSED_OPS if counts[op]}
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """model.onnx, with its weights in model.onnx.data when the file would pass protobuf's 2 GB."""
+    if model.ByteSize() > EXTERNAL_DATA_ABOVE:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+
+
+def write_atomically(out_dir: Path, overwrite: bool, fill) -> None:  # noqa: ANN001
+    """Call fill(tmp_dir), then move tmp_dir to out_dir (replacing it only when overwrite)."""
+    out_dir = out_dir.expanduser().absolute()
+    if out_dir.exists() and not overwrite:
+        raise UserError(f"{out_dir} already exists; pass --overwrite to replace it.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        fill(tmp)
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time())}")
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def export(
+    checkpoint: str,
+    out_dir: str | Path,
+    task: str | None = None,
+    overwrite: bool = False,
+    validate: bool = True,
+    log=print,  # noqa: ANN001
+) -> dict:
+    """Export a ModernBERT checkpoint folder to an ONNX model folder; returns the manifest."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:  # fail before the (possibly long) build
+        raise UserError(f"{out_dir} already exists; pass --overwrite to replace it.")
+    src = resolve_checkpoint(checkpoint)
+    cfg, raw_config = read_config(src / "config.json")
+    chosen = choose_task(cfg, task)
+    t0 = time.perf_counter()
+    weights = load_weights(src)
+    model, unused = build_graph(cfg, weights, chosen)
+    build_s = time.perf_counter() - t0
+    log(
+        f"built {chosen.name} graph: {len(model.graph.node)} nodes, {cfg.num_hidden_layers} layers ({build_s:.1f} s)"
+    )
+
+    manifest = {
+        "format": FORMAT,
+        "task": chosen.name,
+        "model_file": MODEL_FILE,
+        "precision": "fp32",
+        "opset": OPSET,
+        "inputs": ["input_ids", "attention_mask"],
+        "outputs": [name for name, _ in chosen.outputs],
+        "fused_ops": fused_op_counts(model),
+        "source": {
+            "checkpoint": checkpoint if not Path(checkpoint).exists() else str(src.absolute()),
+            "architectures": list(cfg.architectures),
+            "ignored_tensors": unused,
+        },
+        "config": {
+            "hidden_size": cfg.hidden_size,
+            "num_hidden_layers": cfg.num_hidden_layers,
+            "num_attention_heads": cfg.num_attention_heads,
+            "vocab_size": cfg.vocab_size,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "local_attention": cfg.local_attention,
+            "layer_types": list(cfg.layer_types),
+        },
+        "tokenizer_files": [f for f in TOKENIZER_FILES if (src / f).is_file()],
+        "versions": package_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "validation": None,
+    }
+
+    def fill(tmp: Path) -> None:
+        save_model(model, tmp / MODEL_FILE)
+        (tmp / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n", encoding="utf-8")
+        for f in manifest["tokenizer_files"]:
+            shutil.copy2(src / f, tmp / f)
+        if validate:
+            from modernbert_edge.export.validate import validate_export
+
+            manifest["validation"] = validate_export(src, tmp, chosen.name, log=log)
+        else:
+            manifest["validation"] = {"status": "skipped", "reason": "--no-validate"}
+        write_manifest(tmp, manifest)
+
+    write_atomically(out_dir, overwrite, fill)
+    log(f"wrote {out_dir}")
+    return manifest

@@ -1,0 +1,398 @@
+"""The ModernBERT graph, one function per subgraph, written with ONNX Runtime's fused CPU ops.
+
+Layout (see DESIGN.md): the dense parts (embeddings, projections, MLPs, norms, heads) run on the
+real tokens only, as a (1, T, ·) stream where T = number of ones in attention_mask. Attention
+scatters its QKV back to the padded (B, S, ·) layout, because the attention kernels want it.
+
+    input_ids, attention_mask (B, S)
+      │ gather non-pad tokens
+    embeddings ─ LayerNorm                          (1, T, D)
+      │
+    layer i:  [SkipLayerNorm] ─ Wqkv ─ scatter ─ Rotary ─ MHA (global | blocked local) ─ gather ─ Wo
+              SkipLayerNorm ─ Wi ─ Split ─ act·gate ─ Wo
+      │
+    final SkipLayerNorm ─ task head ─ scatter        (B, S, ·) or (B, ·)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from modernbert_edge.export.builder import FLOAT, INT64, MS_DOMAIN, GraphBuilder, tensor_info
+from modernbert_edge.export.checkpoint import Weights
+from modernbert_edge.export.config import GLOBAL, LOCAL, ModernBertConfig
+from onnx import helper, numpy_helper
+
+BAND_MASKED = -1e9  # additive bias for keys outside the local window (exp underflows to exactly 0)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names of the per-forward tensors that every layer shares (computed once at the top)."""
+
+    tokens: str  # (T,) int64 flat indices of non-pad positions in (B*S)
+    scatter_idx: str  # (T, 1) int64, the same indices for ScatterND
+    batch: str  # (1,) int64 B
+    seq: str  # (1,) int64 S
+    flat: str  # (1,) int64 B*S
+    key_mask: str  # (B, S) int32 attention_mask, for global attention
+    mask_f: str  # (B, S, 1) float attention_mask, for mean pooling
+    local: LocalLayout | None
+
+
+@dataclass(frozen=True)
+class LocalLayout:
+    """Shapes for blocked local attention: chunks of C queries attend to 3C keys."""
+
+    chunk: int  # C
+    pads_q: str  # Pad amounts: (B, S, D) -> (B, S', D), S' = ceil(S / C) * C
+    pads_kv: str  # (B, S, D) -> (B, C + S' + C, D)
+    shape_q: str  # (B * nc, C, D)
+    shape_kv4: str  # (B, nc + 2, C, D)
+    shape_kv: str  # (B * nc, 3C, D)
+    shape_out: str  # (B, S', D)
+    slices: tuple[
+        tuple[str, str], ...
+    ]  # (start, end) on axis 1 of the (B, nc + 2, ...) view: prev, own, next
+    key_mask: str  # (B * nc, 3C) int32
+    band: str  # (1, 1, C, 3C) float additive window bias
+
+
+def _shape_of(g: GraphBuilder, parts: list[str], name: str) -> str:
+    return g.op("Concat", parts, name, axis=0)
+
+
+def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
+    """Token indices, batch dims and masks derived from attention_mask.
+
+    attention_mask (B, S) ─ Reshape(-1) ─ NonZero (1, T) ─ Reshape ─ tokens (T,) / scatter_idx (T, 1)
+    """
+    p = "/model/layout"
+    shape = g.op("Shape", ["input_ids"], f"{p}/Shape")
+    batch = g.op("Slice", [shape, g.const([0]), g.const([1])], f"{p}/batch")
+    seq = g.op("Slice", [shape, g.const([1]), g.const([2])], f"{p}/seq")
+    flat = g.op("Mul", [batch, seq], f"{p}/flat")
+    mask_flat = g.op("Reshape", ["attention_mask", g.const([-1])], f"{p}/mask_flat")
+    nz = g.op("NonZero", [mask_flat], f"{p}/NonZero")  # (1, T)
+    tokens = g.op("Reshape", [nz, g.const([-1])], f"{p}/tokens")
+    scatter_idx = g.op("Reshape", [nz, g.const([-1, 1])], f"{p}/scatter_idx")
+    key_mask = g.op("Cast", ["attention_mask"], f"{p}/key_mask", to=6)  # int32
+    mask_f = g.op(
+        "Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT
+    )
+    local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
+    return Layout(tokens, scatter_idx, batch, seq, flat, key_mask, mask_f, local)
+
+
+def make_local_layout(
+    g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str
+) -> LocalLayout:
+    """Shapes and masks for blocked local attention (exact for |i - j| <= window).
+
+    A chunk of C >= window queries at [cC, cC + C) sees every key of its window among the keys of
+    chunks c-1, c, c+1, so each query attends to 3C keys instead of S, and a constant (C, 3C)
+    band bias removes the keys farther than the window.
+
+    key_mask (B, S) ─ Pad (C, S'-S+C) ─ Reshape (B, nc+2, C) ─ 3 Slices ─ Concat ─ (B*nc, 3C)
+    """
+    p = "/model/layout/local"
+    w, d = cfg.window, cfg.hidden_size
+    c = max(w, 32)  # chunk length: at least the half window, and not so small that MHA calls are tiny
+    seq_up = g.op("Add", [seq, g.const([c - 1])], f"{p}/seq_up")
+    nc = g.op("Div", [seq_up, g.const([c])], f"{p}/nc")
+    seq_pad = g.op("Mul", [nc, g.const([c])], f"{p}/seq_pad")  # S'
+    tail = g.op("Sub", [seq_pad, seq], f"{p}/tail")  # S' - S
+    tail_kv = g.op("Add", [tail, g.const([c])], f"{p}/tail_kv")
+    zero, cc = g.const([0]), g.const([c])
+    pads_q = _shape_of(g, [zero, zero, zero, zero, tail, zero], f"{p}/pads_q")
+    pads_kv = _shape_of(g, [zero, cc, zero, zero, tail_kv, zero], f"{p}/pads_kv")
+    pads_mask = _shape_of(g, [zero, cc, zero, tail_kv], f"{p}/pads_mask")
+    batch_chunks = g.op("Mul", [batch, nc], f"{p}/batch_chunks")
+    nc2 = g.op("Add", [nc, g.const([2])], f"{p}/nc2")
+    nc1 = g.op("Add", [nc, g.const([1])], f"{p}/nc1")
+    dd = g.const([d])
+    shape_q = _shape_of(g, [batch_chunks, cc, dd], f"{p}/shape_q")
+    shape_kv4 = _shape_of(g, [batch, nc2, cc, dd], f"{p}/shape_kv4")
+    shape_kv = _shape_of(g, [batch_chunks, g.const([3 * c]), dd], f"{p}/shape_kv")
+    shape_out = _shape_of(g, [batch, seq_pad, dd], f"{p}/shape_out")
+    slices = ((g.const([0]), nc), (g.const([1]), nc1), (g.const([2]), nc2))
+
+    mask = g.op("Pad", [key_mask, pads_mask], f"{p}/mask_pad")  # (B, C + S' + C), pads are 0
+    mask = g.op("Reshape", [mask, _shape_of(g, [batch, nc2, cc], f"{p}/shape_mask3")], f"{p}/mask_chunks")
+    parts = [
+        g.op("Slice", [mask, start, end, g.const([1])], f"{p}/mask_slice_{i}")
+        for i, (start, end) in enumerate(slices)
+    ]
+    mask = g.op("Concat", parts, f"{p}/mask_concat", axis=2)  # (B, nc, 3C)
+    key_mask_local = g.op(
+        "Reshape", [mask, _shape_of(g, [batch_chunks, g.const([3 * c])], f"{p}/shape_mask")], f"{p}/key_mask"
+    )
+
+    qi = np.arange(c)[:, None] + c  # query position inside the 3C key span
+    kj = np.arange(3 * c)[None, :]
+    band = np.where(np.abs(qi - kj) <= w, 0.0, BAND_MASKED).astype(np.float32)[None, None]
+    band_name = g.weight("/model/layout/local/band_bias", band)
+    return LocalLayout(
+        c, pads_q, pads_kv, shape_q, shape_kv4, shape_kv, shape_out, slices, key_mask_local, band_name
+    )
+
+
+def to_padded(g: GraphBuilder, lay: Layout, x: str, width: int, name: str) -> str:
+    """(1, T, F) token stream -> (B, S, F), zeros at padded positions."""
+    f = g.const([width])
+    zeros = g.op(
+        "ConstantOfShape",
+        [_shape_of(g, [lay.flat, f], f"{name}/zeros_shape")],
+        f"{name}/zeros",
+        value=_float_tensor(0.0),
+    )
+    rows = g.op("Reshape", [x, g.const([-1, width])], f"{name}/rows")
+    flat = g.op("ScatterND", [zeros, lay.scatter_idx, rows], f"{name}/ScatterND")
+    return g.op("Reshape", [flat, _shape_of(g, [lay.batch, lay.seq, f], f"{name}/shape")], f"{name}/Reshape")
+
+
+def to_tokens(g: GraphBuilder, lay: Layout, x: str, width: int, name: str) -> str:
+    """(B, S, F) -> (1, T, F): the rows of non-pad positions."""
+    rows = g.op("Reshape", [x, g.const([-1, width])], f"{name}/rows")
+    picked = g.op("Gather", [rows, lay.tokens], f"{name}/Gather", axis=0)
+    return g.op("Unsqueeze", [picked, g.const([0])], f"{name}/Unsqueeze")
+
+
+def _float_tensor(value: float):
+    return numpy_helper.from_array(np.array([value], dtype=np.float32))
+
+
+def make_linear(
+    g: GraphBuilder, w: Weights, x: str, key: str, d_in: int, d_out: int, bias: bool, name: str
+) -> str:
+    """x @ W^T (+ b): the checkpoint's (out, in) weight is stored transposed as (in, out) under its key."""
+    weight = g.weight(f"{key}.weight", w.get(f"{key}.weight", (d_out, d_in)).T)
+    y = g.op("MatMul", [x, weight], f"{name}/MatMul")
+    if bias:
+        y = g.op("Add", [y, g.weight(f"{key}.bias", w.get(f"{key}.bias", (d_out,)))], f"{name}/Add")
+    return y
+
+
+def make_activation(g: GraphBuilder, x: str, act: str, name: str) -> str:
+    if act == "gelu":
+        return g.op("Gelu", [x], f"{name}/Gelu", approximate="none")
+    if act in ("gelu_pytorch_tanh", "gelu_new"):
+        return g.op("Gelu", [x], f"{name}/Gelu", approximate="tanh")
+    if act in ("silu", "swish"):
+        return g.op("Mul", [x, g.op("Sigmoid", [x], f"{name}/Sigmoid")], f"{name}/Mul")
+    if act == "relu":
+        return g.op("Relu", [x], f"{name}/Relu")
+    raise ValueError(f"activation {act} not handled")  # config.py rejects these first
+
+
+def _norm_inputs(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, key: str) -> list[str]:
+    d = cfg.hidden_size
+    inputs = [g.weight(f"{key}.weight", w.get(f"{key}.weight", (d,)))]
+    if cfg.norm_bias:
+        inputs.append(g.weight(f"{key}.bias", w.get(f"{key}.bias", (d,))))
+    return inputs
+
+
+def make_layer_norm(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, x: str, key: str, name: str) -> str:
+    return g.op(
+        "LayerNormalization",
+        [x, *_norm_inputs(g, w, cfg, key)],
+        f"{name}/LayerNorm",
+        axis=-1,
+        epsilon=cfg.norm_eps,
+    )
+
+
+def make_skip_layer_norm(
+    g: GraphBuilder, w: Weights, cfg: ModernBertConfig, x: str, residual: str, key: str, name: str
+) -> tuple[str, str]:
+    """(LayerNorm(x + residual), x + residual) in one fused SkipLayerNormalization node."""
+    norm_inputs = _norm_inputs(g, w, cfg, key)
+    out = [f"{name}/SkipLayerNorm/output_{i}" for i in (0, 3)]
+    g.nodes.append(
+        helper.make_node(
+            "SkipLayerNormalization",
+            [x, residual, *norm_inputs],
+            [out[0], "", "", out[1]],
+            name=f"{name}/SkipLayerNorm",
+            domain=MS_DOMAIN,
+            epsilon=cfg.norm_eps,
+        )
+    )
+    return out[0], out[1]
+
+
+def make_embeddings(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, prefix: str) -> str:
+    """input_ids (B, S) ─ gather non-pad ─ Gather(tok_embeddings) ─ LayerNorm ─ (1, T, D)"""
+    name = "/model/embeddings"
+    key = f"{prefix}embeddings.tok_embeddings.weight"
+    table = g.weight(key, w.get(key, (cfg.vocab_size, cfg.hidden_size)))
+    ids = g.op("Reshape", ["input_ids", g.const([1, -1])], f"{name}/ids_flat")
+    ids = g.op("Gather", [ids, lay.tokens], f"{name}/ids_tokens", axis=1)  # (1, T)
+    x = g.op("Gather", [table, ids], f"{name}/tok_embeddings/Gather", axis=0)  # (1, T, D)
+    return make_layer_norm(g, w, cfg, x, f"{prefix}embeddings.norm", f"{name}/norm")
+
+
+def rotary_caches(cfg: ModernBertConfig, layer_type: str) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin caches (max_positions, head_dim / 2), computed in float32 the way transformers does."""
+    theta, factor = cfg.rope(layer_type)
+    dim = cfg.head_dim
+    inv_freq = (
+        1.0 / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    ).astype(np.float32)
+    inv_freq = (inv_freq / np.float32(factor)).astype(np.float32)
+    freqs = np.arange(cfg.max_position_embeddings, dtype=np.float32)[:, None] * inv_freq[None, :]
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+
+
+def make_attention(
+    g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, i: int, prefix: str
+) -> str:
+    """(1, T, D) ─ Wqkv ─ scatter (B, S, 3D) ─ Split(qk | v) ─ Rotary(qk as 2N heads) ─ MHA ─ gather ─ Wo
+
+    Rotary runs once on q and k together: treating (B, S, 2D) as 2N heads of the same positions
+    is exactly rotary on q and on k.
+    """
+    name, key = f"/model/layers.{i}/attn", f"{prefix}layers.{i}.attn"
+    d, n = cfg.hidden_size, cfg.num_attention_heads
+    layer_type = cfg.layer_types[i]
+    qkv = make_linear(g, w, x, f"{key}.Wqkv", d, 3 * d, cfg.attention_bias, f"{name}/Wqkv")
+    qkv = to_padded(g, lay, qkv, 3 * d, f"{name}/qkv_padded")  # (B, S, 3D)
+    qk, v = g.op("Split", [qkv, g.const([2 * d, d])], f"{name}/Split", outputs=2, axis=-1)
+    kind = "global" if layer_type == GLOBAL else "local"
+    cos, sin = f"/model/rotary/{kind}/cos_cache", f"/model/rotary/{kind}/sin_cache"
+    qk = g.op(
+        "RotaryEmbedding",
+        [qk, g.const([0]), cos, sin],
+        f"{name}/RotaryEmbedding",
+        domain=MS_DOMAIN,
+        num_heads=2 * n,
+        interleaved=0,
+    )
+    q, k = g.op("Split", [qk, g.const([d, d])], f"{name}/Split_qk", outputs=2, axis=-1)
+    if layer_type == GLOBAL:
+        o = g.op(
+            "MultiHeadAttention",
+            [q, k, v, "", lay.key_mask],
+            f"{name}/MultiHeadAttention",
+            domain=MS_DOMAIN,
+            num_heads=n,
+        )
+    else:
+        o = make_local_attention(g, lay, q, k, v, n, name)
+    o = to_tokens(g, lay, o, d, f"{name}/tokens")
+    return make_linear(g, w, o, f"{key}.Wo", d, d, cfg.attention_bias, f"{name}/Wo")
+
+
+def make_local_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:
+    """Blocked sliding-window attention (see make_local_layout); work grows as S * 3C, not S^2.
+
+    q (B, S, D) ─ Pad ─ Reshape (B*nc, C, D) ────────────────────────────┐
+    k (B, S, D) ─ Pad ─ Reshape (B, nc+2, C, D) ─ Slices prev|own|next ─ Concat ─ (B*nc, 3C, D)
+    v  likewise                                                           ├─ MHA(+band, key_mask) ─ (B, S', D) ─ Slice S
+    """
+    loc = lay.local
+    assert loc is not None
+    q = g.op("Reshape", [g.op("Pad", [q, loc.pads_q], f"{name}/q/Pad"), loc.shape_q], f"{name}/q/Reshape")
+
+    def blocks(t: str, tag: str) -> str:
+        t = g.op("Pad", [t, loc.pads_kv], f"{name}/{tag}/Pad")
+        t = g.op("Reshape", [t, loc.shape_kv4], f"{name}/{tag}/Chunks")
+        parts = [
+            g.op("Slice", [t, start, end, g.const([1])], f"{name}/{tag}/Slice_{j}")
+            for j, (start, end) in enumerate(loc.slices)
+        ]
+        t = g.op("Concat", parts, f"{name}/{tag}/Concat", axis=2)
+        return g.op("Reshape", [t, loc.shape_kv], f"{name}/{tag}/Reshape")
+
+    o = g.op(
+        "MultiHeadAttention",
+        [q, blocks(k, "k"), blocks(v, "v"), "", loc.key_mask, loc.band],
+        f"{name}/MultiHeadAttention",
+        domain=MS_DOMAIN,
+        num_heads=n,
+    )
+    o = g.op("Reshape", [o, loc.shape_out], f"{name}/out/Reshape")
+    return g.op("Slice", [o, g.const([0]), lay.seq, g.const([1])], f"{name}/out/Slice")
+
+
+def make_mlp(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, x: str, i: int, prefix: str) -> str:
+    """(1, T, D) ─ Wi (2I) ─ Split ─ act(input) * gate ─ Wo ─ (1, T, D)"""
+    name, key = f"/model/layers.{i}/mlp", f"{prefix}layers.{i}.mlp"
+    d, inter = cfg.hidden_size, cfg.intermediate_size
+    h = make_linear(g, w, x, f"{key}.Wi", d, 2 * inter, cfg.mlp_bias, f"{name}/Wi")
+    inp, gate = g.op("Split", [h, g.const([inter, inter])], f"{name}/Split", outputs=2, axis=-1)
+    a = make_activation(g, inp, cfg.hidden_activation, f"{name}/act")
+    a = g.op("Mul", [a, gate], f"{name}/gate/Mul")
+    return make_linear(g, w, a, f"{key}.Wo", inter, d, cfg.mlp_bias, f"{name}/Wo")
+
+
+def make_encoder(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, prefix: str) -> str:
+    """Embeddings and all layers; returns the final-normed token stream (1, T, D).
+
+    The residual adds are fused into the next norm: SkipLayerNorm(sublayer_out, residual) gives
+    both the normed input of the next sublayer and the new residual. Layer 0 has no attn_norm.
+    """
+    for kind in sorted(set(cfg.layer_types)):
+        cos, sin = rotary_caches(cfg, kind)
+        tag = "global" if kind == GLOBAL else "local"
+        g.weight(f"/model/rotary/{tag}/cos_cache", cos)
+        g.weight(f"/model/rotary/{tag}/sin_cache", sin)
+
+    residual = make_embeddings(g, w, cfg, lay, prefix)
+    x, pending = residual, None  # pending: the last sublayer output not yet added to the residual
+    for i in range(cfg.num_hidden_layers):
+        if pending is not None:
+            x, residual = make_skip_layer_norm(
+                g, w, cfg, pending, residual, f"{prefix}layers.{i}.attn_norm", f"/model/layers.{i}/attn_norm"
+            )
+        a = make_attention(g, w, cfg, lay, x, i, prefix)
+        x, residual = make_skip_layer_norm(
+            g, w, cfg, a, residual, f"{prefix}layers.{i}.mlp_norm", f"/model/layers.{i}/mlp_norm"
+        )
+        pending = make_mlp(g, w, cfg, x, i, prefix)
+    out, _ = make_skip_layer_norm(g, w, cfg, pending, residual, f"{prefix}final_norm", "/model/final_norm")
+    return out
+
+
+def make_prediction_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, x: str) -> str:
+    """dense ─ act ─ LayerNorm: ModernBertPredictionHead, shared by every head."""
+    d = cfg.hidden_size
+    h = make_linear(g, w, x, "head.dense", d, d, cfg.classifier_bias, "/head/dense")
+    h = make_activation(g, h, cfg.classifier_activation, "/head/act")
+    return make_layer_norm(g, w, cfg, h, "head.norm", "/head/norm")
+
+
+def make_decoder(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, h: str, prefix: str) -> str:
+    """(1, T, D) -> (1, T, V). A tied decoder reuses the embedding table through Gemm(transB=1)."""
+    d, v = cfg.hidden_size, cfg.vocab_size
+    rows = g.op("Reshape", [h, g.const([-1, d])], "/decoder/rows")
+    if "decoder.weight" in w or not cfg.tie_word_embeddings:
+        table = g.weight("decoder.weight", w.get("decoder.weight", (v, d)))
+    else:
+        table = f"{prefix}embeddings.tok_embeddings.weight"  # registered by make_embeddings
+    inputs = [rows, table]
+    if cfg.decoder_bias:
+        inputs.append(g.weight("decoder.bias", w.get("decoder.bias", (v,))))
+    logits = g.op("Gemm", inputs, "/decoder/Gemm", transB=1)
+    return g.op("Unsqueeze", [logits, g.const([0])], "/decoder/Unsqueeze")
+
+
+def make_classifier(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, h: str, n_out: int) -> str:
+    return make_linear(g, w, h, "classifier", cfg.hidden_size, n_out, True, "/classifier")
+
+
+def make_pooling(g: GraphBuilder, cfg: ModernBertConfig, lay: Layout, hidden: str) -> str:
+    """(B, S, D) with zeros at pads -> (B, D): the CLS row, or the mean over real tokens."""
+    if cfg.classifier_pooling == "cls":
+        return g.op("Gather", [hidden, g.const(0)], "/pool/cls/Gather", axis=1)
+    total = g.op("ReduceSum", [hidden, g.const([1])], "/pool/mean/ReduceSum", keepdims=0)
+    count = g.op("ReduceSum", [lay.mask_f, g.const([1])], "/pool/mean/count", keepdims=0)  # (B, 1)
+    return g.op("Div", [total, count], "/pool/mean/Div")
+
+
+GRAPH_INPUTS = [
+    tensor_info("input_ids", INT64, ["batch", "sequence"]),
+    tensor_info("attention_mask", INT64, ["batch", "sequence"]),
+]

@@ -1,0 +1,178 @@
+"""The task table: each head is a row (outputs, how the head is built, which transformers class
+checks it), not a copy of export code."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import onnx
+from modernbert_edge.export.builder import FLOAT, GraphBuilder, tensor_info
+from modernbert_edge.export.checkpoint import Weights
+from modernbert_edge.export.config import ModernBertConfig
+from modernbert_edge.export.graph import (
+    GRAPH_INPUTS,
+    Layout,
+    make_classifier,
+    make_decoder,
+    make_encoder,
+    make_layout,
+    make_pooling,
+    make_prediction_head,
+    to_padded,
+)
+
+from modernbert_edge.errors import UserError
+
+# A head builds from (builder, weights, config, layout, final token stream (1, T, D), key prefix)
+# and returns {output name: tensor name}.
+HeadFn = Callable[[GraphBuilder, Weights, ModernBertConfig, Layout, str, str], dict[str, str]]
+
+
+def _hidden_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+    return {"last_hidden_state": to_padded(g, lay, x, cfg.hidden_size, "/output/last_hidden_state")}
+
+
+def _fill_mask_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+    logits = make_decoder(g, w, cfg, make_prediction_head(g, w, cfg, x), prefix)
+    return {"logits": to_padded(g, lay, logits, cfg.vocab_size, "/output/logits")}
+
+
+def _sequence_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+    hidden = to_padded(g, lay, x, cfg.hidden_size, "/output/hidden")
+    pooled = make_pooling(g, cfg, lay, hidden)
+    return {"logits": make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, pooled), cfg.num_labels)}
+
+
+def _token_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+    logits = make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, x), cfg.num_labels)
+    return {"logits": to_padded(g, lay, logits, cfg.num_labels, "/output/logits")}
+
+
+def _qa_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+    if cfg.num_labels != 2:
+        raise UserError(
+            f"a question-answering checkpoint needs num_labels = 2, config.json has {cfg.num_labels}."
+        )
+    logits = make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, x), 2)
+    logits = to_padded(g, lay, logits, 2, "/output/logits")  # (B, S, 2)
+    start, end = g.op("Split", [logits, g.const([1, 1])], "/output/Split", outputs=2, axis=-1)
+    return {
+        "start_logits": g.op("Squeeze", [start, g.const([-1])], "/output/start_logits"),
+        "end_logits": g.op("Squeeze", [end, g.const([-1])], "/output/end_logits"),
+    }
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # as Hugging Face pipelines name it
+    architecture: str  # the transformers class whose checkpoint carries this head
+    outputs: tuple[tuple[str, tuple[str, ...]], ...]  # (name, dims) of each graph output
+    head: HeadFn
+    head_keys: tuple[str, ...]  # checkpoint tensor prefixes the head consumes
+    atol: float = 1e-4  # parity tolerance against PyTorch (fp32)
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "feature-extraction",
+            "ModernBertModel",
+            (("last_hidden_state", ("batch", "sequence", "hidden")),),
+            _hidden_head,
+            (),
+        ),
+        Task(
+            "fill-mask",
+            "ModernBertForMaskedLM",
+            (("logits", ("batch", "sequence", "vocab")),),
+            _fill_mask_head,
+            ("head.", "decoder."),
+        ),
+        Task(
+            "text-classification",
+            "ModernBertForSequenceClassification",
+            (("logits", ("batch", "labels")),),
+            _sequence_head,
+            ("head.", "classifier."),
+        ),
+        Task(
+            "token-classification",
+            "ModernBertForTokenClassification",
+            (("logits", ("batch", "sequence", "labels")),),
+            _token_head,
+            ("head.", "classifier."),
+        ),
+        Task(
+            "question-answering",
+            "ModernBertForQuestionAnswering",
+            (("start_logits", ("batch", "sequence")), ("end_logits", ("batch", "sequence"))),
+            _qa_head,
+            ("head.", "classifier."),
+        ),
+    )
+}
+
+
+def choose_task(cfg: ModernBertConfig, task: str | None) -> Task:
+    """The task named by --task, or the one config.architectures implies."""
+    if task is not None:
+        if task not in TASKS:
+            raise UserError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
+        return TASKS[task]
+    by_arch = {t.architecture: t for t in TASKS.values()}
+    for arch in cfg.architectures:
+        if arch in by_arch:
+            return by_arch[arch]
+    if cfg.architectures:
+        raise UserError(
+            f"config.json's architectures {list(cfg.architectures)} name no supported head; "
+            f"pass --task (one of: {', '.join(TASKS)})."
+        )
+    return TASKS["feature-extraction"]
+
+
+def key_prefix(w: Weights) -> str:
+    """'model.' for head checkpoints (ModernBertFor*), '' for a bare ModernBertModel."""
+    if "model.embeddings.tok_embeddings.weight" in w:
+        return "model."
+    if "embeddings.tok_embeddings.weight" in w:
+        return ""
+    raise UserError(
+        "the checkpoint has no embeddings.tok_embeddings.weight tensor: is it a ModernBERT checkpoint?"
+    )
+
+
+def build_graph(cfg: ModernBertConfig, w: Weights, task: Task) -> tuple[onnx.ModelProto, list[str]]:
+    """The whole graph for a task; returns the model and the checkpoint tensors it left unused
+    (only another head's tensors may be left, when exporting a head checkpoint's encoder)."""
+    prefix = key_prefix(w)
+    if task.head_keys and not any(k.startswith(task.head_keys) for k in w.names()):
+        raise UserError(
+            f"task {task.name} needs a {task.architecture} checkpoint, but the checkpoint has no "
+            f"{' / '.join(task.head_keys)} tensors (config.architectures = {list(cfg.architectures)})."
+        )
+    g = GraphBuilder()
+    lay = make_layout(g, cfg)
+    x = make_encoder(g, w, cfg, lay, prefix)
+    outputs = task.head(g, w, cfg, lay, x, prefix)
+    ignorable = ("head.", "decoder.", "classifier.") if task.name == "feature-extraction" else ()
+    unused = w.unused()
+    stray = [k for k in unused if not k.startswith(ignorable)]
+    if stray:
+        shown = ", ".join(stray[:8]) + (f" and {len(stray) - 8} more" if len(stray) > 8 else "")
+        raise UserError(f"the checkpoint has tensors the {task.name} graph does not use: {shown}.")
+    for name, tensor in outputs.items():
+        g.op("Identity", [tensor], f"/output/{name}/Identity")
+    # Rename the Identity outputs to the contract names.
+    for node in g.nodes[-len(outputs) :]:
+        node.output[0] = node.name.split("/")[2]
+    dims = dict(task.outputs)
+    infos = [tensor_info(name, FLOAT, [_dim(cfg, d) for d in dims[name]]) for name in outputs]
+    model = g.finish(GRAPH_INPUTS, infos, doc=f"ModernBERT {task.name}, exported by modernbert-edge")
+    return model, unused
+
+
+def _dim(cfg: ModernBertConfig, d: str) -> str | int:
+    return {"hidden": cfg.hidden_size, "vocab": cfg.vocab_size, "labels": cfg.num_labels}.get(d, d)

@@ -1,0 +1,105 @@
+"""Parity of an exported graph with the PyTorch (transformers) model it came from.
+
+Runs by default after export when torch and transformers are importable; `mbedge parity` runs it
+on demand. Batches cover lengths on both sides of the local window and padded rows; outputs are
+compared on valid positions only. Every failure is collected before the check raises.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from modernbert_edge.export.config import read_config
+from modernbert_edge.export.tasks import TASKS
+
+from modernbert_edge.errors import UserError
+from modernbert_edge.manifest import MODEL_FILE
+
+
+def reference_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def parity_batches(vocab_size: int, local_attention: int, max_positions: int, seed: int = 0):  # noqa: ANN201
+    """(input_ids, attention_mask) pairs: short, beyond the window, and a right-padded batch."""
+    rng = np.random.default_rng(seed)
+    cap = max_positions
+    shapes = [
+        [min(7, cap)],
+        [min(local_attention + 37, cap)],
+        [min(2 * local_attention + 5, cap), min(local_attention // 2 + 1, cap), 3],
+    ]
+    for lengths in shapes:
+        s = max(lengths)
+        ids = rng.integers(0, vocab_size, size=(len(lengths), s), dtype=np.int64)
+        mask = (np.arange(s)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+        yield ids, mask
+
+
+def compare_outputs(
+    names: list[str], ours: list[np.ndarray], ref: dict, mask: np.ndarray
+) -> dict[str, float]:
+    """Largest absolute difference per output, over valid (unpadded) positions."""
+    diffs = {}
+    valid = mask.astype(bool)
+    for name, out in zip(names, ours, strict=True):
+        r = ref[name]
+        if out.shape != r.shape:
+            raise UserError(f"output {name} has shape {list(out.shape)}, PyTorch gives {list(r.shape)}.")
+        if out.ndim >= 2 and out.shape[:2] == mask.shape:
+            out, r = out[valid], r[valid]
+        diffs[name] = float(np.abs(out - r).max()) if out.size else 0.0
+    return diffs
+
+
+def validate_export(
+    checkpoint: Path, model_dir: Path, task: str, log=print, atol: float | None = None
+) -> dict:  # noqa: ANN001
+    """Compare model_dir/model.onnx with the transformers model of `checkpoint`; raise above tolerance."""
+    if not reference_available():
+        log("notice: torch/transformers are not installed; skipping the PyTorch parity check.")
+        return {"status": "skipped", "reason": "torch/transformers not installed"}
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    spec = TASKS[task]
+    atol = spec.atol if atol is None else atol
+    cfg, _ = read_config(Path(checkpoint) / "config.json")
+    model_cls = getattr(transformers, spec.architecture)
+    with torch.no_grad():
+        ref_model = model_cls.from_pretrained(str(checkpoint), attn_implementation="sdpa").eval().float()
+    session = ort.InferenceSession(str(Path(model_dir) / MODEL_FILE), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+
+    cases, worst = [], dict.fromkeys(names, 0.0)
+    for ids, mask in parity_batches(cfg.vocab_size, cfg.local_attention, cfg.max_position_embeddings):
+        ours = session.run(names, {"input_ids": ids, "attention_mask": mask})
+        with torch.no_grad():
+            out = ref_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        ref = {n: getattr(out, n).float().numpy() for n in names}
+        diffs = compare_outputs(names, ours, ref, mask)
+        cases.append({"lengths": mask.sum(1).tolist(), "max_abs_diff": diffs})
+        for n, d in diffs.items():
+            worst[n] = max(worst[n], d)
+    max_diff = max(worst.values())
+    status = "passed" if max_diff <= atol else "failed"
+    log(
+        f"parity with PyTorch: max abs diff {max_diff:.2e} (tolerance {atol:.0e}) over {len(cases)} batches: {status}"
+    )
+    result = {"status": status, "max_abs_diff": max_diff, "atol": atol, "per_output": worst, "cases": cases}
+    if status == "failed":
+        bad = [
+            f"lengths {c['lengths']} {n}: {d:.2e}"
+            for c in cases
+            for n, d in c["max_abs_diff"].items()
+            if d > atol
+        ]
+        raise UserError(f"the ONNX graph differs from PyTorch by more than {atol:.0e}: {'; '.join(bad)}.")
+    return result

@@ -1,0 +1,62 @@
+"""`mbedge`: a thin typer CLI over the library functions.
+
+Each subpackage keeps its commands in its own `commands.py` (heavy imports inside the command
+bodies); this module only registers them. A UserError ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+import typer
+
+from modernbert_edge.errors import UserError
+
+app = typer.Typer(
+    name="mbedge",
+    help="Export ModernBERT checkpoints to fused ONNX graphs, quantize them, and run them on CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn UserError (and Ctrl-C) into a one-line message and a non-zero exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def register(name: str, fn: Callable) -> None:
+    app.command(name)(user_errors(fn))
+
+
+def _register_all() -> None:
+    from modernbert_edge.export import commands as export_commands
+
+    register("export", export_commands.export_cmd)
+    register("parity", export_commands.parity_cmd)
+
+
+_register_all()
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

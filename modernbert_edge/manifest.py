@@ -1,0 +1,43 @@
+"""The model folder's manifest.json: what a folder holds and how it was made.
+
+Written by export and quantize, read by the runtime; kept free of onnx and torch imports so
+the device-side install can read it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from modernbert_edge.errors import UserError
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.onnx"
+FORMAT = "modernbert-edge/1"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def read_manifest(folder: str | Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not Path(folder).is_dir():
+        raise UserError(f"model folder {folder} does not exist.")
+    if not path.is_file():
+        raise UserError(f"{folder} has no {MANIFEST}: is it a folder written by mbedge export?")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} could not be read ({e}).") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "task" not in manifest:
+        raise UserError(f"{path} is not a modernbert-edge manifest (expected format {FORMAT!r}).")
+    return manifest
