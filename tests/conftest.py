@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny random checkpoints (built once per session) and their exports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from modernbert_edge.bench.checkpoints import make_checkpoint
+
+
+@pytest.fixture(scope="session")
+def checkpoint_factory(tmp_path_factory):
+    """make(task, **kwargs) -> checkpoint folder; identical requests share one folder."""
+    cache: dict[str, Path] = {}
+
+    def make(task: str = "fill-mask", **kwargs) -> Path:
+        key = hashlib.sha1(json.dumps([task, kwargs], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        if key not in cache:
+            cache[key] = make_checkpoint(tmp_path_factory.mktemp(f"ckpt-{task}-{key}"), task, **kwargs)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def exported_factory(tmp_path_factory, checkpoint_factory):
+    """export(task, **kwargs) -> exported model folder (validated against PyTorch), cached."""
+    from modernbert_edge.export.exporter import export
+
+    cache: dict[str, Path] = {}
+
+    def make(task: str = "fill-mask", **kwargs) -> Path:
+        key = hashlib.sha1(json.dumps([task, kwargs], sort_keys=True, default=str).encode()).hexdigest()[:12]
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"model-{task}-{key}") / "model"
+            export(str(checkpoint_factory(task, **kwargs)), out, log=lambda _msg: None)
+            cache[key] = out
+        return cache[key]
+
+    return make
