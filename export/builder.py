@@ -46,9 +46,7 @@ class GraphBuilder:
     def const(self, values: list[int] | list[float] | np.ndarray, dtype: type = np.int64) -> str:
         """A small shared constant, named after its value."""
         arr = np.asarray(values, dtype=dtype)
-        key = (
-            "_".join(str(v) for v in arr.ravel().tolist()) if arr.size <= 8 else f"{abs(hash(arr.tobytes()))}"
-        )
+        key = "_".join(str(v) for v in arr.ravel().tolist()) if arr.size <= 8 else f"{abs(hash(arr.tobytes()))}"
         name = f"/const/{arr.dtype}/{list(arr.shape)}/{key}"
         if name not in self.initializers:
             self.initializers[name] = numpy_helper.from_array(arr, name)

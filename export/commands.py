@@ -15,9 +15,7 @@ def _log(msg: str) -> None:
 
 
 def export_cmd(
-    checkpoint: Annotated[
-        str, typer.Argument(help="Hugging Face checkpoint folder (or Hub id, when reachable).")
-    ],
+    checkpoint: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder (or Hub id, when reachable).")],
     out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
     task: Annotated[
         str | None,
@@ -35,22 +33,19 @@ def export_cmd(
     except ImportError as e:
         raise UserError(
             f"exporting needs the export extra ({e.name} is missing): pip install 'modernbert-edge[export]'."
-        )
+        ) from None
     manifest = export(checkpoint, out_dir, task=task, overwrite=overwrite, validate=validate, log=_log)
     typer.echo(f"{manifest['task']}: {out_dir / manifest['model_file']}")
 
 
 def parity_cmd(
-    checkpoint: Annotated[
-        str, typer.Argument(help="The Hugging Face checkpoint folder the model came from.")
-    ],
+    checkpoint: Annotated[str, typer.Argument(help="The Hugging Face checkpoint folder the model came from.")],
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export.")],
     atol: Annotated[float | None, typer.Option(help="Tolerance; default: the task's (1e-4).")] = None,
 ) -> None:
     """Compare an exported model folder with its PyTorch checkpoint on several batches."""
     from modernbert_edge.export.exporter import resolve_checkpoint
     from modernbert_edge.export.validate import reference_available, validate_export
-
     from modernbert_edge.manifest import read_manifest
 
     if not reference_available():

@@ -102,9 +102,7 @@ def parse_config(raw: dict, path: Path = Path("config.json")) -> ModernBertConfi
         raise _fail(path, f"hidden_size {hidden} is not divisible by num_attention_heads {heads}.")
     head_dim = raw.get("head_dim")
     if head_dim not in (None, hidden // heads):
-        raise _fail(
-            path, f"head_dim = {head_dim} differs from hidden_size / num_attention_heads = {hidden // heads}."
-        )
+        raise _fail(path, f"head_dim = {head_dim} differs from hidden_size / num_attention_heads = {hidden // heads}.")
     if (hidden // heads) % 2:
         raise _fail(path, f"head dimension {hidden // heads} is odd; rotary embeddings need an even one.")
 
@@ -132,19 +130,13 @@ def parse_config(raw: dict, path: Path = Path("config.json")) -> ModernBertConfi
         l = _rope_entry(path, rope_params.get(LOCAL), f"rope_parameters.{LOCAL}", 10_000.0)
     else:
         scaling = raw.get("rope_scaling") or rope_params or {}
-        g = _rope_entry(
-            path, {**scaling, "rope_theta": raw.get("global_rope_theta", 160_000.0)}, "rope_scaling", 0
-        )
-        l = _rope_entry(
-            path, {**scaling, "rope_theta": raw.get("local_rope_theta", 10_000.0)}, "rope_scaling", 0
-        )
+        g = _rope_entry(path, {**scaling, "rope_theta": raw.get("global_rope_theta", 160_000.0)}, "rope_scaling", 0)
+        l = _rope_entry(path, {**scaling, "rope_theta": raw.get("local_rope_theta", 10_000.0)}, "rope_scaling", 0)
 
     for key in ("hidden_activation", "classifier_activation"):
         act = raw.get(key, "gelu")
         if act not in SUPPORTED_ACTIVATIONS:
-            raise _fail(
-                path, f"{key} = {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)})."
-            )
+            raise _fail(path, f"{key} = {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)}).")
     pooling = raw.get("classifier_pooling", "cls")
     if pooling not in ("cls", "mean"):
         raise _fail(path, f"classifier_pooling = {pooling!r} is not supported (use 'cls' or 'mean').")

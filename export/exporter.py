@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 
 import onnx
+
+from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import OPSET
 from modernbert_edge.export.checkpoint import load_weights
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.tasks import build_graph, choose_task
-
-from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
 
 FUSED_OPS = ("MultiHeadAttention", "RotaryEmbedding", "SkipLayerNormalization", "Gelu", "LayerNormalization")
@@ -58,9 +58,7 @@ def resolve_checkpoint(checkpoint: str) -> Path:
         patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
         return Path(snapshot_download(checkpoint, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001 - any Hub failure is the user's to fix (network, name, auth)
-        raise UserError(
-            f"{checkpoint} is not a local folder and could not be fetched from the Hub ({e})."
-        ) from None
+        raise UserError(f"{checkpoint} is not a local folder and could not be fetched from the Hub ({e}).") from None
 
 
 def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
@@ -116,9 +114,7 @@ def export(
     weights = load_weights(src)
     model, unused = build_graph(cfg, weights, chosen)
     build_s = time.perf_counter() - t0
-    log(
-        f"built {chosen.name} graph: {len(model.graph.node)} nodes, {cfg.num_hidden_layers} layers ({build_s:.1f} s)"
-    )
+    log(f"built {chosen.name} graph: {len(model.graph.node)} nodes, {cfg.num_hidden_layers} layers ({build_s:.1f} s)")
 
     manifest = {
         "format": FORMAT,

@@ -19,10 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import helper, numpy_helper
+
 from modernbert_edge.export.builder import FLOAT, INT64, MS_DOMAIN, GraphBuilder, tensor_info
 from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import GLOBAL, LOCAL, ModernBertConfig
-from onnx import helper, numpy_helper
 
 BAND_MASKED = -1e9  # additive bias for keys outside the local window (exp underflows to exactly 0)
 
@@ -52,9 +53,7 @@ class LocalLayout:
     shape_kv4: str  # (B, nc + 2, C, D)
     shape_kv: str  # (B * nc, 3C, D)
     shape_out: str  # (B, S', D)
-    slices: tuple[
-        tuple[str, str], ...
-    ]  # (start, end) on axis 1 of the (B, nc + 2, ...) view: prev, own, next
+    slices: tuple[tuple[str, str], ...]  # (start, end) on axis 1 of the (B, nc + 2, ...) view: prev, own, next
     key_mask: str  # (B * nc, 3C) int32
     band: str  # (1, 1, C, 3C) float additive window bias
 
@@ -78,16 +77,12 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     tokens = g.op("Reshape", [nz, g.const([-1])], f"{p}/tokens")
     scatter_idx = g.op("Reshape", [nz, g.const([-1, 1])], f"{p}/scatter_idx")
     key_mask = g.op("Cast", ["attention_mask"], f"{p}/key_mask", to=6)  # int32
-    mask_f = g.op(
-        "Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT
-    )
+    mask_f = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT)
     local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
     return Layout(tokens, scatter_idx, batch, seq, flat, key_mask, mask_f, local)
 
 
-def make_local_layout(
-    g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str
-) -> LocalLayout:
+def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str) -> LocalLayout:
     """Shapes and masks for blocked local attention (exact for |i - j| <= window).
 
     A chunk of C >= window queries at [cC, cC + C) sees every key of its window among the keys of
@@ -121,8 +116,7 @@ def make_local_layout(
     mask = g.op("Pad", [key_mask, pads_mask], f"{p}/mask_pad")  # (B, C + S' + C), pads are 0
     mask = g.op("Reshape", [mask, _shape_of(g, [batch, nc2, cc], f"{p}/shape_mask3")], f"{p}/mask_chunks")
     parts = [
-        g.op("Slice", [mask, start, end, g.const([1])], f"{p}/mask_slice_{i}")
-        for i, (start, end) in enumerate(slices)
+        g.op("Slice", [mask, start, end, g.const([1])], f"{p}/mask_slice_{i}") for i, (start, end) in enumerate(slices)
     ]
     mask = g.op("Concat", parts, f"{p}/mask_concat", axis=2)  # (B, nc, 3C)
     key_mask_local = g.op(
@@ -133,9 +127,7 @@ def make_local_layout(
     kj = np.arange(3 * c)[None, :]
     band = np.where(np.abs(qi - kj) <= w, 0.0, BAND_MASKED).astype(np.float32)[None, None]
     band_name = g.weight("/model/layout/local/band_bias", band)
-    return LocalLayout(
-        c, pads_q, pads_kv, shape_q, shape_kv4, shape_kv, shape_out, slices, key_mask_local, band_name
-    )
+    return LocalLayout(c, pads_q, pads_kv, shape_q, shape_kv4, shape_kv, shape_out, slices, key_mask_local, band_name)
 
 
 def to_padded(g: GraphBuilder, lay: Layout, x: str, width: int, name: str) -> str:
@@ -163,9 +155,7 @@ def _float_tensor(value: float):
     return numpy_helper.from_array(np.array([value], dtype=np.float32))
 
 
-def make_linear(
-    g: GraphBuilder, w: Weights, x: str, key: str, d_in: int, d_out: int, bias: bool, name: str
-) -> str:
+def make_linear(g: GraphBuilder, w: Weights, x: str, key: str, d_in: int, d_out: int, bias: bool, name: str) -> str:
     """x @ W^T (+ b): the checkpoint's (out, in) weight is stored transposed as (in, out) under its key."""
     weight = g.weight(f"{key}.weight", w.get(f"{key}.weight", (d_out, d_in)).T)
     y = g.op("MatMul", [x, weight], f"{name}/MatMul")
@@ -238,17 +228,15 @@ def rotary_caches(cfg: ModernBertConfig, layer_type: str) -> tuple[np.ndarray, n
     """cos/sin caches (max_positions, head_dim / 2), computed in float32 the way transformers does."""
     theta, factor = cfg.rope(layer_type)
     dim = cfg.head_dim
-    inv_freq = (
-        1.0 / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
-    ).astype(np.float32)
+    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))).astype(
+        np.float32
+    )
     inv_freq = (inv_freq / np.float32(factor)).astype(np.float32)
     freqs = np.arange(cfg.max_position_embeddings, dtype=np.float32)[:, None] * inv_freq[None, :]
     return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
 
 
-def make_attention(
-    g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, i: int, prefix: str
-) -> str:
+def make_attention(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, i: int, prefix: str) -> str:
     """(1, T, D) ─ Wqkv ─ scatter (B, S, 3D) ─ Split(qk | v) ─ Rotary(qk as 2N heads) ─ MHA ─ gather ─ Wo
 
     Rotary runs once on q and k together: treating (B, S, 2D) as 2N heads of the same positions

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
+
+from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import FLOAT, GraphBuilder, tensor_info
 from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import ModernBertConfig
@@ -21,8 +23,6 @@ from modernbert_edge.export.graph import (
     make_prediction_head,
     to_padded,
 )
-
-from modernbert_edge.errors import UserError
 
 # A head builds from (builder, weights, config, layout, final token stream (1, T, D), key prefix)
 # and returns {output name: tensor name}.
@@ -51,9 +51,7 @@ def _token_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
 
 def _qa_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
     if cfg.num_labels != 2:
-        raise UserError(
-            f"a question-answering checkpoint needs num_labels = 2, config.json has {cfg.num_labels}."
-        )
+        raise UserError(f"a question-answering checkpoint needs num_labels = 2, config.json has {cfg.num_labels}.")
     logits = make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, x), 2)
     logits = to_padded(g, lay, logits, 2, "/output/logits")  # (B, S, 2)
     start, end = g.op("Split", [logits, g.const([1, 1])], "/output/Split", outputs=2, axis=-1)
@@ -139,9 +137,7 @@ def key_prefix(w: Weights) -> str:
         return "model."
     if "embeddings.tok_embeddings.weight" in w:
         return ""
-    raise UserError(
-        "the checkpoint has no embeddings.tok_embeddings.weight tensor: is it a ModernBERT checkpoint?"
-    )
+    raise UserError("the checkpoint has no embeddings.tok_embeddings.weight tensor: is it a ModernBERT checkpoint?")
 
 
 def build_graph(cfg: ModernBertConfig, w: Weights, task: Task) -> tuple[onnx.ModelProto, list[str]]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from modernbert_edge.export.config import read_config
-from modernbert_edge.export.tasks import TASKS
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export.config import read_config
+from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import MODEL_FILE
 
 
@@ -42,9 +42,7 @@ def parity_batches(vocab_size: int, local_attention: int, max_positions: int, se
         yield ids, mask
 
 
-def compare_outputs(
-    names: list[str], ours: list[np.ndarray], ref: dict, mask: np.ndarray
-) -> dict[str, float]:
+def compare_outputs(names: list[str], ours: list[np.ndarray], ref: dict, mask: np.ndarray) -> dict[str, float]:
     """Largest absolute difference per output, over valid (unpadded) positions."""
     diffs = {}
     valid = mask.astype(bool)
@@ -58,9 +56,7 @@ def compare_outputs(
     return diffs
 
 
-def validate_export(
-    checkpoint: Path, model_dir: Path, task: str, log=print, atol: float | None = None
-) -> dict:  # noqa: ANN001
+def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, atol: float | None = None) -> dict:  # noqa: ANN001
     """Compare model_dir/model.onnx with the transformers model of `checkpoint`; raise above tolerance."""
     if not reference_available():
         log("notice: torch/transformers are not installed; skipping the PyTorch parity check.")
@@ -90,16 +86,9 @@ def validate_export(
             worst[n] = max(worst[n], d)
     max_diff = max(worst.values())
     status = "passed" if max_diff <= atol else "failed"
-    log(
-        f"parity with PyTorch: max abs diff {max_diff:.2e} (tolerance {atol:.0e}) over {len(cases)} batches: {status}"
-    )
+    log(f"parity with PyTorch: max abs diff {max_diff:.2e} (tolerance {atol:.0e}) over {len(cases)} batches: {status}")
     result = {"status": status, "max_abs_diff": max_diff, "atol": atol, "per_output": worst, "cases": cases}
     if status == "failed":
-        bad = [
-            f"lengths {c['lengths']} {n}: {d:.2e}"
-            for c in cases
-            for n, d in c["max_abs_diff"].items()
-            if d > atol
-        ]
+        bad = [f"lengths {c['lengths']} {n}: {d:.2e}" for c in cases for n, d in c["max_abs_diff"].items() if d > atol]
         raise UserError(f"the ONNX graph differs from PyTorch by more than {atol:.0e}: {'; '.join(bad)}.")
     return result

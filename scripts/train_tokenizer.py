@@ -68,23 +68,20 @@ def train_tokenizer(corpus: Path, vocab_size: int = 12288, min_frequency: int = 
     return tok
 
 
+def _token_entry(key: str) -> dict:
+    content = SPECIAL_TOKENS[key]
+    lstrip = key == "mask_token"
+    return {"content": content, "lstrip": lstrip, "normalized": False, "rstrip": False, "single_word": False}
+
+
 def tokenizer_config(tok: Tokenizer) -> dict:
     """`tokenizer_config.json` in the shape ModernBERT ships, so AutoTokenizer finds the special tokens."""
-    decoder = {
-        str(tok.token_to_id(t)): {
-            "content": t,
-            "lstrip": key == "mask_token",
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for key, t in SPECIAL_TOKENS.items()
-    }
+    ids = {key: str(tok.token_to_id(t)) for key, t in SPECIAL_TOKENS.items()}
+    decoder = {ids[key]: _token_entry(key) | {"special": True} for key in SPECIAL_TOKENS}
     return {
         "added_tokens_decoder": decoder,
         **SPECIAL_TOKENS,
-        "clean_up_tokenization_spaces": True,
+        "clean_up_tokenization_spaces": False,
         "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": MODEL_MAX_LENGTH,
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -96,10 +93,7 @@ def save_tokenizer(tok: Tokenizer, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tok), indent=2) + "\n")
-    special_map = {
-        key: {"content": t, "lstrip": key == "mask_token", "normalized": False, "rstrip": False, "single_word": False}
-        for key, t in SPECIAL_TOKENS.items()
-    }
+    special_map = {key: _token_entry(key) for key in SPECIAL_TOKENS}
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2) + "\n")
 
 

@@ -1,0 +1,160 @@
+"""Calibration and evaluation inputs: texts from a file or a built-in set, tokenized into batches.
+
+Every fifth text is held out: calibration statistics come from the rest, and the fidelity report
+covers both slices. Without a tokenizer (a folder exported from a checkpoint that had none), the
+batches are random token ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modernbert_edge.errors import UserError
+
+BUILTIN_TEXTS = (
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Paris is the capital of France, and Berlin is the capital of Germany.",
+    "She signed the lease on a small flat in Lisbon last March.",
+    "Interest rates rose by a quarter of a point, the central bank said on Thursday.",
+    "The patient was given 5 mg of the drug twice a day for two weeks.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "I can't believe the train was late again this morning!",
+    "Please reset your password using the link we sent to your email address.",
+    "The committee will review all applications received before 1 June 2024.",
+    "Mount Everest is 8,849 metres high and lies on the border of Nepal and China.",
+    "def add(a, b):\n    return a + b",
+    "for i in range(10): print(i * i)",
+    "SELECT name, COUNT(*) FROM orders GROUP BY name HAVING COUNT(*) > 3;",
+    "const total = items.reduce((sum, x) => sum + x.price, 0);",
+    "git commit -m 'fix: handle empty input in the tokenizer'",
+    '{"id": 42, "tags": ["alpha", "beta"], "active": true}',
+    "The results, shown in Table 3, suggest a strong effect of temperature on yield.",
+    "Our support team is available Monday to Friday, 9 am to 5 pm.",
+    "He read the whole novel in one night and then slept until noon.",
+    "The museum's new wing houses sculptures from the 12th to the 15th century.",
+    "To install the package, run pip install numpy and restart the kernel.",
+    "A neural network learns weights by gradient descent on a loss function.",
+    "The river flooded the lower town after three days of heavy rain.",
+    "Contact: jane.doe@example.com, +44 20 7946 0958.",
+    "class Stack:\n    def __init__(self):\n        self.items = []",
+    "if (err != nil) { return fmt.Errorf(\"open %s: %w\", path, err) }",
+    "The orchestra played Beethoven's ninth symphony to a full house.",
+    "Shares of the company fell 12% after it cut its annual forecast.",
+    "Water boils at 100 degrees Celsius at sea level.",
+    "The referee blew the whistle and the crowd erupted in cheers.",
+    "Add two cups of flour, a pinch of salt and mix until smooth.",
+    "The spacecraft entered orbit around Jupiter after a five-year journey.",
+    "Users reported that the app crashes when the screen is rotated.",
+    "ERROR 2024-05-01 12:03:44 worker-3 connection refused (retry 4/5)",
+    "The law takes effect on January 1 and applies to all employers with ten or more staff.",
+    "Why is the sky blue? Because air scatters short wavelengths more strongly.",
+    "The cat sat on the windowsill, watching the birds in the garden.",
+    "x = np.linspace(0, 1, 100); y = np.sin(2 * np.pi * x)",
+    "Le chat dort sur le canapé pendant que la pluie tombe.",
+    "The hotel offers free breakfast, a gym, and a rooftop pool.",
+)
+HELDOUT_EVERY = 5  # every fifth text is held out of the calibration statistics
+MAX_LENGTH = 512
+BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: np.ndarray  # (B, S) int64
+    attention_mask: np.ndarray  # (B, S) int64
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    source: str  # the file, "built-in", or "random token ids"
+    texts: int  # how many texts (or random sequences) in all
+    calibration: tuple[Batch, ...]  # statistics and the first fidelity slice
+    heldout: tuple[Batch, ...]  # fidelity only
+    mask_token_id: int | None  # for fill-mask evaluation; None when the tokenizer has none
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """One text per line, or JSONL objects with a "text" field; blank lines are skipped."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"calibration file {path} could not be read ({e}).") from None
+    texts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+            if isinstance(obj, dict):
+                if not isinstance(obj.get("text"), str):
+                    raise UserError(f"{path} line {n} is a JSON object without a string 'text' field.")
+                texts.append(obj["text"])
+                continue
+        texts.append(line)
+    if len(texts) < 2:
+        raise UserError(f"calibration file {path} has {len(texts)} texts; give at least 2 (one per line).")
+    return texts
+
+
+def tokenize(tokenizer_file: Path, texts: list[str], max_length: int) -> tuple[list[np.ndarray], int | None]:
+    """Token ids per text (with the tokenizer's special tokens), and the id of its mask token."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    seqs = [np.asarray(e.ids, dtype=np.int64) for e in tok.encode_batch(texts)]
+    mask_id = next((tok.token_to_id(t) for t in ("[MASK]", "<mask>") if tok.token_to_id(t) is not None), None)
+    return seqs, mask_id
+
+
+def batches(seqs: list[np.ndarray], pad_id: int, batch_size: int = BATCH_SIZE) -> list[Batch]:
+    """Right-padded batches of similar lengths, plus one long row of all texts joined (>local window)."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = []
+    for start in range(0, len(order), batch_size):
+        rows = [seqs[i] for i in order[start : start + batch_size]]
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, seq in enumerate(rows):
+            ids[r, : len(seq)], mask[r, : len(seq)] = seq, 1
+        out.append(Batch(ids, mask))
+    joined = np.concatenate(seqs)[:MAX_LENGTH]
+    if len(joined) > max(len(s) for s in seqs):
+        out.append(Batch(joined[None, :], np.ones((1, len(joined)), dtype=np.int64)))
+    return out
+
+
+def calibration_set(
+    model_dir: Path, vocab_size: int, pad_id: int | None, path: str | Path | None = None, seed: int = 0
+) -> CalibrationSet:
+    """The calibration and held-out batches for the model folder (texts from `path` or built in)."""
+    texts = read_texts(path) if path is not None else list(BUILTIN_TEXTS)
+    source = str(path) if path is not None else "built-in"
+    tokenizer_file = Path(model_dir) / "tokenizer.json"
+    pad = 0 if pad_id is None else pad_id
+    if tokenizer_file.is_file():
+        seqs, mask_id = tokenize(tokenizer_file, texts, MAX_LENGTH)
+    else:
+        rng = np.random.default_rng(seed)
+        low = min(5, vocab_size - 1)  # leave the usual special-token ids out
+        seqs = [rng.integers(low, vocab_size, size=int(rng.integers(4, 48))) for _ in texts]
+        mask_id, source = None, "random token ids"
+    seqs = [s for s in seqs if len(s)]
+    held = [s for i, s in enumerate(seqs) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1]
+    calib = [s for i, s in enumerate(seqs) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
+    if not held or not calib:
+        raise UserError(f"the calibration texts ({source}) give too few non-empty sequences; give at least 2.")
+    return CalibrationSet(source, len(seqs), tuple(batches(calib, pad)), tuple(batches(held, pad)), mask_id)

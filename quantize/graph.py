@@ -1,0 +1,346 @@
+"""The graph rewrite: fp32 export -> int8 / int8-static / int4 graph, node by node, by name.
+
+Each weight projection (a MatMul on an initializer, or the fill-mask decoder's Gemm) is named
+for its node without the op suffix (`/model/layers.3/attn/Wqkv`). The rewrite
+
+    x ─ [smooth/Mul] ─ DynamicQuantizeMatMul(W_q int8 (K, N), scale (N,))       int8
+    x ─ [smooth/Mul] ─ Q ─ DQ ─ MatMul ─ DQ(W_q, scale, axis=1)                  int8-static
+    x ─ [smooth/Mul] ─ MatMulNBits(4-bit blocks of W^T, scales)                  int4
+
+keeps every output tensor name, so the rest of the graph is untouched. A per-channel smoothing
+scale s (x / s, diag(s) W) is folded, where it can be, into the op that produces x: a LayerNorm's
+weight, the V columns of Wqkv (for attention Wo) or the gate columns of Wi (for mlp Wo); only the
+inputs that feed the residual stream or the model's outputs get an explicit Mul.
+
+The tied embedding table is stored once, as int8 (D, V) with one scale per vocabulary row: the
+decoder uses it as its int8 weight, and the embedding lookup gathers and dequantizes its columns:
+
+    ids ─ Gather(W_q, axis=1) (D, 1, T) ─ Transpose (1, T, D) ─ Cast ─ Mul(scale[ids]) ─ [Mul(1/s)]
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MS_DOMAIN = "com.microsoft"
+FINAL_HIDDEN = "/model/final_norm/SkipLayerNorm/output_0"  # (1, T, D) final token stream
+EMBED_GATHER = "/model/embeddings/tok_embeddings/Gather"
+DECODER = "/decoder"
+KEEP_FLOAT_ALWAYS = ("/classifier",)  # (D, labels): tiny, and it decides the label
+INT4_BLOCK = 32
+INT4_ACCURACY_LEVEL = 4  # int8 activations inside MatMulNBits (see the measurements in the README)
+_NORMS = ("LayerNormalization", "SkipLayerNormalization")
+_NO_FOLD = ("/model/final_norm/",)  # its output is the model's hidden state: keep it exact
+
+
+@dataclass(frozen=True)
+class Projection:
+    name: str  # "/model/layers.3/attn/Wqkv": the node name without /MatMul or /Gemm
+    node: str  # the node's name
+    weight: str  # initializer: (K, N) for MatMul, (N, K) for the decoder's Gemm(transB=1)
+    x: str  # the activation input (…, K)
+    k: int
+    n: int
+    transposed: bool  # weight stored (N, K)
+
+    def weight_kn(self, inits: dict[str, np.ndarray]) -> np.ndarray:
+        w = inits[self.weight]
+        return w.T if self.transposed else w
+
+
+@dataclass(frozen=True)
+class Absorber:
+    """Where x's 1/s goes: a norm's weight (and bias), columns of an earlier weight, or a Mul."""
+
+    kind: str  # "norm" | "columns" | "mul"
+    params: tuple[str, ...] = ()  # norm: (weight, bias?); columns: (weight, bias?)
+    start: int = 0  # columns [start, stop) of the earlier (K, N) weight
+    stop: int = 0
+
+
+def load_initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def find_projections(model: onnx.ModelProto, inits: dict[str, np.ndarray]) -> list[Projection]:
+    """Every MatMul with a 2-D initializer weight, and a Gemm(transB=1) decoder, in graph order."""
+    out = []
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits and inits[node.input[1]].ndim == 2:
+            k, n = inits[node.input[1]].shape
+            out.append(Projection(node.name.rsplit("/", 1)[0], node.name, node.input[1], node.input[0], k, n, False))
+        elif node.op_type == "Gemm" and node.input[1] in inits:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            if attrs.get("transB", 0) == 1 and not attrs.get("transA", 0) and attrs.get("alpha", 1.0) == 1.0:
+                n, k = inits[node.input[1]].shape
+                out.append(Projection(node.name.rsplit("/", 1)[0], node.name, node.input[1], node.input[0], k, n, True))
+    return out
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    users: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    return users
+
+
+def find_absorbers(model: onnx.ModelProto, projections: list[Projection]) -> dict[str, Absorber]:
+    """For each projection, where its input smoothing scale can be folded exactly."""
+    producers = {o: node for node in model.graph.node for o in node.output}
+    users = _consumers(model)
+    outputs = {o.name for o in model.graph.output}
+    by_name = {p.name: p for p in projections}
+    result = {}
+    for p in projections:
+        x, absorber = p.x, Absorber("mul")
+        node = producers.get(x)
+        if node is not None and node.op_type == "Reshape" and len(users.get(x, [])) == 1:
+            x, node = node.input[0], producers.get(node.input[0])  # e.g. the decoder's (1,T,D)->(T,D)
+        alone = len(users.get(x, [])) == 1 and x not in outputs
+        if node is not None and alone and node.op_type in _NORMS and x == node.output[0]:
+            if not node.name.startswith(_NO_FOLD):
+                skip = node.op_type == "SkipLayerNormalization"
+                params = [n for n in node.input[2 if skip else 1 :][:2] if n]  # gamma, beta
+                absorber = Absorber("norm", tuple(params))
+        m = re.fullmatch(r"(/model/layers\.\d+)/(attn|mlp)/Wo", p.name)
+        if m and alone:
+            layer, part = m.groups()
+            src = by_name.get(f"{layer}/attn/Wqkv" if part == "attn" else f"{layer}/mlp/Wi")
+            if src is not None and not src.transposed:
+                # attn: out = softmax(qk) v is linear in v's channels, v = columns [2D, 3D) of Wqkv.
+                # mlp: out = act(input) * gate, linear in gate = columns [I, 2I) of Wi.
+                start = 2 * p.k if part == "attn" else p.k
+                bias = _bias_after(model, src)
+                absorber = Absorber("columns", (src.weight, *([bias] if bias else [])), start, start + p.k)
+        result[p.name] = absorber
+    return result
+
+
+def _bias_after(model: onnx.ModelProto, p: Projection) -> str | None:
+    out = next(n.output[0] for n in model.graph.node if n.name == p.node)
+    for node in model.graph.node:
+        if node.op_type == "Add" and node.input[0] == out:
+            return node.input[1]
+    return None
+
+
+def apply_smoothing(
+    inits: dict[str, np.ndarray],
+    projections: list[Projection],
+    absorbers: dict[str, Absorber],
+    scales: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """Fold x / s into the absorbers and diag(s) into the weights (in place, on copies of the
+    touched arrays); returns {projection: 1/s} for the projections that need an explicit Mul."""
+    muls = {}
+    touched: set[str] = set()
+
+    def own(name: str) -> np.ndarray:
+        if name not in touched:
+            inits[name] = inits[name].astype(np.float32, copy=True)
+            touched.add(name)
+        return inits[name]
+
+    for p in projections:
+        s = scales.get(p.name)
+        if s is None:
+            continue
+        s = s.astype(np.float32)
+        w = own(p.weight)
+        if p.transposed:
+            w *= s[None, :]  # (N, K): scale input channels
+        else:
+            w *= s[:, None]  # (K, N)
+        a = absorbers[p.name]
+        if a.kind == "norm":
+            for param in a.params:
+                own(param)[...] /= s
+        elif a.kind == "columns":
+            own(a.params[0])[:, a.start : a.stop] /= s[None, :]
+            if len(a.params) > 1:
+                own(a.params[1])[a.start : a.stop] /= s
+        else:
+            muls[p.name] = (1.0 / s).astype(np.float32)
+    return muls
+
+
+def quantize_int8_columns(w_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column: W ≈ q * scale, q in [-127, 127]."""
+    amax = np.abs(w_kn).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w_kn / scale), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_int4_blocks(w_kn: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """MatMulNBits layout: B (N, K/block, block/2) uint8, two 4-bit values per byte (low first),
+    zero point 8 (the default), scales (N * K/block,)."""
+    k, n = w_kn.shape
+    nb = -(-k // block)
+    wt = np.zeros((n, nb * block), dtype=np.float32)
+    wt[:, :k] = w_kn.T
+    wt = wt.reshape(n, nb, block)
+    amax = np.abs(wt).max(axis=2)
+    scale = np.where(amax > 0, amax / 7.0, 1.0).astype(np.float32)
+    q = (np.clip(np.rint(wt / scale[:, :, None]), -8, 7) + 8).astype(np.uint8)
+    packed = q[:, :, 0::2] | (q[:, :, 1::2] << 4)
+    return packed, scale.reshape(-1)
+
+
+def dequantize_int4_blocks(packed: np.ndarray, scale: np.ndarray, k: int) -> np.ndarray:
+    n, nb, half = packed.shape
+    q = np.empty((n, nb, 2 * half), dtype=np.float32)
+    q[:, :, 0::2], q[:, :, 1::2] = packed & 15, packed >> 4
+    w = (q - 8) * scale.reshape(n, nb, 1)
+    return w.reshape(n, -1)[:, :k].T
+
+
+@dataclass
+class _Rewriter:
+    inits: dict[str, np.ndarray]
+    nodes: list[onnx.NodeProto]
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        self.inits[name] = value
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, domain: str = "", output: str | None = None, **attrs):  # noqa: ANN003, ANN201
+        out = output or f"{name}/output_0"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, domain=domain or None, **attrs))
+        return out
+
+
+def rewrite(
+    model: onnx.ModelProto,
+    inits: dict[str, np.ndarray],
+    projections: list[Projection],
+    mode: str,
+    keep_float: set[str],
+    muls: dict[str, np.ndarray],
+    act_ranges: dict[str, tuple[float, float]] | None = None,
+) -> onnx.ModelProto:
+    """The quantized model: `inits` already smoothed; projections in keep_float stay MatMul/Gemm."""
+    by_node = {p.node: p for p in projections if p.name not in keep_float}
+    table = _tied_table(model, inits, by_node)
+    r = _Rewriter(dict(inits), [])
+    table_q = None
+    if table is not None:  # the embedding table, int8 (D, V), shared with a quantized tied decoder
+        dec = next((p for p in by_node.values() if p.weight == table and p.transposed), None)
+        q, scale = quantize_int8_columns(inits[table].T)  # (D, V), one scale per vocabulary row
+        table_q = (r.const(f"{table}_quantized", q), r.const(f"{table}_scale", scale))
+        del r.inits[table]
+        unsmooth = muls.pop(dec.name) if dec is not None and dec.name in muls else None
+        if dec is not None and unsmooth is not None:  # the decoder's smoothing lives in the table
+            pass
+    for node in model.graph.node:
+        p = by_node.get(node.name)
+        if node.name == EMBED_GATHER and table_q is not None:
+            _emit_embedding(r, node, table_q, table, inits, by_node)
+        elif p is None:
+            r.nodes.append(node)
+        else:
+            _emit_projection(r, node, p, mode, muls.get(p.name), table_q, act_ranges)
+    used = {i for n in r.nodes for i in n.input}
+    initializers = [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in r.inits.items() if k in used]
+    g = model.graph
+    graph = helper.make_graph(r.nodes, g.name, g.input, g.output, initializer=initializers, doc_string=g.doc_string)
+    opsets = {o.domain: o.version for o in model.opset_import}
+    opsets.setdefault(MS_DOMAIN, 1)
+    out = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
+    out.ir_version, out.producer_name = model.ir_version, model.producer_name
+    out.doc_string = model.doc_string
+    return out
+
+
+def _tied_table(model: onnx.ModelProto, inits: dict[str, np.ndarray], by_node: dict[str, Projection]) -> str | None:
+    """The embedding table's name when it can be stored in int8: not used by a float projection."""
+    gather = next((n for n in model.graph.node if n.name == EMBED_GATHER), None)
+    if gather is None or gather.input[0] not in inits:
+        return None
+    table = gather.input[0]
+    users = [n for n in model.graph.node if table in n.input and n.name != EMBED_GATHER]
+    if any(n.name not in by_node for n in users):
+        return None  # a float decoder shares it: keep the fp32 table
+    return table
+
+
+def _emit_embedding(
+    r: _Rewriter,
+    node: onnx.NodeProto,
+    table_q: tuple[str, str],
+    table: str,
+    inits: dict[str, np.ndarray],
+    by_node: dict[str, Projection],
+) -> None:
+    """Gather columns of the int8 (D, V) table and dequantize them (see the module docstring)."""
+    name, ids = node.name.rsplit("/", 1)[0], node.input[1]  # ids (1, T)
+    q, scale = table_q
+    cols = r.node("Gather", [q, ids], node.name, axis=1)  # (D, 1, T) int8
+    rows = r.node("Transpose", [cols], f"{name}/Transpose", perm=[1, 2, 0])  # (1, T, D)
+    rows = r.node("Cast", [rows], f"{name}/Cast", to=TensorProto.FLOAT)
+    row_scale = r.node("Gather", [scale, ids], f"{name}/scale/Gather", axis=0)  # (1, T)
+    row_scale = r.node("Unsqueeze", [row_scale, r.const("/const/int64/[1]/-1", np.array([-1]))], f"{name}/scale/Unsqueeze")
+    dec = next((p for p in by_node.values() if p.weight == table), None)
+    # The decoder's smoothing multiplied the table's channels by s: the lookup divides them back.
+    s = inits.get(f"{dec.name}/table_smooth") if dec is not None else None
+    if s is None:
+        r.node("Mul", [rows, row_scale], f"{name}/Mul", output=node.output[0])
+        return
+    rows = r.node("Mul", [rows, row_scale], f"{name}/Mul")
+    inv = r.const(f"{name}/unsmooth_scale", (1.0 / s).astype(np.float32))
+    r.node("Mul", [rows, inv], f"{name}/unsmooth/Mul", output=node.output[0])
+
+
+def _emit_projection(
+    r: _Rewriter,
+    node: onnx.NodeProto,
+    p: Projection,
+    mode: str,
+    inv_s: np.ndarray | None,
+    table_q: tuple[str, str] | None,
+    act_ranges: dict[str, tuple[float, float]] | None,
+) -> None:
+    x, out = node.input[0], node.output[0]
+    if inv_s is not None:
+        x = r.node("Mul", [x, r.const(f"{p.name}/smooth_scale", inv_s)], f"{p.name}/smooth/Mul")
+    bias = node.input[2] if p.transposed and len(node.input) > 2 and node.input[2] else ""
+    shared = table_q is not None and p.transposed and p.weight.endswith(("tok_embeddings.weight",))
+    w = p.weight_kn(r.inits) if not shared else None
+    if mode == "int4" and not p.transposed:
+        packed, scale = quantize_int4_blocks(w)
+        b = r.const(f"{p.weight}_q4", packed)
+        sc = r.const(f"{p.weight}_q4_scale", scale)
+        r.node(
+            "MatMulNBits", [x, b, sc], f"{p.name}/MatMulNBits", MS_DOMAIN, output=out,
+            K=p.k, N=p.n, bits=4, block_size=INT4_BLOCK, accuracy_level=INT4_ACCURACY_LEVEL,
+        )  # fmt: skip
+        return
+    if shared:
+        q, sc = table_q
+    else:
+        wq, scale = quantize_int8_columns(w)
+        q, sc = r.const(f"{p.weight}_quantized", wq), r.const(f"{p.weight}_scale", scale)
+    if mode == "int8-static" and act_ranges is not None and p.name in act_ranges:
+        lo, hi = act_ranges[p.name]
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        a_scale = np.float32(max(hi - lo, 1e-8) / 255.0)
+        a_zp = np.uint8(np.clip(np.rint(-lo / a_scale), 0, 255))
+        xs, xz = r.const(f"{p.name}/input_scale", np.array(a_scale)), r.const(f"{p.name}/input_zero_point", np.array(a_zp))
+        xq = r.node("QuantizeLinear", [x, xs, xz], f"{p.name}/input/QuantizeLinear")
+        xd = r.node("DequantizeLinear", [xq, xs, xz], f"{p.name}/input/DequantizeLinear")
+        zp = r.const(f"{q}_zero_point", np.zeros(p.n, dtype=np.int8))
+        wd = r.node("DequantizeLinear", [q, sc, zp], f"{p.name}/weight/DequantizeLinear", axis=1)
+        if bias:
+            y = r.node("MatMul", [xd, wd], f"{p.name}/MatMul")
+            r.node("Add", [y, bias], f"{p.name}/Add", output=out)
+        else:
+            r.node("MatMul", [xd, wd], f"{p.name}/MatMul", output=out)
+        return
+    inputs = [x, q, sc] + (["", bias] if bias else [])
+    r.node("DynamicQuantizeMatMul", inputs, f"{p.name}/DynamicQuantizeMatMul", MS_DOMAIN, output=out)

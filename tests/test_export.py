@@ -1,0 +1,144 @@
+"""Exporter: parity with PyTorch for every task, config format and shape; graph structure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import transformers
+
+from modernbert_edge.export.exporter import export
+from modernbert_edge.export.tasks import TASKS
+from modernbert_edge.manifest import read_manifest
+
+ATOL = 1e-4
+LENGTHS = [1, 7, 63, 64, 65, 129, 300, 700]
+
+
+def onnx_outputs(model_dir: Path, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"input_ids": ids, "attention_mask": mask}), strict=True))
+
+
+def torch_outputs(ckpt: Path, task: str, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    model = getattr(transformers, TASKS[task].architecture).from_pretrained(str(ckpt)).eval()
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+    return {name: getattr(out, name).numpy() for name, _ in TASKS[task].outputs}
+
+
+def padded_batch(lengths: list[int], vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    s = max(lengths)
+    ids = rng.integers(0, vocab, size=(len(lengths), s), dtype=np.int64)
+    mask = (np.arange(s)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    return ids, mask
+
+
+def assert_close_on_valid(ours: dict, ref: dict, mask: np.ndarray, atol: float = ATOL) -> None:
+    valid = mask.astype(bool)
+    for name, r in ref.items():
+        o = ours[name]
+        assert o.shape == r.shape, name
+        if o.ndim >= 2 and o.shape[:2] == mask.shape:
+            o, r = o[valid], r[valid]
+        diff = np.abs(o - r).max()
+        assert diff <= atol, f"{name}: max abs diff {diff:.2e}"
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("flat_config", [False, True], ids=["layer_types", "flat"])
+def test_every_task_matches_pytorch_padded_and_alone(task, flat_config, checkpoint_factory, tmp_path):
+    ckpt = checkpoint_factory(task, flat_config=flat_config, max_position_embeddings=1024)
+    out = tmp_path / "m"
+    manifest = export(str(ckpt), out, log=lambda _m: None)
+    assert manifest["task"] == task
+    assert manifest["validation"]["status"] == "passed"
+    vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    ids, mask = padded_batch(LENGTHS, vocab)
+    ours = onnx_outputs(out, ids, mask)
+    assert_close_on_valid(ours, torch_outputs(ckpt, task, ids, mask), mask)
+    # Each row alone gives what it gave inside the padded batch.
+    for row in (0, 4, 7):
+        n = LENGTHS[row]
+        alone = onnx_outputs(out, ids[row : row + 1, :n], mask[row : row + 1, :n])
+        for name, value in alone.items():
+            batched = ours[name][row : row + 1]
+            if value.ndim >= 2 and value.shape[1] == n:
+                batched = batched[:, :n]
+            assert np.abs(value - batched).max() <= 1e-5, (name, n)
+
+
+SHAPES = {
+    "head_dim_32_odd_layers": dict(num_hidden_layers=5, hidden_size=64, num_attention_heads=2),
+    "head_dim_64_every_2": dict(hidden_size=128, num_attention_heads=2, global_attn_every_n_layers=2),
+    "default_window_biases": dict(
+        local_attention=128, attention_bias=True, mlp_bias=True, norm_bias=True, classifier_bias=True
+    ),
+    "tanh_gelu_untied": dict(hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=False),
+    "silu_relu_no_decoder_bias": dict(hidden_activation="silu", classifier_activation="relu", decoder_bias=False),
+    "window_6_two_layers": dict(local_attention=12, num_hidden_layers=2),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_shapes_match_pytorch_at_every_length(shape, checkpoint_factory, tmp_path):
+    ckpt = checkpoint_factory("fill-mask", max_position_embeddings=1024, **SHAPES[shape])
+    out = tmp_path / "m"
+    export(str(ckpt), out, log=lambda _m: None)
+    vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    ids, mask = padded_batch(LENGTHS, vocab, seed=1)
+    assert_close_on_valid(onnx_outputs(out, ids, mask), torch_outputs(ckpt, "fill-mask", ids, mask), mask)
+
+
+def test_flat_config_with_global_every_2(checkpoint_factory, tmp_path):
+    ckpt = checkpoint_factory("feature-extraction", flat_config=True, global_attn_every_n_layers=2, num_hidden_layers=3)
+    raw = json.loads((ckpt / "config.json").read_text())
+    assert "layer_types" not in raw and raw["global_attn_every_n_layers"] == 2
+    manifest = export(str(ckpt), tmp_path / "m", log=lambda _m: None)
+    assert manifest["config"]["layer_types"] == ["full_attention", "sliding_attention", "full_attention"]
+    assert manifest["validation"]["max_abs_diff"] <= ATOL
+
+
+def test_encoder_of_a_head_checkpoint(checkpoint_factory, tmp_path):
+    ckpt = checkpoint_factory("fill-mask")
+    manifest = export(str(ckpt), tmp_path / "m", task="feature-extraction", log=lambda _m: None)
+    assert manifest["outputs"] == ["last_hidden_state"]
+    assert "head.dense.weight" in manifest["source"]["ignored_tensors"]
+    assert manifest["validation"]["status"] == "passed"
+
+
+def test_structure_counts_fused_ops(exported_factory):
+    out = exported_factory("fill-mask", num_hidden_layers=5)
+    model = onnx.load(str(out / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MultiHeadAttention") == 5
+    assert ops.count("RotaryEmbedding") == 5
+    assert ops.count("SkipLayerNormalization") == 2 * 5  # attn_norm of layers 1.., mlp_norm, final_norm
+    assert "Softmax" not in ops and "Erf" not in ops
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in model.graph.output] == ["logits"]
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == len(names)
+    assert "/model/layers.0/attn/Wqkv/MatMul" in names
+    manifest = read_manifest(out)
+    assert manifest["fused_ops"]["MultiHeadAttention"] == 5
+    assert {"onnx", "onnxruntime", "torch", "transformers"} <= set(manifest["versions"])
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+
+def test_session_optimizations_keep_fused_ops(exported_factory, tmp_path):
+    """ORT's optimizer must not undo the fused graph (e.g. by failing to load a contrib op)."""
+    out = exported_factory("feature-extraction")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("MultiHeadAttention") == 4 and "Softmax" not in ops
