@@ -7,6 +7,7 @@ validation included, has succeeded: a failed export leaves nothing behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -62,7 +63,16 @@ def resolve_checkpoint(checkpoint: str) -> Path:
 
 
 def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    counts = Counter(n.op_type for n in model.graph.node)
+    """Fused ops that run per forward pass (of an If, one branch runs: its then-branch is counted)."""
+
+    def walk(graph: onnx.GraphProto) -> Counter:
+        counts = Counter(n.op_type for n in graph.node)
+        for node in graph.node:
+            if node.op_type == "If":
+                counts += walk(next(a.g for a in node.attribute if a.name == "then_branch"))
+        return counts
+
+    counts = walk(model.graph)
     return {op: counts[op] for op in FUSED_OPS if counts[op]}
 
 
@@ -81,6 +91,9 @@ def write_atomically(out_dir: Path, overwrite: bool, fill) -> None:  # noqa: ANN
         raise UserError(f"{out_dir} already exists; pass --overwrite to replace it.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         fill(tmp)
         if out_dir.exists():

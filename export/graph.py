@@ -38,6 +38,7 @@ class Layout:
     seq: str  # (1,) int64 S
     flat: str  # (1,) int64 B*S
     key_mask: str  # (B, S) int32 attention_mask, for global attention
+    unpadded: str  # bool scalar: T == B * S (no padding anywhere), selects mask-free attention
     mask_f: str  # (B, S, 1) float attention_mask, for mean pooling
     local: LocalLayout | None
 
@@ -78,8 +79,10 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     scatter_idx = g.op("Reshape", [nz, g.const([-1, 1])], f"{p}/scatter_idx")
     key_mask = g.op("Cast", ["attention_mask"], f"{p}/key_mask", to=6)  # int32
     mask_f = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT)
+    n_tokens = g.op("Shape", [tokens], f"{p}/n_tokens")
+    unpadded = g.op("Squeeze", [g.op("Equal", [n_tokens, flat], f"{p}/Equal")], f"{p}/unpadded")
     local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
-    return Layout(tokens, scatter_idx, batch, seq, flat, key_mask, mask_f, local)
+    return Layout(tokens, scatter_idx, batch, seq, flat, key_mask, unpadded, mask_f, local)
 
 
 def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str) -> LocalLayout:
@@ -260,17 +263,33 @@ def make_attention(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layo
     )
     q, k = g.op("Split", [qk, g.const([d, d])], f"{name}/Split_qk", outputs=2, axis=-1)
     if layer_type == GLOBAL:
-        o = g.op(
-            "MultiHeadAttention",
-            [q, k, v, "", lay.key_mask],
-            f"{name}/MultiHeadAttention",
-            domain=MS_DOMAIN,
-            num_heads=n,
-        )
+        o = make_global_attention(g, lay, q, k, v, n, name)
     else:
         o = make_local_attention(g, lay, q, k, v, n, name)
     o = to_tokens(g, lay, o, d, f"{name}/tokens")
     return make_linear(g, w, o, f"{key}.Wo", d, d, cfg.attention_bias, f"{name}/Wo")
+
+
+def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:
+    """Full bidirectional attention, (B, S, D) each -> (B, S, D).
+
+    If(no padding anywhere) ─ then: MHA(q, k, v)             MLAS flash path: no S x S buffer
+                            └ else: MHA(q, k, v, key_mask)    padded keys masked
+    """
+    branches = {}
+    for branch, extra in (("unpadded", []), ("padded", ["", lay.key_mask])):
+        out = f"{name}/{branch}/MultiHeadAttention/output_0"
+        node = helper.make_node(
+            "MultiHeadAttention",
+            [q, k, v, *extra],
+            [out],
+            name=f"{name}/{branch}/MultiHeadAttention",
+            domain=MS_DOMAIN,
+            num_heads=n,
+        )
+        info = tensor_info(out, FLOAT, None)
+        branches[branch] = helper.make_graph([node], f"{name}/{branch}".replace("/", "_"), [], [info])
+    return g.op("If", [lay.unpadded], f"{name}/If", then_branch=branches["unpadded"], else_branch=branches["padded"])
 
 
 def make_local_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:
@@ -365,6 +384,56 @@ def make_decoder(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, h: str, pre
         inputs.append(g.weight("decoder.bias", w.get("decoder.bias", (v,))))
     logits = g.op("Gemm", inputs, "/decoder/Gemm", transB=1)
     return g.op("Unsqueeze", [logits, g.const([0])], "/decoder/Unsqueeze")
+
+
+def make_selected_rows(g: GraphBuilder, lay: Layout, x: str, width_in: int, head, width: int, name: str) -> str:  # noqa: ANN001
+    """Run a per-token head on all tokens, or only on the positions the caller asks for.
+
+    The optional input `mask_positions` (M,) holds flat indices b * S + s into the padded batch.
+    Empty (the default): head on all T tokens, output (B, S, F) with zeros at pads — the public
+    contract. Given: head on those M rows only, output (1, M, F). Fill-mask uses this to run the
+    vocabulary decoder at [MASK] positions only. The choice is shape arithmetic, not an If.
+
+    rows = Concat(Gather(CumSum(mask) - 1, positions), Range(0, T if empty else 0))
+    """
+    positions = g.optional_input("mask_positions", np.zeros((0,), np.int64), ["positions"])
+    zero = g.const([0])
+    n = g.op("Reshape", [g.op("Size", [positions], f"{name}/Size"), g.const([1])], f"{name}/n")
+    every = g.op("Equal", [n, zero], f"{name}/every")  # (1,) bool
+    n_tokens = g.op("Shape", [lay.tokens], f"{name}/n_tokens")
+    k = g.op("Squeeze", [g.op("Where", [every, n_tokens, zero], f"{name}/k")], f"{name}/k_scalar")
+    m = g.op("Squeeze", [g.op("Where", [every, zero, n], f"{name}/m")], f"{name}/m_scalar")
+    one, zero_s = g.const(1), g.const(0)
+    mask_flat = g.op("Reshape", ["attention_mask", g.const([-1])], f"{name}/mask_flat")
+    row_of = g.op("Sub", [g.op("CumSum", [mask_flat, zero_s], f"{name}/CumSum"), one], f"{name}/row_of")
+    all_rows = g.op("Range", [zero_s, k, one], f"{name}/all_rows")
+    rows = g.op(
+        "Concat", [g.op("Gather", [row_of, positions], f"{name}/picked_rows", axis=0), all_rows], f"{name}/rows", axis=0
+    )
+    x2d = g.op("Reshape", [x, g.const([-1, width_in])], f"{name}/x2d")
+    y = head(g.op("Gather", [x2d, rows], f"{name}/Gather", axis=0))
+    y = g.op("Reshape", [y, g.const([-1, width])], f"{name}/y2d")  # (R, F)
+    picked = g.op("Range", [zero_s, m, one], f"{name}/out_picked")
+    picked_idx = g.op("Unsqueeze", [picked, g.const([1])], f"{name}/out_picked2d")
+    idx = g.op(
+        "Concat",
+        [picked_idx, g.op("Gather", [lay.scatter_idx, all_rows], f"{name}/out_all", axis=0)],
+        f"{name}/out_idx",
+        axis=0,
+    )
+    f = g.const([width])
+    n_out = g.op("Where", [every, lay.flat, n], f"{name}/n_out")
+    zeros = g.op(
+        "ConstantOfShape",
+        [g.op("Concat", [n_out, f], f"{name}/zeros_shape", axis=0)],
+        f"{name}/zeros",
+        value=_float_tensor(0.0),
+    )
+    out = g.op("ScatterND", [zeros, idx, y], f"{name}/ScatterND")
+    full_shape = g.op("Concat", [lay.batch, lay.seq, f], f"{name}/full_shape", axis=0)
+    picked_shape = g.op("Concat", [g.const([1]), n, f], f"{name}/picked_shape", axis=0)
+    shape = g.op("Where", [every, full_shape, picked_shape], f"{name}/shape")
+    return g.op("Reshape", [out, shape], f"{name}/Reshape")
 
 
 def make_classifier(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, h: str, n_out: int) -> str:

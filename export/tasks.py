@@ -21,6 +21,7 @@ from modernbert_edge.export.graph import (
     make_layout,
     make_pooling,
     make_prediction_head,
+    make_selected_rows,
     to_padded,
 )
 
@@ -34,8 +35,10 @@ def _hidden_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
 
 
 def _fill_mask_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
-    logits = make_decoder(g, w, cfg, make_prediction_head(g, w, cfg, x), prefix)
-    return {"logits": to_padded(g, lay, logits, cfg.vocab_size, "/output/logits")}
+    def head(rows: str) -> str:
+        return make_decoder(g, w, cfg, make_prediction_head(g, w, cfg, rows), prefix)
+
+    return {"logits": make_selected_rows(g, lay, x, cfg.hidden_size, head, cfg.vocab_size, "/output/logits")}
 
 
 def _sequence_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202

@@ -50,6 +50,11 @@ def _register_all() -> None:
     register("export", export_commands.export_cmd)
     register("parity", export_commands.parity_cmd)
 
+    from modernbert_edge.runtime import commands as runtime_commands
+
+    register("run", runtime_commands.run_cmd)
+    register("info", runtime_commands.info_cmd)
+
 
 _register_all()
 

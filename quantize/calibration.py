@@ -41,7 +41,7 @@ BUILTIN_TEXTS = (
     "The river flooded the lower town after three days of heavy rain.",
     "Contact: jane.doe@example.com, +44 20 7946 0958.",
     "class Stack:\n    def __init__(self):\n        self.items = []",
-    "if (err != nil) { return fmt.Errorf(\"open %s: %w\", path, err) }",
+    'if (err != nil) { return fmt.Errorf("open %s: %w", path, err) }',
     "The orchestra played Beethoven's ninth symphony to a full house.",
     "Shares of the company fell 12% after it cut its annual forecast.",
     "Water boils at 100 degrees Celsius at sea level.",

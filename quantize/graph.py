@@ -224,28 +224,32 @@ def rewrite(
     keep_float: set[str],
     muls: dict[str, np.ndarray],
     act_ranges: dict[str, tuple[float, float]] | None = None,
+    table_smooth: np.ndarray | None = None,
 ) -> onnx.ModelProto:
-    """The quantized model: `inits` already smoothed; projections in keep_float stay MatMul/Gemm."""
+    """The quantized model: `inits` already smoothed; projections in keep_float stay MatMul/Gemm.
+
+    table_smooth: the tied decoder's smoothing scale s (its weight, the embedding table, was
+    multiplied by s per channel), which the embedding lookup divides back out."""
     by_node = {p.node: p for p in projections if p.name not in keep_float}
     table = _tied_table(model, inits, by_node)
     r = _Rewriter(dict(inits), [])
-    table_q = None
+    table_q, unsmooth = None, None
     if table is not None:  # the embedding table, int8 (D, V), shared with a quantized tied decoder
-        dec = next((p for p in by_node.values() if p.weight == table and p.transposed), None)
         q, scale = quantize_int8_columns(inits[table].T)  # (D, V), one scale per vocabulary row
         table_q = (r.const(f"{table}_quantized", q), r.const(f"{table}_scale", scale))
         del r.inits[table]
-        unsmooth = muls.pop(dec.name) if dec is not None and dec.name in muls else None
-        if dec is not None and unsmooth is not None:  # the decoder's smoothing lives in the table
-            pass
+        dec = next((p for p in by_node.values() if p.weight == table), None)
+        if dec is not None and table_smooth is not None:
+            unsmooth = (1.0 / table_smooth).astype(np.float32)  # the decoder's s lives in the table
     for node in model.graph.node:
         p = by_node.get(node.name)
         if node.name == EMBED_GATHER and table_q is not None:
-            _emit_embedding(r, node, table_q, table, inits, by_node)
+            _emit_embedding(r, node, table_q, unsmooth)
         elif p is None:
             r.nodes.append(node)
         else:
-            _emit_projection(r, node, p, mode, muls.get(p.name), table_q, act_ranges)
+            shared = table_q if p.weight == table else None
+            _emit_projection(r, node, p, mode, muls.get(p.name), shared, act_ranges)
     used = {i for n in r.nodes for i in n.input}
     initializers = [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in r.inits.items() if k in used]
     g = model.graph
@@ -270,30 +274,21 @@ def _tied_table(model: onnx.ModelProto, inits: dict[str, np.ndarray], by_node: d
     return table
 
 
-def _emit_embedding(
-    r: _Rewriter,
-    node: onnx.NodeProto,
-    table_q: tuple[str, str],
-    table: str,
-    inits: dict[str, np.ndarray],
-    by_node: dict[str, Projection],
-) -> None:
+def _emit_embedding(r: _Rewriter, node: onnx.NodeProto, table_q: tuple[str, str], unsmooth: np.ndarray | None) -> None:
     """Gather columns of the int8 (D, V) table and dequantize them (see the module docstring)."""
     name, ids = node.name.rsplit("/", 1)[0], node.input[1]  # ids (1, T)
     q, scale = table_q
-    cols = r.node("Gather", [q, ids], node.name, axis=1)  # (D, 1, T) int8
+    cols = r.node("Gather", [q, ids], node.name, output=f"{name}/columns", axis=1)  # (D, 1, T) int8
     rows = r.node("Transpose", [cols], f"{name}/Transpose", perm=[1, 2, 0])  # (1, T, D)
     rows = r.node("Cast", [rows], f"{name}/Cast", to=TensorProto.FLOAT)
     row_scale = r.node("Gather", [scale, ids], f"{name}/scale/Gather", axis=0)  # (1, T)
-    row_scale = r.node("Unsqueeze", [row_scale, r.const("/const/int64/[1]/-1", np.array([-1]))], f"{name}/scale/Unsqueeze")
-    dec = next((p for p in by_node.values() if p.weight == table), None)
-    # The decoder's smoothing multiplied the table's channels by s: the lookup divides them back.
-    s = inits.get(f"{dec.name}/table_smooth") if dec is not None else None
-    if s is None:
+    minus_one = r.const("/const/int64/[1]/-1", np.array([-1], dtype=np.int64))
+    row_scale = r.node("Unsqueeze", [row_scale, minus_one], f"{name}/scale/Unsqueeze")  # (1, T, 1)
+    if unsmooth is None:
         r.node("Mul", [rows, row_scale], f"{name}/Mul", output=node.output[0])
         return
     rows = r.node("Mul", [rows, row_scale], f"{name}/Mul")
-    inv = r.const(f"{name}/unsmooth_scale", (1.0 / s).astype(np.float32))
+    inv = r.const(f"{name}/unsmooth_scale", unsmooth)
     r.node("Mul", [rows, inv], f"{name}/unsmooth/Mul", output=node.output[0])
 
 
@@ -303,15 +298,15 @@ def _emit_projection(
     p: Projection,
     mode: str,
     inv_s: np.ndarray | None,
-    table_q: tuple[str, str] | None,
+    shared: tuple[str, str] | None,
     act_ranges: dict[str, tuple[float, float]] | None,
 ) -> None:
+    """One projection; `shared` is the int8 table (q, scale) when its weight is the tied table."""
     x, out = node.input[0], node.output[0]
     if inv_s is not None:
         x = r.node("Mul", [x, r.const(f"{p.name}/smooth_scale", inv_s)], f"{p.name}/smooth/Mul")
     bias = node.input[2] if p.transposed and len(node.input) > 2 and node.input[2] else ""
-    shared = table_q is not None and p.transposed and p.weight.endswith(("tok_embeddings.weight",))
-    w = p.weight_kn(r.inits) if not shared else None
+    w = p.weight_kn(r.inits) if shared is None else None
     if mode == "int4" and not p.transposed:
         packed, scale = quantize_int4_blocks(w)
         b = r.const(f"{p.weight}_q4", packed)
@@ -321,8 +316,8 @@ def _emit_projection(
             K=p.k, N=p.n, bits=4, block_size=INT4_BLOCK, accuracy_level=INT4_ACCURACY_LEVEL,
         )  # fmt: skip
         return
-    if shared:
-        q, sc = table_q
+    if shared is not None:
+        q, sc = shared
     else:
         wq, scale = quantize_int8_columns(w)
         q, sc = r.const(f"{p.weight}_quantized", wq), r.const(f"{p.weight}_scale", scale)
@@ -331,7 +326,10 @@ def _emit_projection(
         lo, hi = min(lo, 0.0), max(hi, 0.0)
         a_scale = np.float32(max(hi - lo, 1e-8) / 255.0)
         a_zp = np.uint8(np.clip(np.rint(-lo / a_scale), 0, 255))
-        xs, xz = r.const(f"{p.name}/input_scale", np.array(a_scale)), r.const(f"{p.name}/input_zero_point", np.array(a_zp))
+        xs, xz = (
+            r.const(f"{p.name}/input_scale", np.array(a_scale)),
+            r.const(f"{p.name}/input_zero_point", np.array(a_zp)),
+        )
         xq = r.node("QuantizeLinear", [x, xs, xz], f"{p.name}/input/QuantizeLinear")
         xd = r.node("DequantizeLinear", [xq, xs, xz], f"{p.name}/input/DequantizeLinear")
         zp = r.const(f"{q}_zero_point", np.zeros(p.n, dtype=np.int8))

@@ -135,9 +135,7 @@ def read_documents(root: Path) -> dict[str, list[str]]:
     return docs
 
 
-def split_documents(
-    docs: dict[str, list[str]], heldout_frac: float, seed: int
-) -> tuple[list[str], list[str]]:
+def split_documents(docs: dict[str, list[str]], heldout_frac: float, seed: int) -> tuple[list[str], list[str]]:
     """Hold out whole documents, dedupe paragraphs (held-out copies of train lines go), shuffle."""
     names = sorted(docs)
     rng = random.Random(seed)

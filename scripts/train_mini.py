@@ -20,10 +20,12 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import tokenizers
 import torch
 import torch.nn.functional as F
 import transformers
@@ -32,6 +34,7 @@ from transformers import ModernBertConfig, ModernBertForMaskedLM
 
 SCRIPTS = Path(__file__).resolve().parent
 IGNORE = -100  # label of positions that are not predicted
+REPLAN_EVERY = 25  # steps between speed measurements when a --max-minutes budget is set
 N_SPECIAL = 5  # ids 0..4 are [UNK] [CLS] [SEP] [PAD] [MASK]; never drawn as random replacements
 
 
@@ -40,8 +43,8 @@ class Recipe:
     """Everything that decides the weights; recorded verbatim in training.json."""
 
     seed: int = 0
-    steps: int = 3000  # total optimizer steps (phase 1 + phase 2)
-    batch: int = 32  # sequences per step in phase 1
+    steps: int = 2000  # total optimizer steps (phase 1 + phase 2)
+    batch: int = 16  # sequences per step in phase 1
     seq_len: int = 128  # phase 1 packed length
     long_seq_len: int = 512  # phase 2 packed length (batch shrinks to keep tokens per step)
     long_frac: float = 0.1  # fraction of steps in phase 2
@@ -72,7 +75,8 @@ class Recipe:
 def ensure_inputs(corpus_dir: Path, tok_dir: Path, vocab_size: int) -> None:
     """Run the corpus and tokenizer scripts when their outputs are missing."""
     if not (corpus_dir / "train.txt").is_file() or not (corpus_dir / "heldout.txt").is_file():
-        subprocess.run([sys.executable, str(SCRIPTS / "make_corpus.py"), "--out", str(corpus_dir)], check=True)
+        cmd = [sys.executable, str(SCRIPTS / "make_corpus.py"), "--out", str(corpus_dir)]
+        subprocess.run(cmd, check=True)
     if not (tok_dir / "tokenizer.json").is_file():
         cmd = [sys.executable, str(SCRIPTS / "train_tokenizer.py"), "--corpus", str(corpus_dir / "train.txt")]
         subprocess.run([*cmd, "--out", str(tok_dir), "--vocab-size", str(vocab_size)], check=True)
@@ -100,7 +104,9 @@ def epoch_rows(paragraphs: list[np.ndarray], seq_len: int, epoch: int, seed: int
     return rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed * 1000 + epoch))]
 
 
-def batches(paragraphs: list[np.ndarray], seq_len: int, batch: int, seed: int, ids: dict, start_epoch: int = 0):
+def batches(
+    paragraphs: list[np.ndarray], seq_len: int, batch: int, seed: int, ids: dict, start_epoch: int = 0
+) -> Iterator[torch.Tensor]:
     """Endless stream of (B, T) id batches, epoch after epoch."""
     epoch = start_epoch
     while True:
@@ -168,14 +174,18 @@ def lr_at(step: int, recipe: Recipe) -> float:
     if step < warmup:
         return recipe.lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, recipe.steps - warmup)
-    return recipe.lr * (recipe.min_lr_frac + (1 - recipe.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return recipe.lr * (recipe.min_lr_frac + (1 - recipe.min_lr_frac) * cosine)
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms and biases."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": recipe.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas, eps=1e-6)
 
 
@@ -201,7 +211,16 @@ def evaluate(model: ModernBertForMaskedLM, rows: torch.Tensor, recipe: Recipe, i
     return {"top1": correct / total, "loss": loss_sum / total, "masked_tokens": total, "rows": len(rows)}
 
 
-def train_step(model, opt, batch: torch.Tensor, gen: torch.Generator, recipe: Recipe, ids: dict, device: str):  # noqa: ANN001
+def train_step(
+    model: ModernBertForMaskedLM,
+    opt: torch.optim.Optimizer,
+    batch: torch.Tensor,
+    gen: torch.Generator,
+    recipe: Recipe,
+    ids: dict,
+    device: str,
+) -> float:
+    """One optimizer step on a freshly masked (B, T) batch; returns the loss."""
     masked, labels = mask_tokens(batch, recipe.mask_rate, gen, ids, ids["vocab"])
     logits = mlm_logits(model, masked.to(device), labels.to(device))
     loss = F.cross_entropy(logits, labels[labels != IGNORE].to(device))
@@ -212,17 +231,18 @@ def train_step(model, opt, batch: torch.Tensor, gen: torch.Generator, recipe: Re
     return loss.item()
 
 
-def fit_steps(recipe: Recipe, sec_per_step: float, elapsed: float, max_minutes: float | None) -> Recipe:
-    """Shrink the step count when the measured speed says the budget would be exceeded."""
-    if max_minutes is None:
+def fit_steps(recipe: Recipe, step: int, sec_per_step: float, seconds_left: float) -> Recipe:
+    """Shrink the total step count (never grow it) so the remaining steps fit in `seconds_left`.
+
+    The machine is shared, so the speed is re-measured during phase 1 and the plan re-fitted.
+    """
+    long_cost = 1.3  # a 512-token step costs about this much more than a 128-token one
+    total = (max(0.0, seconds_left) / sec_per_step + step) / (1 + recipe.long_frac * (long_cost - 1))
+    total = max(step + 1, int(total))
+    if total >= recipe.steps:
         return recipe
-    long_cost = 1.5  # a 512-token step costs about this much more than a 128-token one
-    per_step = sec_per_step * (1 - recipe.long_frac + recipe.long_frac * long_cost)
-    affordable = int((max_minutes * 60 - elapsed) / per_step) + 20
-    if affordable >= recipe.steps:
-        return recipe
-    print(f"budget: {sec_per_step:.2f} s/step, cutting steps {recipe.steps} -> {affordable}", flush=True)
-    return Recipe(**{**asdict(recipe), "steps": affordable})
+    log(f"budget: {sec_per_step:.2f} s/step at step {step}, steps {recipe.steps} -> {total}")
+    return Recipe(**{**asdict(recipe), "steps": total})
 
 
 def log(msg: str) -> None:
@@ -230,7 +250,12 @@ def log(msg: str) -> None:
 
 
 def train(
-    recipe: Recipe, tok: Tokenizer, train_paras: list[np.ndarray], device: str, max_minutes: float | None
+    recipe: Recipe,
+    tok: Tokenizer,
+    train_paras: list[np.ndarray],
+    held_rows: torch.Tensor,
+    device: str,
+    max_minutes: float | None,
 ) -> tuple[ModernBertForMaskedLM, Recipe, list[dict]]:
     """Run both phases; returns the model, the recipe actually run (steps may shrink) and a loss log."""
     torch.manual_seed(recipe.seed)
@@ -242,18 +267,25 @@ def train(
     short = batches(train_paras, recipe.seq_len, recipe.batch, recipe.seed, ids)
     long = batches(train_paras, recipe.long_seq_len, recipe.long_batch, recipe.seed, ids, start_epoch=1000)
     history, t0, running = [], time.time(), []
-    step = 0
+    step, t_window = 0, time.time()
     while step < recipe.steps:
         in_long = step >= recipe.steps - recipe.long_steps
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe)
         running.append(train_step(model, opt, next(long if in_long else short), gen, recipe, ids, device))
         step += 1
-        if step == 30:
-            recipe = fit_steps(recipe, (time.time() - t0) / step, time.time() - t0, max_minutes)
+        if max_minutes is not None and step % REPLAN_EVERY == 0 and not in_long:
+            seconds_left = max_minutes * 60 - (time.time() - t0)
+            recipe = fit_steps(recipe, step, (time.time() - t_window) / REPLAN_EVERY, seconds_left)
+            t_window = time.time()
         if step % 50 == 0 or step == recipe.steps:
             entry = {"step": step, "loss": float(np.mean(running)), "lr": lr_at(step - 1, recipe)}
-            entry |= {"seq_len": recipe.long_seq_len if in_long else recipe.seq_len, "min": (time.time() - t0) / 60}
+            entry["seq_len"] = recipe.long_seq_len if in_long else recipe.seq_len
+            entry["min"] = (time.time() - t0) / 60
+            if step % 250 == 0:
+                t_eval = time.time()
+                entry["heldout_top1"] = evaluate(model, held_rows, recipe, ids, device)["top1"]
+                t_window += time.time() - t_eval  # keep evaluation out of the speed measurement
             history.append(entry)
             running = []
             log(json.dumps(entry))
@@ -281,6 +313,44 @@ def add_legacy_config_keys(out: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+def training_record(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    model: ModernBertForMaskedLM,
+    scores: dict,
+    train_minutes: float,
+    tokens: tuple[int, int],
+    history: list[dict],
+) -> dict:
+    """The recipe, data files, versions and held-out scores that go into training.json."""
+    meta = args.corpus / "meta.json"
+    return {
+        "recipe": asdict(recipe),
+        "heldout_mlm_top1": scores[str(recipe.seq_len)]["top1"],
+        "heldout": scores,
+        "data": {
+            "train": file_info(args.corpus / "train.txt"),
+            "heldout": file_info(args.corpus / "heldout.txt"),
+            "train_tokens": tokens[0],
+            "heldout_tokens": tokens[1],
+            "source": json.loads(meta.read_text()) if meta.is_file() else None,
+        },
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "wall_minutes": round(train_minutes, 2),
+        "threads": args.threads,
+        "device": args.device,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": platform.processor() or platform.machine(),
+        "command": " ".join(sys.argv),
+        "loss_log": history,
+    }
+
+
 def file_info(path: Path) -> dict:
     text = path.read_text(encoding="utf-8")
     return {"path": path.as_posix(), "lines": text.count("\n"), "bytes": len(text.encode("utf-8"))}
@@ -294,7 +364,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=Recipe.batch)
     ap.add_argument("--lr", type=float, default=Recipe.lr)
     ap.add_argument("--seed", type=int, default=Recipe.seed)
-    ap.add_argument("--max-minutes", type=float, default=None, help="cut steps (once, at step 30) to fit")
+    ap.add_argument("--max-minutes", type=float, default=None, help="shrink --steps to finish in time")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vocab-size", type=int, default=12288)
@@ -311,8 +381,10 @@ def main() -> None:
     train_paras = encode_lines(tok, args.corpus / "train.txt")
     held_paras = encode_lines(tok, args.corpus / "heldout.txt")
     ids = special_ids(tok)
-    log(f"train tokens {sum(len(p) for p in train_paras)}, heldout tokens {sum(len(p) for p in held_paras)}")
-    model, recipe, history = train(recipe, tok, train_paras, args.device, args.max_minutes)
+    held_rows = pack(held_paras, recipe.seq_len, ids["cls"], ids["sep"])
+    n_tokens = (int(sum(len(p) for p in train_paras)), int(sum(len(p) for p in held_paras)))
+    log(f"train tokens {n_tokens[0]}, heldout tokens {n_tokens[1]}")
+    model, recipe, history = train(recipe, tok, train_paras, held_rows, args.device, args.max_minutes)
     train_minutes = (time.time() - t_start) / 60
     held = {n: pack(held_paras, n, ids["cls"], ids["sep"]) for n in (recipe.seq_len, recipe.long_seq_len)}
     scores = {str(n): evaluate(model, rows, recipe, ids, args.device) for n, rows in held.items()}
@@ -320,29 +392,10 @@ def main() -> None:
 
     model.to("cpu").save_pretrained(args.out, safe_serialization=True)
     add_legacy_config_keys(args.out)
-    params = sum(p.numel() for p in model.parameters())
-    record = {
-        "recipe": asdict(recipe),
-        "heldout_mlm_top1": scores[str(recipe.seq_len)]["top1"],
-        "heldout": scores,
-        "data": {
-            "train": file_info(args.corpus / "train.txt"),
-            "heldout": file_info(args.corpus / "heldout.txt"),
-            "train_tokens": int(sum(len(p) for p in train_paras)),
-            "heldout_tokens": int(sum(len(p) for p in held_paras)),
-            "source": json.loads((args.corpus / "meta.json").read_text()) if (args.corpus / "meta.json").is_file() else None,
-        },
-        "parameters": params,
-        "wall_minutes": round(train_minutes, 2),
-        "threads": args.threads,
-        "device": args.device,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()},
-        "machine": platform.processor() or platform.machine(),
-        "command": " ".join(sys.argv),
-        "loss_log": history,
-    }
+    record = training_record(args, recipe, model, scores, train_minutes, n_tokens, history)
     (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    log(f"saved {args.out} ({params / 1e6:.2f} M params), held-out top-1 {record['heldout_mlm_top1']:.4f}")
+    top1, params = record["heldout_mlm_top1"], record["parameters"]
+    log(f"saved {args.out} ({params / 1e6:.2f} M params), held-out top-1 {top1:.4f}")
 
 
 if __name__ == "__main__":

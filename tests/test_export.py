@@ -114,23 +114,50 @@ def test_encoder_of_a_head_checkpoint(checkpoint_factory, tmp_path):
     assert manifest["validation"]["status"] == "passed"
 
 
+def attention_per_layer(graph: onnx.GraphProto) -> dict[str, int]:
+    """Attention nodes that can run per layer: a global layer's If counts once if each branch has one MHA."""
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        layer = node.name.split("/")[2] if node.name.startswith("/model/layers.") else None
+        if node.op_type == "MultiHeadAttention":
+            counts[layer] = counts.get(layer, 0) + 1
+        elif node.op_type == "If":
+            per_branch = [[n.op_type for n in a.g.node].count("MultiHeadAttention") for a in node.attribute if a.g.node]
+            assert per_branch == [1, 1], node.name
+            counts[layer] = counts.get(layer, 0) + 1
+    return counts
+
+
 def test_structure_counts_fused_ops(exported_factory):
     out = exported_factory("fill-mask", num_hidden_layers=5)
     model = onnx.load(str(out / "model.onnx"))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MultiHeadAttention") == 5
+    assert attention_per_layer(model.graph) == {f"layers.{i}": 1 for i in range(5)}
     assert ops.count("RotaryEmbedding") == 5
     assert ops.count("SkipLayerNormalization") == 2 * 5  # attn_norm of layers 1.., mlp_norm, final_norm
     assert "Softmax" not in ops and "Erf" not in ops
-    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "mask_positions"]
     assert [o.name for o in model.graph.output] == ["logits"]
     names = [n.name for n in model.graph.node]
     assert len(set(names)) == len(names)
     assert "/model/layers.0/attn/Wqkv/MatMul" in names
     manifest = read_manifest(out)
     assert manifest["fused_ops"]["MultiHeadAttention"] == 5
+    assert manifest["fused_ops"]["RotaryEmbedding"] == 5
     assert {"onnx", "onnxruntime", "torch", "transformers"} <= set(manifest["versions"])
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+
+def test_fill_mask_positions_input_computes_only_those_rows(exported_factory):
+    out = exported_factory("fill-mask")
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
+    ids, mask = padded_batch([70, 30, 5], vocab=400, seed=3)
+    full = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    positions = np.array([3, 70 + 29, 140 + 4, 69])
+    part = session.run(None, {"input_ids": ids, "attention_mask": mask, "mask_positions": positions})[0]
+    assert part.shape == (1, 4, full.shape[-1])
+    np.testing.assert_allclose(part[0], full.reshape(-1, full.shape[-1])[positions], atol=1e-5)
 
 
 def test_session_optimizations_keep_fused_ops(exported_factory, tmp_path):
@@ -140,5 +167,6 @@ def test_session_optimizations_keep_fused_ops(exported_factory, tmp_path):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     ort.InferenceSession(str(out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    assert ops.count("MultiHeadAttention") == 4 and "Softmax" not in ops
+    graph = onnx.load(str(tmp_path / "opt.onnx")).graph
+    assert attention_per_layer(graph) == {f"layers.{i}": 1 for i in range(4)}
+    assert "Softmax" not in [n.op_type for n in graph.node]

@@ -1,0 +1,224 @@
+"""One benchmark worker: a process that loads one system's model once and times it on request.
+
+    coordinator ── spec ──> serve(conn, spec): set threads, load (timed) ── ("ready", load_s)
+                ── ("run", case, keep) ──> run the case's batches (timed) ── ("done", seconds, outputs?)
+                ── ("rss",) ──> ("rss", peak MB)        ── ("stop",) ──> exit
+
+A case is a list of token-id rows and how to batch them: "fixed" (input order, `batch_rows` rows
+per batch, right-padded; batches built before the clock starts) or "budget" (the runtime's
+length-sorted token-budget plan, built inside the timed region since it is part of the runtime's
+work). Outputs, one row per input row in input order, are what fidelity needs: the mean-pooled
+last hidden state (embeddings), the top-1 token id at the masked position (fill-mask), or the
+logits (classification).
+
+Kinds: "torch" (transformers, SDPA), "onnx" (a plain InferenceSession on a .onnx file), "ours"
+(this project's runtime), "gemm" (the int8-GEMM-only lower-bound graph of lowerbound.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+GEMM_CHUNK = 2048  # the GEMM-only graph runs on at most this many tokens per call
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def pad_rows(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded (B, S) int64 input_ids and attention_mask."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = row
+        mask[b, : len(row)] = 1
+    return ids, mask
+
+
+def ort_session(path: str | Path, threads: int):  # noqa: ANN201
+    """The bench's plain session: CPU provider, ORT_ENABLE_ALL, `threads` intra-op threads, no spinning."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+# ── the model callables: (ids, mask) -> the job's raw output array ────────────────────────────────
+
+
+def _load_torch(path: str, job: str, threads: int) -> tuple[Callable, int]:
+    import torch
+    import transformers
+
+    torch.set_num_threads(threads)
+    cls = {"embeddings": "AutoModel", "fill-mask": "AutoModelForMaskedLM", "classification": "AutoModelForSequenceClassification"}
+    model = getattr(transformers, cls[job]).from_pretrained(path, attn_implementation="sdpa").eval()
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+
+    def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
+        return (out.last_hidden_state if job == "embeddings" else out.logits).numpy()
+
+    return call, pad
+
+
+def _load_onnx(path: str, threads: int, pad: int) -> tuple[Callable, int]:
+    session = ort_session(path, threads)
+    output = session.get_outputs()[0].name
+
+    def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return session.run([output], {"input_ids": ids, "attention_mask": mask})[0]
+
+    return call, pad
+
+
+def _load_ours(path: str, threads: int) -> tuple[Callable, int, Callable]:
+    """The runtime's Model when runtime/ is importable, else a plain session on manifest["model_file"]."""
+    try:
+        from modernbert_edge.runtime import load
+    except ImportError:
+        load = None
+    if load is None:
+        from modernbert_edge.manifest import read_manifest
+
+        manifest = read_manifest(path)
+        call, pad = _load_onnx(str(Path(path) / manifest["model_file"]), threads, 0)
+        return call, pad, lambda lengths: [list(range(len(lengths)))]
+    from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, plan_batches
+
+    model = load(path, threads=threads)
+    name = model.info.outputs[0]
+    budget_fn = getattr(model, "_token_budget", None)  # the runtime's budget (lowered for big per-token outputs)
+    budget = budget_fn(model.resolve_task(None)) if budget_fn else 8192
+    rows = getattr(model, "batch_rows", DEFAULT_BATCH_ROWS)
+
+    def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return model.run(ids, mask)[name]
+
+    return call, model.info.pad_token_id, lambda lengths: plan_batches(lengths, budget, rows)
+
+
+# ── extraction of what fidelity needs ─────────────────────────────────────────────────────────────
+
+
+def extract(job: str, out: np.ndarray, mask: np.ndarray, mask_pos: np.ndarray | None) -> np.ndarray:
+    """Per row: mean-pooled hidden state (embeddings), top-1 id at the mask (fill-mask), logits."""
+    if job == "embeddings":  # (B, S, D) -> (B, D)
+        m = mask[..., None].astype(np.float32)
+        return (out * m).sum(1) / np.maximum(m.sum(1), 1)
+    if job == "fill-mask":  # (B, S, V) -> (B,)
+        return out[np.arange(len(out)), mask_pos].argmax(-1)
+    return np.asarray(out, dtype=np.float32)  # (B, labels)
+
+
+class Runner:
+    """Loads one system and runs cases on it."""
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.job = spec["job"]
+        kind, path, threads = spec["kind"], spec["path"], spec["threads"]
+        self.plan = None
+        if kind == "torch":
+            self.call, self.pad = _load_torch(path, self.job, threads)
+        elif kind == "onnx":
+            self.call, self.pad = _load_onnx(path, threads, spec.get("pad_token_id", 0))
+        elif kind == "ours":
+            self.call, self.pad, self.plan = _load_ours(path, threads)
+        elif kind == "gemm":
+            self.session = ort_session(path, threads)  # built by lowerbound.write_gemm_graph
+        else:
+            raise ValueError(f"unknown worker kind {kind!r}")
+
+    def prepare(self, case: dict) -> object:
+        """Everything that is built before the clock starts."""
+        rows = case["rows"]
+        if self.spec["kind"] == "gemm":
+            d = self.spec["dims"]["hidden_size"]
+            total = sum(len(r) for r in rows)
+            sizes = [min(GEMM_CHUNK, total - i) for i in range(0, total, GEMM_CHUNK)]
+            rng = np.random.default_rng(0)
+            return [rng.standard_normal((t, d), dtype=np.float32) for t in sizes]
+        if case["batching"] == "budget" and self.plan is not None:
+            return None
+        n = case["batch_rows"]
+        return [list(range(i, min(i + n, len(rows)))) for i in range(0, len(rows), n)]
+
+    def run(self, case: dict, prepared: object, keep: bool) -> tuple[float, np.ndarray | None]:
+        if self.spec["kind"] == "gemm":
+            t0 = time.perf_counter()
+            for x in prepared:
+                self.session.run(None, {"x": x})
+            return time.perf_counter() - t0, None
+        rows, mask_pos = case["rows"], case.get("mask_pos")
+        results: list = [None] * len(rows)
+        if prepared is None:  # budget plan: inside the timed region
+            t0 = time.perf_counter()
+            batches = self.plan([len(r) for r in rows])
+            fed = [(b, *pad_rows([rows[i] for i in b], self.pad)) for b in batches]
+        else:
+            fed = [(b, *pad_rows([rows[i] for i in b], self.pad)) for b in prepared]
+            t0 = time.perf_counter()
+        for b, ids, mask in fed:
+            out = self.call(ids, mask)
+            if keep:
+                pos = None if mask_pos is None else np.asarray([mask_pos[i] for i in b])
+                for i, r in zip(b, extract(self.job, out, mask, pos), strict=True):
+                    results[i] = r
+            del out
+        elapsed = time.perf_counter() - t0
+        return elapsed, (np.stack(results) if keep else None)
+
+
+def serve(conn, spec: dict) -> None:  # noqa: ANN001
+    """The worker process's main loop (see the module docstring)."""
+    threads = str(spec["threads"])
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = threads
+    try:
+        t0 = time.perf_counter()
+        runner = Runner(spec)
+        conn.send(("ready", time.perf_counter() - t0))
+    except Exception as e:  # noqa: BLE001 - reported to the coordinator, which records the failure
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    prepared: dict[str, object] = {}
+    while True:
+        msg = conn.recv()
+        if msg[0] == "stop":
+            return
+        if msg[0] == "rss":
+            conn.send(("rss", peak_rss_mb()))
+            continue
+        _, case, keep = msg
+        try:
+            if case["label"] not in prepared:
+                prepared = {case["label"]: runner.prepare(case)}
+            seconds, outputs = runner.run(case, prepared[case["label"]], keep)
+            conn.send(("done", seconds, outputs))
+        except Exception as e:  # noqa: BLE001
+            conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -1,0 +1,190 @@
+"""How closely one model follows another: the report behind `mbedge quantize` and `mbedge compare`.
+
+Both models run on the same batches (the calibration slice and the held-out slice). For every
+real token: the cosine between the two final hidden states (the final-norm output, read as an
+extra output of an in-memory copy; the saved graphs keep their contract). For the head: top-1
+agreement at masked positions (fill-mask), label agreement (classification), start/end agreement
+(question answering), and the largest logit difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from modernbert_edge.errors import UserError
+from modernbert_edge.quantize.calibration import Batch, CalibrationSet
+from modernbert_edge.quantize.graph import FINAL_HIDDEN
+from modernbert_edge.quantize.smoothing import session_with_outputs
+
+MASK_FRACTION = 0.15
+
+
+def load_model(folder: str | Path) -> tuple[onnx.ModelProto, dict]:
+    """A model folder's graph (weights loaded) and manifest."""
+    from modernbert_edge.manifest import read_manifest
+
+    manifest = read_manifest(folder)
+    path = Path(folder) / manifest.get("model_file", "model.onnx")
+    if not path.is_file():
+        raise UserError(f"{folder} has no {path.name}; its manifest names it as the model file.")
+    return onnx.load(str(path)), manifest
+
+
+def masked_batches(batches: Sequence[Batch], mask_id: int | None, seed: int = 0) -> list[tuple[Batch, np.ndarray]]:
+    """Each batch with ~15% of its inner real tokens replaced by the mask token (when there is
+    one), and the (B, S) bool map of those positions (at least one per row)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in batches:
+        ids, mask = b.input_ids.copy(), b.attention_mask
+        picked = np.zeros(ids.shape, dtype=bool)
+        for r in range(ids.shape[0]):
+            n = int(mask[r].sum())
+            inner = np.arange(1, n - 1) if n > 2 else np.arange(n)
+            k = max(1, int(round(MASK_FRACTION * len(inner))))
+            picked[r, rng.choice(inner, size=min(k, len(inner)), replace=False)] = True
+        if mask_id is not None:
+            ids[picked] = mask_id
+        out.append((Batch(ids, mask), picked))
+    return out
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(den, 1e-30)
+
+
+def _head_metrics(task: str, outs_a: dict, outs_b: dict, batch: Batch, picked: np.ndarray) -> dict[str, list]:
+    """Counts of agreeing predictions and the logit differences of one batch."""
+    valid = batch.attention_mask.astype(bool)
+    m: dict[str, list] = {"agree": [], "diff": [], "ref_max": []}
+    for name, a in outs_a.items():
+        b = outs_b[name]
+        if task == "fill-mask":
+            a, b = a[picked], b[picked]  # (P, V)
+            m["agree"].extend((a.argmax(-1) == b.argmax(-1)).tolist())
+        elif task == "text-classification":
+            m["agree"].extend((a.argmax(-1) == b.argmax(-1)).tolist())
+        elif task == "token-classification":
+            a, b = a[valid], b[valid]
+            m["agree"].extend((a.argmax(-1) == b.argmax(-1)).tolist())
+        elif task == "question-answering":
+            a, b = np.where(valid, a, -np.inf), np.where(valid, b, -np.inf)
+            m["agree"].extend((a.argmax(-1) == b.argmax(-1)).tolist())
+            a, b = a[valid], b[valid]
+        else:
+            continue
+        m["diff"].append(float(np.abs(a - b).max()) if a.size else 0.0)
+        m["ref_max"].append(float(np.abs(a).max()) if a.size else 0.0)
+    return m
+
+
+AGREEMENT = {
+    "fill-mask": "fill-mask top-1 agreement at masked positions",
+    "text-classification": "label agreement",
+    "token-classification": "token label agreement",
+    "question-answering": "start/end agreement",
+}
+
+
+def compare_models(
+    model_a: onnx.ModelProto,
+    model_b: onnx.ModelProto,
+    task: str,
+    data: CalibrationSet,
+    progress: Callable[[str], None] = lambda _m: None,
+    threads: int = 0,
+) -> dict:
+    """The fidelity report of model_b against the reference model_a, per slice (see module doc)."""
+    sessions = []
+    for model in (model_a, model_b):
+        if FINAL_HIDDEN not in {o for n in model.graph.node for o in n.output}:
+            raise UserError(f"the graph has no {FINAL_HIDDEN} tensor: compare needs folders written by mbedge.")
+        sessions.append(session_with_outputs(model, [FINAL_HIDDEN], threads))
+    names = [o.name for o in sessions[0].get_outputs()][:-1]
+    slices = {}
+    for label, batches in (("calibration", data.calibration), ("held-out", data.heldout)):
+        cos: list[np.ndarray] = []
+        agg: dict[str, list] = {"agree": [], "diff": [], "ref_max": []}
+        for i, (batch, picked) in enumerate(masked_batches(batches, data.mask_token_id), 1):
+            progress(f"evaluating {label}: batch {i}/{len(batches)}")
+            a = sessions[0].run(None, batch.feeds())
+            b = sessions[1].run(None, batch.feeds())
+            cos.append(_cosines(a[-1], b[-1]))
+            m = _head_metrics(
+                task, dict(zip(names, a[:-1], strict=True)), dict(zip(names, b[:-1], strict=True)), batch, picked
+            )
+            for k in agg:
+                agg[k].extend(m[k])
+        c = np.concatenate(cos)
+        entry = {"tokens": int(c.size), "cosine_mean": float(c.mean()), "cosine_worst": float(c.min())}
+        if agg["agree"]:
+            entry["agreement"] = float(np.mean(agg["agree"]))
+            entry["agreement_count"] = [int(np.sum(agg["agree"])), len(agg["agree"])]
+        if agg["diff"]:
+            entry["max_logit_diff"] = max(agg["diff"])
+            entry["max_abs_logit"] = max(agg["ref_max"])
+        slices[label] = entry
+    return {
+        "task": task,
+        "data": {"source": data.source, "texts": data.texts},
+        "slices": slices,
+        "cosine_worst": min(s["cosine_worst"] for s in slices.values()),
+        "cosine_mean": float(
+            sum(s["cosine_mean"] * s["tokens"] for s in slices.values()) / sum(s["tokens"] for s in slices.values())
+        ),
+        "agreement": (
+            min(s["agreement"] for s in slices.values()) if all("agreement" in s for s in slices.values()) else None
+        ),
+    }
+
+
+def apply_gate(report: dict, min_cosine: float, force: bool) -> dict:
+    """Add the gate's verdict: passed, failed, or failed but forced."""
+    ok = report["cosine_worst"] >= min_cosine
+    report["gate"] = {"min_cosine": min_cosine, "status": "passed" if ok else ("forced" if force else "failed")}
+    return report
+
+
+def format_report(report: dict, title: str) -> str:
+    """The report as a small table, one column per slice."""
+    slices = report["slices"]
+    cols = list(slices)
+    rows: list[tuple[str, list[str]]] = [
+        ("tokens", [str(slices[c]["tokens"]) for c in cols]),
+        ("token cosine, mean", [f"{slices[c]['cosine_mean']:.5f}" for c in cols]),
+        ("token cosine, worst", [f"{slices[c]['cosine_worst']:.5f}" for c in cols]),
+    ]
+    if all("agreement" in slices[c] for c in cols):
+        rows.append(
+            (
+                AGREEMENT[report["task"]],
+                [
+                    f"{100 * slices[c]['agreement']:.1f} % ({'/'.join(map(str, slices[c]['agreement_count']))})"
+                    for c in cols
+                ],
+            )
+        )
+    if all("max_logit_diff" in slices[c] for c in cols):
+        rows.append(
+            (
+                "largest logit difference",
+                [f"{slices[c]['max_logit_diff']:.3g} (of {slices[c]['max_abs_logit']:.3g})" for c in cols],
+            )
+        )
+    w0 = max(len(r[0]) for r in rows + [(title, [])])
+    widths = [max(len(c), *(len(r[1][i]) for r in rows)) for i, c in enumerate(cols)]
+    lines = [f"{title:<{w0}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cols, widths, strict=True))]
+    for name, vals in rows:
+        lines.append(f"{name:<{w0}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(vals, widths, strict=True)))
+    gate = report.get("gate")
+    if gate:
+        verdict = {"passed": "passed", "failed": "FAILED", "forced": "FAILED (written anyway: --force)"}[gate["status"]]
+        sign = ">=" if gate["status"] == "passed" else "<"
+        lines.append(f"gate: worst-token cosine {report['cosine_worst']:.5f} {sign} {gate['min_cosine']}: {verdict}")
+    return "\n".join(lines)

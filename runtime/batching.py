@@ -1,0 +1,50 @@
+"""Length-sorted batches under a token budget, for CPU.
+
+Inputs are sorted by length (longest first, so the largest batch, and any memory peak, comes
+first) and cut into batches whose padded size, rows × longest row, stays within `max_tokens`, with
+at most `max_rows` rows. An input longer than the budget runs alone. Callers put results back in
+input order with the indices each batch carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_BATCH_TOKENS = 8192  # padded tokens per batch
+DEFAULT_BATCH_ROWS = 64
+
+
+def plan_batches(
+    lengths: Sequence[int], max_tokens: int = DEFAULT_BATCH_TOKENS, max_rows: int = DEFAULT_BATCH_ROWS
+) -> list[list[int]]:
+    """Input indices per batch: sorted by length, each batch's rows × max length <= max_tokens."""
+    if max_tokens < 1 or max_rows < 1:
+        raise ValueError(f"max_tokens and max_rows must be >= 1, got {max_tokens} and {max_rows}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: equal lengths keep input order
+    batches: list[list[int]] = []
+    start = 0
+    while start < len(order):
+        longest = max(lengths[order[start]], 1)
+        rows = max(1, min(max_rows, max_tokens // longest))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded (B, S) int64 input_ids and attention_mask."""
+    width = max((len(r) for r in rows), default=0)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = row
+        mask[b, : len(row)] = 1
+    return ids, mask
+
+
+def padded_tokens(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[int, int]:
+    """(total padded tokens, largest batch in padded tokens) of a batch plan."""
+    sizes = [len(b) * max(lengths[i] for i in b) for b in batches if b]
+    return sum(sizes), max(sizes, default=0)

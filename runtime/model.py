@@ -1,0 +1,499 @@
+"""Model: a loaded model folder and its tasks, as plain Python and numpy results.
+
+    load(folder) ─ read_folder (manifest, config) ─ TextTokenizer (tokenizer.json) ─ Session (model file)
+    task method ─ encode (validate, truncate) ─ plan_batches (sorted, token budget) ─ Session.run
+                ─ post-process per batch ─ results back in input order
+
+Each text method takes one text (and returns one result) or a list (and returns a list); `embed`
+always returns a (n, hidden) array. Every input is checked before the model runs: a bad one
+raises its InputError (or, with `predict(..., errors="return")`, takes the error's place in the
+results). Nothing in a Model changes after loading, so threads may share one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Encoding
+
+from modernbert_edge.errors import UserError
+from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, pad, plan_batches
+from modernbert_edge.runtime.errors import (
+    InputError,
+    InputTooLongError,
+    MissingMaskError,
+    MissingTokenizerError,
+    ModelFolderError,
+    TaskMismatchError,
+)
+from modernbert_edge.runtime.folder import ModelInfo, read_folder
+from modernbert_edge.runtime.session import Session
+from modernbert_edge.runtime.tasks import (
+    AGGREGATIONS,
+    POOLINGS,
+    TASKS,
+    Task,
+    best_spans,
+    classification_function,
+    entities,
+    find_task,
+    l2_normalize,
+    label_scores,
+    pool,
+    softmax,
+    subword_flags,
+    top_k_indices,
+)
+from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
+
+# Each task's options and their defaults (the keyword arguments of its method).
+OPTIONS: dict[str, dict[str, object]] = {
+    "feature-extraction": {"pooling": "mean", "normalize": True},
+    "fill-mask": {"top_k": 5},
+    "text-classification": {"top_k": None},
+    "token-classification": {"aggregation": "simple", "ignore_labels": ("O",)},
+    "question-answering": {"top_k": 1, "max_answer_len": 15, "align_to_words": True},
+}
+OUTPUT_BYTES = 256 << 20  # a batch's per-token output (e.g. fill-mask logits, S × vocab floats) stays below this
+
+
+class Model:
+    """A model folder loaded for CPU inference; create it with `load`."""
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        session: Session,
+        tokenizer: TextTokenizer | None,
+        batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        truncation: str = "truncate",
+    ) -> None:
+        self.info = info
+        self.tokenizer = tokenizer
+        self.batch_tokens = batch_tokens
+        self.batch_rows = batch_rows
+        self.truncation = truncation
+        self._session = session
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    @property
+    def max_length(self) -> int:
+        """The longest input in tokens, special tokens included."""
+        return self.tokenizer.max_length if self.tokenizer else self.info.max_position_embeddings
+
+    def __repr__(self) -> str:
+        return f"Model({str(self.info.folder)!r}, task={self.task!r}, precision={self.info.precision!r})"
+
+    # ── tasks ───────────────────────────────────────────────────────────────────────────────────
+
+    def embed(self, texts: str | Sequence[str], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
+        """(n, hidden) float32 embeddings: mean over the tokens (or the [CLS] token), L2-normalized."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = self.predict(texts, task="feature-extraction", pooling=pooling, normalize=normalize)
+        return np.stack(rows) if rows else np.zeros((0, self.info.hidden_size), np.float32)
+
+    def fill_mask(self, texts: str | Sequence[str], top_k: int = 5) -> list:
+        """For each mask token in a text, its top_k predictions [{score, token, token_str, sequence}]."""
+        return self._one_or_many(texts, "fill-mask", top_k=top_k)
+
+    def classify(self, texts: str | Sequence[str], top_k: int | None = None) -> list:
+        """[{label, score}] sorted by score (softmax; sigmoid for multi-label models), top_k of them."""
+        return self._one_or_many(texts, "text-classification", top_k=top_k)
+
+    def tag(
+        self, texts: str | Sequence[str], aggregation: str = "simple", ignore_labels: Sequence[str] = ("O",)
+    ) -> list:
+        """Entities [{entity_group, score, word, start, end}] as character spans of each text.
+
+        aggregation as in Hugging Face's token-classification pipeline: "none" (one per token, key
+        "entity"), "simple" (group adjacent tokens), "first" / "average" / "max" (one label per word).
+        """
+        return self._one_or_many(texts, "token-classification", aggregation=aggregation, ignore_labels=ignore_labels)
+
+    def answer(
+        self,
+        question: str | Sequence[str],
+        context: str | Sequence[str],
+        top_k: int = 1,
+        max_answer_len: int = 15,
+        align_to_words: bool = True,
+    ) -> dict | list:
+        """The best span of the context, {answer, score, start, end} (a list of top_k when top_k > 1).
+
+        A question and a context give one result; lists (or one question for a list of contexts)
+        give a list. Character offsets index the context.
+        """
+        single = isinstance(question, str) and isinstance(context, str)
+        questions = [question] if isinstance(question, str) else list(question)
+        contexts = [context] if isinstance(context, str) else list(context)
+        if len(questions) == 1 and len(contexts) > 1:
+            questions = questions * len(contexts)
+        if len(questions) != len(contexts):
+            raise UserError(f"answer() got {len(questions)} questions for {len(contexts)} contexts.")
+        results = self.predict(
+            list(zip(questions, contexts, strict=True)),
+            task="question-answering",
+            top_k=top_k,
+            max_answer_len=max_answer_len,
+            align_to_words=align_to_words,
+        )
+        return results[0] if single else results
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The graph's outputs for (batch, sequence) token ids, one call, no batching or post-processing."""
+        ids = np.asarray(input_ids)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        if ids.ndim == 1 and mask.ndim == 1:  # one row
+            ids, mask = ids[None], mask[None]
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or mask.shape != ids.shape:
+            raise UserError(
+                f"run() needs (batch, sequence) integer input_ids and an attention_mask of the same shape, "
+                f"got {ids.dtype} {list(ids.shape)} and {list(mask.shape)}."
+            )
+        if ids.shape[1] > self.info.max_position_embeddings:
+            raise InputTooLongError(
+                f"has {ids.shape[1]} tokens per row, more than the {self.info.max_position_embeddings} "
+                "this model reads."
+            )
+        if ids.size and (ids.min() < 0 or ids.max() >= self.info.vocab_size):
+            raise UserError(f"run() got token ids outside the model's vocabulary [0, {self.info.vocab_size}).")
+        if mask.size and not np.isin(mask, (0, 1)).all():
+            raise UserError("run() got an attention_mask with values other than 0 and 1.")
+        return self._session.run(ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False))
+
+    def predict(
+        self,
+        inputs: Sequence,
+        task: str | None = None,
+        errors: str = "raise",
+        on_batch: Callable[[int], None] | None = None,
+        **options: object,
+    ) -> list:
+        """Run the folder's task on a list of inputs (texts; (question, context) pairs for QA).
+
+        errors="raise" raises the first bad input's InputError before anything runs;
+        errors="return" puts each bad input's InputError in its place and runs the others.
+        on_batch(rows) is called after each batch. Options are those of the task's method
+        (top_k, pooling, aggregation, ...).
+        """
+        spec = self.resolve_task(task)
+        if errors not in ("raise", "return"):
+            raise UserError(f"errors must be 'raise' or 'return', got {errors!r}.")
+        options = self._options(spec, options)
+        post = getattr(self, f"_post_{spec.method}")
+        tokenizer = self._need_tokenizer()
+        inputs = list(inputs)
+        if spec.pair:
+            inputs = [_as_pair(x) for x in inputs]
+            encoded = tokenizer.encode_pairs(inputs, self.truncation)
+        else:
+            encoded = tokenizer.encode(inputs, self.truncation)
+        if spec.name == "fill-mask":
+            encoded = [_check_mask(e, i, tokenizer) for i, e in enumerate(encoded)]
+        bad = [e for e in encoded if isinstance(e, InputError)]
+        if bad and errors == "raise":
+            raise bad[0]
+
+        results: list = list(encoded)  # errors stay in place; encodings are replaced by results
+        valid = [i for i, e in enumerate(encoded) if isinstance(e, Encoding)]
+        lengths = [len(encoded[i].ids) for i in valid]
+        for batch in plan_batches(lengths, self._token_budget(spec), self.batch_rows):
+            rows = [valid[j] for j in batch]
+            encs = [encoded[i] for i in rows]
+            ids, mask = pad([e.ids for e in encs], self._pad_id)
+            out = self._session.run(ids, mask)
+            for i, result in zip(rows, post(out, mask, encs, [inputs[i] for i in rows], **options), strict=True):
+                results[i] = result
+            if on_batch is not None:
+                on_batch(len(rows))
+        return results
+
+    # ── post-processing, per batch: (outputs, mask, encodings, inputs, options) -> a result per row ──
+
+    def _options(self, spec: Task, given: dict) -> dict:
+        """The task's options: the defaults, updated with `given`, checked."""
+        options = dict(OPTIONS[spec.name])
+        unknown = sorted(set(given) - set(options))
+        if unknown:
+            raise UserError(
+                f"{spec.name} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(options))})."
+            )
+        options.update(given)
+        for key in ("top_k", "max_answer_len"):
+            value = options.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"{key} must be a positive integer, got {value!r}.")
+        if options.get("pooling", "mean") not in POOLINGS:
+            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {options['pooling']!r}.")
+        if options.get("aggregation", "simple") not in AGGREGATIONS:
+            raise UserError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {options['aggregation']!r}.")
+        return options
+
+    def _post_embed(self, out: dict, mask: np.ndarray, encs: list, texts: list, pooling: str, normalize: bool) -> list:
+        pooled = pool(out["last_hidden_state"], mask, pooling)  # (B, D)
+        pooled = l2_normalize(pooled) if normalize else pooled
+        return list(pooled.astype(np.float32))
+
+    def _post_fill_mask(self, out: dict, mask: np.ndarray, encs: list[Encoding], texts: list, top_k: int) -> list:
+        tok = self.tokenizer
+        results = []
+        for b, enc in enumerate(encs):
+            ids = np.asarray(enc.ids)
+            positions = np.flatnonzero(ids == tok.mask_id)
+            probs = softmax(out["logits"][b, positions].astype(np.float32))  # (masks, V)
+            single = len(positions) == 1  # the pipeline keeps other masks visible in `sequence`
+            per_mask = []
+            for m, position in enumerate(positions):
+                predictions = []
+                for token in top_k_indices(probs[m], top_k):
+                    filled = ids.copy()
+                    filled[position] = token
+                    predictions.append({
+                        "score": float(probs[m, token]),
+                        "token": int(token),
+                        "token_str": tok.decode([int(token)], skip_special_tokens=False),
+                        "sequence": tok.decode(filled.tolist(), skip_special_tokens=single),
+                    })  # fmt: skip
+                per_mask.append(predictions)
+            results.append(per_mask)
+        return results
+
+    def _post_classify(self, out: dict, mask: np.ndarray, encs: list, texts: list, top_k: int | None) -> list:
+        logits = out["logits"]  # (B, num_labels)
+        function = classification_function(self.info.problem_type, logits.shape[-1])
+        return [label_scores(row, self.info.id2label, function, top_k) for row in logits]
+
+    def _post_tag(
+        self, out: dict, mask: np.ndarray, encs: list[Encoding], texts: list[str], aggregation: str,
+        ignore_labels: Sequence[str],
+    ) -> list:  # fmt: skip
+        tok = self.tokenizer
+        results = []
+        for b, (enc, text) in enumerate(zip(encs, texts, strict=True)):
+            scores = softmax(out["logits"][b, : len(enc.ids)].astype(np.float32))  # (S, labels)
+            flags = subword_flags(
+                text, enc.tokens, enc.offsets, [i == tok.unk_id for i in enc.ids], tok.continuing_subword_prefix
+            )
+            results.append(
+                entities(
+                    text,
+                    scores,
+                    enc.offsets,
+                    enc.special_tokens_mask,
+                    flags,
+                    self.info.id2label,
+                    aggregation,
+                    tuple(ignore_labels),
+                )
+            )
+        return results
+
+    def _post_answer(
+        self, out: dict, mask: np.ndarray, encs: list[Encoding], pairs: list[tuple[str, str]], top_k: int,
+        max_answer_len: int, align_to_words: bool,
+    ) -> list:  # fmt: skip
+        cls_id = self.tokenizer.cls_id if self.tokenizer.cls_id is not None else self.info.cls_token_id
+        results = []
+        for b, (enc, (_, context)) in enumerate(zip(encs, pairs, strict=True)):
+            n = len(enc.ids)
+            allowed = np.array([s == 1 for s in enc.sequence_ids])
+            ids = np.asarray(enc.ids)
+            cls = np.flatnonzero((ids == cls_id) & np.asarray(enc.special_tokens_mask, dtype=bool))
+            spans = best_spans(
+                out["start_logits"][b, :n],
+                out["end_logits"][b, :n],
+                allowed,
+                int(cls[0]) if len(cls) else None,
+                top_k,
+                max_answer_len,
+            )
+            answers = []
+            for s, e, score in spans:
+                start, end = _char_span(enc, s, e, align_to_words)
+                answers.append({"score": score, "start": start, "end": end, "answer": context[start:end]})
+            results.append(answers[0] if top_k == 1 and answers else answers)
+        return results
+
+    # ── helpers ─────────────────────────────────────────────────────────────────────────────────
+
+    def _one_or_many(self, texts: str | Sequence[str], task: str, **options: object) -> list:
+        if isinstance(texts, str):
+            return self.predict([texts], task=task, **options)[0]
+        return self.predict(list(texts), task=task, **options)
+
+    def resolve_task(self, name: str | None) -> Task:
+        """The folder's task; `name` must be it (or feature-extraction, on a graph with hidden states)."""
+        try:
+            spec = TASKS[self.task] if name is None else find_task(name)
+        except KeyError:
+            raise UserError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}.") from None
+        hidden = "last_hidden_state" in self._session.output_names
+        if spec.name == self.task or (spec.name == "feature-extraction" and hidden):
+            return spec
+        raise TaskMismatchError(
+            f"{self.info.folder} holds a {self.task} model, so {spec.method}() ({spec.name}) does not apply: "
+            f"use {TASKS[self.task].method}(), or export the checkpoint with --task {spec.name}."
+        )
+
+    def _need_tokenizer(self) -> TextTokenizer:
+        if self.tokenizer is None:
+            raise MissingTokenizerError(
+                f"{self.info.folder} has no tokenizer.json, so it cannot take text: pass token ids to "
+                "Model.run(), or export from a checkpoint folder that has a tokenizer.json."
+            )
+        return self.tokenizer
+
+    @property
+    def _pad_id(self) -> int:
+        return self.info.pad_token_id
+
+    def _token_budget(self, spec: Task) -> int:
+        """Padded tokens per batch: batch_tokens, lowered so that per-token outputs fit OUTPUT_BYTES."""
+        per_token = {
+            "feature-extraction": self.info.hidden_size,
+            "fill-mask": self.info.vocab_size,
+            "token-classification": len(self.info.id2label),
+            "question-answering": 2,
+        }.get(spec.name, 0)
+        if not per_token:
+            return self.batch_tokens
+        return max(1, min(self.batch_tokens, OUTPUT_BYTES // (4 * per_token)))
+
+    def describe(self) -> dict:
+        """What the folder holds, for `mbedge info` (JSON-friendly)."""
+        m = self.info.manifest
+        tok = self.tokenizer
+        validation = m.get("validation") or {}
+        return {
+            "folder": str(self.info.folder),
+            "task": self.task,
+            "precision": self.info.precision,
+            "model_file": self.info.model_path.name,
+            "model_bytes": _folder_bytes(self.info.model_path),
+            "inputs": list(self._session.input_names),
+            "outputs": {name: self._session.output_shapes[name] for name in self._session.output_names},
+            "config": dict(m.get("config") or {}),
+            "labels": list(self.info.id2label),
+            "problem_type": self.info.problem_type,
+            "tokenizer": None
+            if tok is None
+            else {"file": "tokenizer.json", "vocab_size": tok.max_id + 1, "mask_token": tok.mask_token},
+            "max_length": self.max_length,
+            "validation": {k: validation[k] for k in ("status", "max_abs_diff", "atol", "reason") if k in validation},
+            "source": (m.get("source") or {}).get("checkpoint"),
+        }
+
+
+def load(
+    model_dir: str | Path,
+    threads: int | None = None,
+    *,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    truncation: str = "truncate",
+    max_length: int | None = None,
+    spinning: bool = False,
+) -> Model:
+    """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
+
+    threads: intra-op threads (None or 0: one per physical core). batch_tokens / batch_rows: the
+    padded tokens and rows of one batch. truncation: "truncate" (warn) or "error" for inputs longer
+    than max_length (default and upper bound: the model's max_position_embeddings). spinning: let
+    idle ORT threads spin (faster back-to-back calls, one busy core each in between).
+    """
+    if truncation not in TRUNCATION:
+        raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
+    if batch_tokens < 1 or batch_rows < 1:
+        raise UserError(f"batch_tokens and batch_rows must be >= 1, got {batch_tokens} and {batch_rows}.")
+    info = read_folder(model_dir)
+    limit = info.max_position_embeddings
+    if max_length is not None:
+        if not 3 <= max_length:
+            raise UserError(f"max_length must be at least 3 tokens, got {max_length}.")
+        limit = min(limit, max_length)
+    tokenizer = TextTokenizer.from_folder(info.folder, limit, info.manifest.get("tokenizer_files") or ())
+    if tokenizer is not None and tokenizer.max_id >= info.vocab_size:
+        raise ModelFolderError(
+            f"{info.folder}'s tokenizer.json has token ids up to {tokenizer.max_id}, but the model's "
+            f"vocabulary has {info.vocab_size}: the tokenizer is not this model's."
+        )
+    session = Session(info.model_path, threads=threads, spinning=spinning)
+    info = _check_graph(info, session)
+    return Model(info, session, tokenizer, batch_tokens=batch_tokens, batch_rows=batch_rows, truncation=truncation)
+
+
+def _check_graph(info: ModelInfo, session: Session) -> ModelInfo:
+    """The graph's outputs are the task's, with the sizes config.json gives; fills id2label if absent."""
+    spec = TASKS[info.task]
+    where = info.model_path
+    if set(session.output_names) != set(info.outputs) or not set(spec.outputs) <= set(session.output_names):
+        raise ModelFolderError(
+            f"{where} has outputs {session.output_names}, but the manifest says {list(info.outputs)} "
+            f"and a {info.task} model needs {list(spec.outputs)}: the folder is inconsistent; export it again."
+        )
+    last = session.output_shapes[spec.outputs[0]][-1]
+    expected = {
+        "feature-extraction": info.hidden_size,
+        "fill-mask": info.vocab_size,
+        "text-classification": len(info.id2label) or None,
+        "token-classification": len(info.id2label) or None,
+        "question-answering": None,
+    }[info.task]
+    if isinstance(last, int) and expected is not None and last != expected:
+        raise ModelFolderError(
+            f"{where}'s {spec.outputs[0]} output has size {last}, but config.json implies {expected} "
+            "(hidden_size, vocab_size or id2label): the folder is inconsistent; export it again."
+        )
+    if spec.labelled and not info.id2label:
+        if not isinstance(last, int):
+            raise ModelFolderError(
+                f"{info.folder / 'config.json'} has no id2label, and the graph does not say how many labels."
+            )
+        info = dataclasses.replace(info, id2label=tuple(f"LABEL_{i}" for i in range(last)))
+    return info
+
+
+def _as_pair(x: object) -> tuple[object, object]:
+    if isinstance(x, dict):
+        return x.get("question"), x.get("context")
+    if isinstance(x, (tuple, list)) and len(x) == 2:
+        return x[0], x[1]
+    return x, None  # reported as a missing context
+
+
+def _check_mask(enc: Encoding | InputError, index: int, tok: TextTokenizer) -> Encoding | InputError:
+    if isinstance(enc, InputError) or (tok.mask_id is not None and tok.mask_id in enc.ids):
+        return enc
+    if tok.mask_id is None:
+        return MissingMaskError("cannot be filled: the tokenizer has no mask token.", index)
+    if any(tok.mask_id in o.ids for o in enc.overflowing):
+        return MissingMaskError(
+            f"has its {tok.mask_token} token after the first {tok.max_length} tokens, which is all the model "
+            "reads: it was truncated away.",
+            index,
+        )
+    return MissingMaskError(f"has no {tok.mask_token} token to fill.", index)
+
+
+def _char_span(enc: Encoding, s: int, e: int, align_to_words: bool) -> tuple[int, int]:
+    """Character offsets in the context of tokens s..e; widened to whole words like the HF pipeline."""
+    if align_to_words:
+        try:
+            start_word, end_word = enc.token_to_word(s), enc.token_to_word(e)
+            return enc.word_to_chars(start_word, 1)[0], enc.word_to_chars(end_word, 1)[1]
+        except Exception:  # noqa: BLE001 - tokenizers without word ids: keep token offsets
+            pass
+    return enc.offsets[s][0], enc.offsets[e][1]
+
+
+def _folder_bytes(model_path: Path) -> int:
+    """The model file's size, with its external-data file when it has one."""
+    data = model_path.with_name(model_path.name + ".data")
+    return model_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)

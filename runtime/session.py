@@ -1,0 +1,60 @@
+"""The one place where ONNX Runtime sessions are created and run.
+
+CPU provider, full graph optimization, a chosen intra-op thread count, and no spinning by default:
+on an edge device a spinning thread pool burns a core between bursty calls. Everything that feeds
+the graph goes through `Session.run`, so a graph with new inputs or outputs changes this file only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from modernbert_edge.runtime.errors import ModelFolderError
+
+PROVIDER = "CPUExecutionProvider"
+INPUTS = ("input_ids", "attention_mask")  # int64 (batch, sequence), the graph contract
+
+
+class Session:
+    """An InferenceSession for one model file; `run` is safe to call from several threads."""
+
+    def __init__(self, model_path: Path, threads: int | None = None, spinning: bool = False) -> None:
+        if threads is not None and threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {threads}")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or 0
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's to act on
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=[PROVIDER])
+        except Exception as e:  # noqa: BLE001 - ORT raises several types for unreadable models
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFolderError(
+                f"{model_path} could not be loaded by onnxruntime {ort.__version__} ({first}); "
+                "the file may be truncated or corrupt: export the model again."
+            ) from None
+        in_use = self._session.get_providers()
+        if PROVIDER not in in_use:
+            raise ModelFolderError(f"onnxruntime did not use {PROVIDER} for {model_path} (in use: {in_use}).")
+        self.threads = threads
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+        self.output_shapes = {o.name: list(o.shape) for o in self._session.get_outputs()}
+        missing = [name for name in INPUTS if name not in self.input_names]
+        extra = [name for name in self.input_names if name not in INPUTS]
+        if missing or extra:
+            raise ModelFolderError(
+                f"{model_path} has graph inputs {self.input_names}, but this runtime feeds {list(INPUTS)}: "
+                "was it written by a different modernbert-edge version?"
+            )
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, sequence) int64 ids and mask -> {output name: array}."""
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return dict(zip(self.output_names, self._session.run(self.output_names, feed), strict=True))

@@ -1,0 +1,399 @@
+"""The CPU runtime against PyTorch/transformers on tiny exported models, plus batching, padding,
+truncation, bad inputs, damaged folders and threads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import modernbert_edge
+from modernbert_edge.runtime import (
+    EmptyInputError,
+    InputError,
+    InputTooLongError,
+    MissingMaskError,
+    MissingTokenizerError,
+    ModelFolderError,
+    TaskMismatchError,
+    TruncationWarning,
+    load,
+)
+from modernbert_edge.runtime.batching import pad, padded_tokens, plan_batches
+from modernbert_edge.runtime.tasks import TASKS
+
+# Lengths on both sides of the tiny models' 16-token local window.
+TEXTS = [
+    "alice works at acme corp in berlin",
+    "the fox",
+    "the quick brown fox jumps over a lazy dog while the model reads long documents about paris france "
+    "and london since march of last year",
+    "bob",
+    "python code function return value error data table query answer question context",
+]
+MASKED = [
+    "the quick brown [MASK] jumps over a lazy dog",
+    "alice works at [MASK] corp",
+    "the model reads long documents about paris [MASK] and london music science python code function "
+    "return value error data table query [MASK] question",
+]
+QUESTIONS = [
+    ("who works at acme?", "alice works at acme corp in berlin and new york city since march of last year"),
+    ("where?", "bob"),
+    ("what does the model read?", "the model reads long documents about paris france and london music"),
+]
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def models(exported_factory):
+    """{task: (exported folder, loaded Model)} for every task."""
+    return {task: (exported_factory(task), load(exported_factory(task))) for task in TASKS}
+
+
+def _checkpoint(checkpoint_factory, task: str, **kwargs) -> str:
+    return str(checkpoint_factory(task, **kwargs))
+
+
+def test_task_table_matches_the_exporter() -> None:
+    from modernbert_edge.export.tasks import TASKS as EXPORT_TASKS
+
+    assert {t.name: t.outputs for t in TASKS.values()} == {
+        t.name: tuple(name for name, _ in t.outputs) for t in EXPORT_TASKS.values()
+    }
+
+
+def test_load_is_forwarded_and_describes_the_folder(models) -> None:
+    folder, _ = models["text-classification"]
+    model = modernbert_edge.load(str(folder), threads=1)
+    info = model.describe()
+    assert info["task"] == "text-classification" and info["labels"] == ["NEG", "NEU", "POS"]
+    assert info["inputs"] == ["input_ids", "attention_mask"] and info["tokenizer"]["mask_token"] == "[MASK]"
+    json.dumps(info)  # plain data
+
+
+# ── every task against PyTorch / transformers ───────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_embed_matches_pytorch(models, checkpoint_factory, pooling) -> None:
+    import torch
+    import transformers
+
+    ckpt = _checkpoint(checkpoint_factory, "feature-extraction")
+    tok = transformers.AutoTokenizer.from_pretrained(ckpt)
+    ref_model = transformers.AutoModel.from_pretrained(ckpt).eval()
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = ref_model(**batch).last_hidden_state.numpy()
+    mask = batch["attention_mask"].numpy()[..., None]
+    ref = hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1)
+
+    model = models["feature-extraction"][1]
+    raw = model.embed(TEXTS, pooling=pooling, normalize=False)
+    assert raw.dtype == np.float32 and raw.shape == (len(TEXTS), 64)
+    np.testing.assert_allclose(raw, ref, atol=ATOL)
+    unit = model.embed(TEXTS, pooling=pooling)
+    np.testing.assert_allclose(unit, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=ATOL)
+    assert model.embed("bob").shape == (1, 64) and model.embed([]).shape == (0, 64)
+
+
+def test_fill_mask_matches_the_pipeline(models, checkpoint_factory) -> None:
+    import transformers
+
+    pipe = transformers.pipeline("fill-mask", model=_checkpoint(checkpoint_factory, "fill-mask"))
+    ours = models["fill-mask"][1].fill_mask(MASKED, top_k=5)
+    for text, result in zip(MASKED, ours, strict=True):
+        ref = pipe(text, top_k=5)
+        ref = [ref] if isinstance(ref[0], dict) else ref  # the pipeline flattens a single mask
+        assert len(result) == len(ref) == text.count("[MASK]")
+        for got, want in zip(result, ref, strict=True):
+            assert [p["token"] for p in got] == [p["token"] for p in want]
+            assert [p["sequence"] for p in got] == [p["sequence"] for p in want]
+            assert [p["token_str"] for p in got] == [p["token_str"] for p in want]
+            np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=ATOL)
+
+
+@pytest.mark.parametrize("problem_type", [None, "multi_label_classification"])
+def test_classify_matches_the_pipeline(models, exported_factory, checkpoint_factory, problem_type) -> None:
+    import transformers
+
+    kwargs = {"problem_type": problem_type} if problem_type else {}
+    model = load(exported_factory("text-classification", **kwargs)) if kwargs else models["text-classification"][1]
+    pipe = transformers.pipeline(
+        "text-classification", model=_checkpoint(checkpoint_factory, "text-classification", **kwargs), top_k=None
+    )
+    ours = model.classify(TEXTS)
+    for got, want in zip(ours, pipe(TEXTS), strict=True):
+        assert [r["label"] for r in got] == [r["label"] for r in want]
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=ATOL)
+    if problem_type:  # sigmoid scores need not sum to 1
+        assert abs(sum(r["score"] for r in ours[0]) - 1) > 1e-3
+    assert len(model.classify(TEXTS[0], top_k=1)) == 1
+
+
+@pytest.mark.parametrize("aggregation", ["none", "simple", "first", "average", "max"])
+def test_tag_matches_the_pipeline(models, checkpoint_factory, aggregation) -> None:
+    import transformers
+
+    ckpt = _checkpoint(checkpoint_factory, "token-classification")
+    pipe = transformers.pipeline("token-classification", model=ckpt, aggregation_strategy=aggregation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Tokenizer does not support real words" (byte-level BPE)
+        refs = pipe(TEXTS)
+    ours = models["token-classification"][1].tag(TEXTS, aggregation=aggregation)
+    key = "entity" if aggregation == "none" else "entity_group"
+    assert any(ours), "the tiny model should find some entities, or this test compares nothing"
+    for text, got, want in zip(TEXTS, ours, refs, strict=True):
+        assert [(e[key], e["start"], e["end"]) for e in got] == [(e[key], e["start"], e["end"]) for e in want]
+        np.testing.assert_allclose([e["score"] for e in got], [float(e["score"]) for e in want], atol=ATOL)
+        assert all(e["word"] == text[e["start"] : e["end"]] for e in got)
+
+
+def test_answer_matches_pytorch(models, checkpoint_factory) -> None:
+    """Spans from PyTorch logits through transformers' own span search (select_starts_ends)."""
+    import torch
+    import transformers
+    from transformers.pipelines.document_question_answering import select_starts_ends
+
+    ckpt = _checkpoint(checkpoint_factory, "question-answering")
+    tok = transformers.AutoTokenizer.from_pretrained(ckpt)
+    ref_model = transformers.AutoModelForQuestionAnswering.from_pretrained(ckpt).eval()
+    model = models["question-answering"][1]
+    for question, context in QUESTIONS:
+        enc = tok(question, context, return_tensors="pt")
+        with torch.no_grad():
+            out = ref_model(**enc)
+        seq = enc.sequence_ids(0)
+        p_mask = np.array([s != 1 for s in seq], dtype=int)
+        p_mask[0] = 0  # [CLS] joins the softmax, as the question-answering pipeline did
+        starts, ends, scores, _ = select_starts_ends(
+            out.start_logits.numpy(), out.end_logits.numpy(), p_mask, enc["attention_mask"].numpy(), top_k=3
+        )
+        want = [
+            (enc.word_to_chars(enc.token_to_word(s), sequence_index=1).start,
+             enc.word_to_chars(enc.token_to_word(e), sequence_index=1).end, float(score))
+            for s, e, score in zip(starts, ends, scores, strict=True)
+            if score > 0  # transformers may fill top_k with zero-score [CLS] spans; the runtime does not
+        ]  # fmt: skip
+        got = model.answer(question, context, top_k=3)
+        assert [(a["start"], a["end"]) for a in got] == [(s, e) for s, e, _ in want]
+        np.testing.assert_allclose([a["score"] for a in got], [sc for _, _, sc in want], atol=ATOL)
+        assert all(a["answer"] == context[a["start"] : a["end"]] for a in got)
+        best = model.answer(question, context)
+        assert isinstance(best, dict) and best["start"] == want[0][0]
+    batch = model.answer("who works at acme?", [c for _, c in QUESTIONS])
+    assert [b["start"] for b in batch] == [model.answer("who works at acme?", c)["start"] for _, c in QUESTIONS]
+
+
+# ── batching and padding ────────────────────────────────────────────────────────────────────────
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_padding_never_changes_a_result(models, task) -> None:
+    """Each text alone, and right-padded inside one batch of mixed lengths, through every graph."""
+    model = models[task][1]
+    texts = [f"{q} {c}" for q, c in QUESTIONS] + TEXTS
+    rows = [e.ids for e in model.tokenizer.encode(texts)]
+    ids, mask = pad(rows, model.info.pad_token_id)
+    batched = model.run(ids, mask)
+    per_token = task != "text-classification"  # its logits are (B, labels), one row per text
+    for b, row in enumerate(rows):
+        alone = model.run(np.array([row]), np.ones((1, len(row)), np.int64))
+        for name, value in alone.items():
+            got = batched[name][b, : len(row)] if per_token else batched[name][b]
+            np.testing.assert_allclose(got, value[0], atol=ATOL, err_msg=name)
+            if per_token:  # padded positions are zero
+                assert not batched[name][b, len(row) :].any()
+
+
+def test_batches_are_sorted_within_the_token_budget() -> None:
+    lengths = [5, 300, 17, 17, 1200, 64, 1, 900]
+    batches = plan_batches(lengths, max_tokens=1024, max_rows=3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b]
+    assert flat == sorted(lengths, reverse=True)
+    for b in batches:
+        assert len(b) <= 3
+        assert len(b) * max(lengths[i] for i in b) <= 1024 or len(b) == 1  # a long input runs alone
+    assert [lengths[i] for i in batches[0]] == [1200]
+    assert padded_tokens(batches, lengths) == (1200 + 900 + 3 * 300 + 3 * 17, 1200)  # [300, 64, 17], [17, 5, 1]
+
+
+def test_results_return_in_input_order(models) -> None:
+    model = load(models["feature-extraction"][0], batch_tokens=64, batch_rows=2)  # many small batches
+    order = [3, 0, 4, 2, 1]
+    expected = models["feature-extraction"][1].embed(TEXTS)
+    np.testing.assert_allclose(model.embed([TEXTS[i] for i in order]), expected[order], atol=ATOL)
+    tags = models["token-classification"][1]
+    small = load(models["token-classification"][0], batch_tokens=32, batch_rows=1)
+    assert _same_entities(small.tag(TEXTS), tags.tag(TEXTS))
+
+
+def _same_entities(a: list, b: list) -> bool:
+    return all(
+        [(e["entity_group"], e["start"], e["end"]) for e in x] == [(e["entity_group"], e["start"], e["end"]) for e in y]
+        and np.allclose([e["score"] for e in x], [e["score"] for e in y], atol=ATOL)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_fill_mask_budget_is_lowered_to_bound_the_logits(models) -> None:
+    model = models["fill-mask"][1]
+    from modernbert_edge.runtime.model import OUTPUT_BYTES
+
+    budget = model._token_budget(TASKS["fill-mask"])
+    assert budget == min(model.batch_tokens, OUTPUT_BYTES // (4 * model.info.vocab_size))
+
+
+# ── long inputs ─────────────────────────────────────────────────────────────────────────────────
+
+
+def test_truncation_warns_with_the_dropped_count(models) -> None:
+    folder, full = models["feature-extraction"]
+    model = load(folder, max_length=12)
+    long_text = TEXTS[2]
+    n = len(full.tokenizer.encode([long_text])[0].ids)
+    with pytest.warns(TruncationWarning) as record:
+        got = model.embed(["bob", long_text])
+    assert len(record) == 1
+    w = record[0].message
+    assert (w.index, w.tokens, w.dropped) == (1, n, n - 12) and f"{n - 12} tokens dropped" in str(w)
+    kept = full.tokenizer.encode([long_text])[0].ids[:11] + [full.tokenizer.encode(["x"])[0].ids[-1]]  # + [SEP]
+    out = full.run(np.array([kept]))["last_hidden_state"][0]
+    np.testing.assert_allclose(got[1], out.mean(0) / np.linalg.norm(out.mean(0)), atol=ATOL)
+
+    strict = load(folder, max_length=12, truncation="error")
+    with pytest.raises(InputTooLongError, match=r"input 1 has \d+ tokens, more than the 12"):
+        strict.embed(["bob", long_text])
+
+
+def test_question_answering_truncates_the_context_only(models) -> None:
+    folder, _ = models["question-answering"]
+    model = load(folder, max_length=16)
+    question, context = QUESTIONS[0]
+    with pytest.warns(TruncationWarning, match="its context truncated"):
+        got = model.answer(question, context)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TruncationWarning)
+        enc = model.tokenizer.encode_pairs([(question, context)])[0]
+    question_tokens = len(model.tokenizer.encode([question])[0].ids) - 2  # without [CLS] [SEP]
+    assert len(enc.ids) == 16 and enc.sequence_ids.count(0) == question_tokens
+    assert got["end"] <= enc.offsets[-2][1]  # inside the kept part of the context
+    with pytest.raises(InputTooLongError, match="question of"):
+        model.answer(context + " " + context, "bob")  # the question alone fills the model
+
+
+def test_truncated_mask_is_reported(models) -> None:
+    model = load(models["fill-mask"][0], max_length=8)
+    with pytest.warns(TruncationWarning), pytest.raises(MissingMaskError, match="truncated away"):
+        model.fill_mask("the quick brown fox jumps over a lazy dog [MASK]")
+
+
+# ── bad inputs and folders ──────────────────────────────────────────────────────────────────────
+
+
+def test_bad_inputs_raise_specific_errors(models) -> None:
+    embed, fill, qa = models["feature-extraction"][1], models["fill-mask"][1], models["question-answering"][1]
+    with pytest.raises(EmptyInputError, match="input 1 is empty"):
+        embed.embed(["bob", ""])
+    with pytest.raises(EmptyInputError, match="input 0 is empty"):
+        embed.embed(" \n\t")
+    with pytest.raises(InputError, match="input 0 is not a string"):
+        embed.embed([None])
+    with pytest.raises(MissingMaskError, match=r"input 1 has no \[MASK\] token"):
+        fill.fill_mask(["the [MASK] fox", "no mask here"])
+    with pytest.raises(EmptyInputError, match="input 0 has an empty context"):
+        qa.answer("who?", " ")
+    with pytest.raises(TaskMismatchError, match="fill-mask model"):
+        fill.classify("bob")
+    with pytest.raises(TaskMismatchError):
+        fill.embed("bob")
+    with pytest.raises(modernbert_edge.UserError, match="top_k must be a positive integer"):
+        fill.fill_mask("the [MASK]", top_k=0)
+    results = fill.predict(["the [MASK] fox", "", "no mask", "a [MASK]"], errors="return")
+    assert isinstance(results[1], EmptyInputError) and isinstance(results[2], MissingMaskError)
+    assert results[0] == fill.fill_mask("the [MASK] fox") and results[3] == fill.fill_mask("a [MASK]")
+
+
+def test_run_checks_token_ids(models) -> None:
+    model = models["fill-mask"][1]
+    out = model.run([1, 279, 4, 2])
+    assert out["logits"].shape == (1, 4, model.info.vocab_size)
+    with pytest.raises(modernbert_edge.UserError, match="outside the model's vocabulary"):
+        model.run([[1, model.info.vocab_size, 2]])
+    with pytest.raises(modernbert_edge.UserError, match="same shape"):
+        model.run([[1, 5, 2]], [[1, 1]])
+    with pytest.raises(InputTooLongError):
+        model.run(np.ones((1, model.info.max_position_embeddings + 1), np.int64))
+
+
+def _damaged(folder: Path, tmp_path: Path, damage) -> Path:  # noqa: ANN001
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    damage(copy)
+    return copy
+
+
+def _edit_manifest(folder: Path, **changes: object) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest.update(changes)
+    path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: shutil.rmtree(f), "does not exist"),
+        (lambda f: (f / "manifest.json").unlink(), "has no manifest.json"),
+        (lambda f: (f / "model.onnx").unlink(), "has no model.onnx"),
+        (lambda f: (f / "model.onnx").write_bytes((f / "model.onnx").read_bytes()[:5000]), "could not be loaded"),
+        (lambda f: (f / "config.json").unlink(), "has no config.json"),
+        (lambda f: (f / "tokenizer.json").write_text("{not json"), "could not be read by tokenizers"),
+        (lambda f: (f / "tokenizer.json").unlink(), "has no tokenizer.json, though its manifest lists one"),
+        (lambda f: _edit_manifest(f, task="summarization"), "does not run"),
+        (lambda f: _edit_manifest(f, outputs=["logits"]), "inconsistent"),
+    ],
+)
+def test_damaged_folders_raise_model_folder_error(models, tmp_path, damage, message) -> None:
+    folder = _damaged(models["question-answering"][0], tmp_path, damage)
+    with pytest.raises(ModelFolderError, match=message):
+        load(folder)
+
+
+def test_folder_without_tokenizer_takes_token_ids(models, tmp_path) -> None:
+    def strip(f: Path) -> None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (f / name).unlink()
+        _edit_manifest(f, tokenizer_files=[])
+
+    model = load(_damaged(models["feature-extraction"][0], tmp_path, strip))
+    assert model.tokenizer is None and model.describe()["tokenizer"] is None
+    ids = models["feature-extraction"][1].tokenizer.encode(["bob"])[0].ids
+    np.testing.assert_allclose(
+        model.run([ids])["last_hidden_state"], models["feature-extraction"][1].run([ids])["last_hidden_state"]
+    )
+    with pytest.raises(MissingTokenizerError, match="pass token ids to Model.run"):
+        model.embed("bob")
+
+
+# ── threads ─────────────────────────────────────────────────────────────────────────────────────
+
+
+def test_threads_sharing_a_model_get_serial_results(models) -> None:
+    embed, tag = models["feature-extraction"][1], models["token-classification"][1]
+    jobs = [(embed.embed, TEXTS), (tag.tag, TEXTS), (embed.embed, TEXTS[::-1]), (tag.tag, TEXTS[1:])] * 3
+    serial = [fn(texts) for fn, texts in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        concurrent = list(pool.map(lambda job: job[0](job[1]), jobs))
+    for s, c in zip(serial, concurrent, strict=True):
+        if isinstance(s, np.ndarray):
+            np.testing.assert_allclose(c, s, atol=1e-6)
+        else:
+            assert _same_entities(c, s)
