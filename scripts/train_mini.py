@@ -256,8 +256,12 @@ def train(
     held_rows: torch.Tensor,
     device: str,
     max_minutes: float | None,
+    replans: dict[int, int] | None = None,
 ) -> tuple[ModernBertForMaskedLM, Recipe, list[dict]]:
-    """Run both phases; returns the model, the recipe actually run (steps may shrink) and a loss log."""
+    """Run both phases; returns the model, the recipe actually run (steps may shrink) and a loss log.
+
+    `replans` ({step: new total}) replays the step-count cuts of an earlier budgeted run exactly.
+    """
     torch.manual_seed(recipe.seed)
     model = ModernBertForMaskedLM(build_config(recipe, tok)).to(device)
     model.train()
@@ -274,10 +278,15 @@ def train(
             group["lr"] = lr_at(step, recipe)
         running.append(train_step(model, opt, next(long if in_long else short), gen, recipe, ids, device))
         step += 1
-        if max_minutes is not None and step % REPLAN_EVERY == 0 and not in_long:
+        planned = recipe.steps
+        if replans and step in replans:
+            recipe = Recipe(**{**asdict(recipe), "steps": replans[step]})
+        elif max_minutes is not None and step % REPLAN_EVERY == 0 and not in_long:
             seconds_left = max_minutes * 60 - (time.time() - t0)
             recipe = fit_steps(recipe, step, (time.time() - t_window) / REPLAN_EVERY, seconds_left)
             t_window = time.time()
+        if recipe.steps != planned:
+            history.append({"step": step, "replanned_steps": recipe.steps})
         if step % 50 == 0 or step == recipe.steps:
             entry = {"step": step, "loss": float(np.mean(running)), "lr": lr_at(step - 1, recipe)}
             entry["seq_len"] = recipe.long_seq_len if in_long else recipe.seq_len
@@ -336,6 +345,9 @@ def training_record(
             "source": json.loads(meta.read_text()) if meta.is_file() else None,
         },
         "parameters": sum(p.numel() for p in model.parameters()),
+        "initial_steps": args.steps,
+        "replans": [[e["step"], e["replanned_steps"]] for e in history if "replanned_steps" in e],
+        "rebuild_exact": rebuild_command(args, history),
         "wall_minutes": round(train_minutes, 2),
         "threads": args.threads,
         "device": args.device,
@@ -356,6 +368,20 @@ def file_info(path: Path) -> dict:
     return {"path": path.as_posix(), "lines": text.count("\n"), "bytes": len(text.encode("utf-8"))}
 
 
+def rebuild_command(args: argparse.Namespace, history: list[dict]) -> str:
+    """The command that replays this run step for step (its budget cuts become fixed --replans)."""
+    replans = ",".join(f"{e['step']}:{e['replanned_steps']}" for e in history if "replanned_steps" in e)
+    cmd = f"python scripts/train_mini.py --out {args.out} --steps {args.steps} --batch {args.batch}"
+    cmd += f" --lr {args.lr} --seed {args.seed} --threads {args.threads}"
+    return cmd + (f" --replans {replans}" if replans else "")
+
+
+def parse_replans(text: str) -> dict[int, int]:
+    """`"100:1342,150:1269"` -> {100: 1342, 150: 1269}."""
+    pairs = [item.split(":") for item in text.split(",") if item.strip()]
+    return {int(step): int(total) for step, total in pairs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("modernbert_edge/assets/modernbert-mini"))
@@ -365,6 +391,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=Recipe.lr)
     ap.add_argument("--seed", type=int, default=Recipe.seed)
     ap.add_argument("--max-minutes", type=float, default=None, help="shrink --steps to finish in time")
+    ap.add_argument("--replans", default="", help="replay step-count cuts, e.g. 100:1342,150:1269")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--vocab-size", type=int, default=12288)
@@ -384,7 +411,9 @@ def main() -> None:
     held_rows = pack(held_paras, recipe.seq_len, ids["cls"], ids["sep"])
     n_tokens = (int(sum(len(p) for p in train_paras)), int(sum(len(p) for p in held_paras)))
     log(f"train tokens {n_tokens[0]}, heldout tokens {n_tokens[1]}")
-    model, recipe, history = train(recipe, tok, train_paras, held_rows, args.device, args.max_minutes)
+    model, recipe, history = train(
+        recipe, tok, train_paras, held_rows, args.device, args.max_minutes, parse_replans(args.replans)
+    )
     train_minutes = (time.time() - t_start) / 60
     held = {n: pack(held_paras, n, ids["cls"], ids["sep"]) for n in (recipe.seq_len, recipe.long_seq_len)}
     scores = {str(n): evaluate(model, rows, recipe, ids, args.device) for n, rows in held.items()}
