@@ -23,7 +23,7 @@ from modernbert_edge.export.config import read_config
 from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
 
-FUSED_OPS = ("MultiHeadAttention", "RotaryEmbedding", "SkipLayerNormalization", "Gelu", "LayerNormalization")
+FUSED_OPS = ("MultiHeadAttention", "RotaryEmbedding", "Gelu", "LayerNormalization")
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
 
 

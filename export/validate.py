@@ -42,9 +42,11 @@ def parity_batches(vocab_size: int, local_attention: int, max_positions: int, se
         yield ids, mask
 
 
-def compare_outputs(names: list[str], ours: list[np.ndarray], ref: dict, mask: np.ndarray) -> dict[str, float]:
-    """Largest absolute difference per output, over valid (unpadded) positions."""
-    diffs = {}
+def compare_outputs(
+    names: list[str], ours: list[np.ndarray], ref: dict, mask: np.ndarray
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Largest absolute difference and largest reference magnitude per output, over valid positions."""
+    diffs, scales = {}, {}
     valid = mask.astype(bool)
     for name, out in zip(names, ours, strict=True):
         r = ref[name]
@@ -53,7 +55,8 @@ def compare_outputs(names: list[str], ours: list[np.ndarray], ref: dict, mask: n
         if out.ndim >= 2 and out.shape[:2] == mask.shape:
             out, r = out[valid], r[valid]
         diffs[name] = float(np.abs(out - r).max()) if out.size else 0.0
-    return diffs
+        scales[name] = float(np.abs(r).max()) if r.size else 0.0
+    return diffs, scales
 
 
 def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, atol: float | None = None) -> dict:  # noqa: ANN001
@@ -74,21 +77,40 @@ def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, ato
     session = ort.InferenceSession(str(Path(model_dir) / MODEL_FILE), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
 
-    cases, worst = [], dict.fromkeys(names, 0.0)
+    cases, worst, scale = [], dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     for ids, mask in parity_batches(cfg.vocab_size, cfg.local_attention, cfg.max_position_embeddings):
         ours = session.run(names, {"input_ids": ids, "attention_mask": mask})
         with torch.no_grad():
             out = ref_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
         ref = {n: getattr(out, n).float().numpy() for n in names}
-        diffs = compare_outputs(names, ours, ref, mask)
+        diffs, scales = compare_outputs(names, ours, ref, mask)
         cases.append({"lengths": mask.sum(1).tolist(), "max_abs_diff": diffs})
         for n, d in diffs.items():
-            worst[n] = max(worst[n], d)
+            worst[n], scale[n] = max(worst[n], d), max(scale[n], scales[n])
+    # float32 rounding grows with the outputs' magnitude: the tolerance is atol for outputs of
+    # magnitude <= 1 and atol * magnitude above (trained models' logits reach tens).
+    limits = {n: atol * max(1.0, scale[n]) for n in names}
     max_diff = max(worst.values())
-    status = "passed" if max_diff <= atol else "failed"
-    log(f"parity with PyTorch: max abs diff {max_diff:.2e} (tolerance {atol:.0e}) over {len(cases)} batches: {status}")
-    result = {"status": status, "max_abs_diff": max_diff, "atol": atol, "per_output": worst, "cases": cases}
+    status = "passed" if all(worst[n] <= limits[n] for n in names) else "failed"
+    log(
+        f"parity with PyTorch: max abs diff {max_diff:.2e} (tolerance {atol:.0e} x max(1, |output|)) "
+        f"over {len(cases)} batches: {status}"
+    )
+    result = {
+        "status": status,
+        "max_abs_diff": max_diff,
+        "atol": atol,
+        "limits": limits,
+        "per_output": worst,
+        "max_abs_reference": scale,
+        "cases": cases,
+    }
     if status == "failed":
-        bad = [f"lengths {c['lengths']} {n}: {d:.2e}" for c in cases for n, d in c["max_abs_diff"].items() if d > atol]
-        raise UserError(f"the ONNX graph differs from PyTorch by more than {atol:.0e}: {'; '.join(bad)}.")
+        bad = [
+            f"lengths {c['lengths']} {n}: {d:.2e} > {limits[n]:.1e}"
+            for c in cases
+            for n, d in c["max_abs_diff"].items()
+            if d > limits[n]
+        ]
+        raise UserError(f"the ONNX graph differs from PyTorch beyond tolerance: {'; '.join(bad)}.")
     return result

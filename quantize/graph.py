@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 MS_DOMAIN = "com.microsoft"
-FINAL_HIDDEN = "/model/final_norm/SkipLayerNorm/output_0"  # (1, T, D) final token stream
+FINAL_HIDDEN = "/model/final_norm/LayerNorm/output_0"  # (1, T, D) final token stream
 EMBED_GATHER = "/model/embeddings/tok_embeddings/Gather"
 DECODER = "/decoder"
 KEEP_FLOAT_ALWAYS = ("/classifier",)  # (D, labels): tiny, and it decides the label
@@ -170,6 +170,19 @@ def apply_smoothing(
     return muls
 
 
+OUTLIER_RATIO = 6.0  # a channel whose max is this many times the median channel's is an outlier
+MAX_SPLIT = 16  # at most this many channels go to the float side
+
+
+def outlier_channels(absmax: np.ndarray, ratio: float = OUTLIER_RATIO) -> np.ndarray | None:
+    """Channels whose largest value is `ratio` times the median channel's (as LLM.int8() splits
+    activations), at most MAX_SPLIT of them; None when there are none (or too many to split)."""
+    idx = np.flatnonzero(absmax > ratio * np.median(absmax))
+    if not len(idx) or len(idx) > MAX_SPLIT:
+        return None
+    return idx
+
+
 def quantize_int8_columns(w_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 per output column: W ≈ q * scale, q in [-127, 127]."""
     amax = np.abs(w_kn).max(axis=0)
@@ -225,17 +238,32 @@ def rewrite(
     muls: dict[str, np.ndarray],
     act_ranges: dict[str, tuple[float, float]] | None = None,
     table_smooth: np.ndarray | None = None,
+    splits: dict[str, np.ndarray] | None = None,
+    col_splits: dict[str, np.ndarray] | None = None,
+    table_split: np.ndarray | None = None,
 ) -> onnx.ModelProto:
     """The quantized model: `inits` already smoothed; projections in keep_float stay MatMul/Gemm.
 
     table_smooth: the tied decoder's smoothing scale s (its weight, the embedding table, was
-    multiplied by s per channel), which the embedding lookup divides back out."""
+      multiplied by s per channel), which the embedding lookup divides back out.
+    splits: input channels of a projection multiplied in float beside its int8 MatMul.
+    col_splits: output columns of a projection computed in float (those that write the
+      residual stream's outlier channels).
+    table_split: hidden channels of the tied table kept in float, for the lookup and the decoder."""
     by_node = {p.node: p for p in projections if p.name not in keep_float}
     table = _tied_table(model, inits, by_node)
     r = _Rewriter(dict(inits), [])
-    table_q, unsmooth = None, None
+    table_q, unsmooth, table_o = None, None, None
     if table is not None:  # the embedding table, int8 (D, V), shared with a quantized tied decoder
-        q, scale = quantize_int8_columns(inits[table].T)  # (D, V), one scale per vocabulary row
+        e = inits[table]  # (V, D)
+        if table_split is not None:
+            table_o = (
+                r.const(f"{table}_outlier_channels", table_split.astype(np.int64)),
+                r.const(f"{table}_outliers", e[:, table_split]),
+            )
+            e = e.copy()
+            e[:, table_split] = 0.0
+        q, scale = quantize_int8_columns(e.T)  # (D, V), one scale per vocabulary row
         table_q = (r.const(f"{table}_quantized", q), r.const(f"{table}_scale", scale))
         del r.inits[table]
         dec = next((p for p in by_node.values() if p.weight == table), None)
@@ -244,14 +272,22 @@ def rewrite(
     for node in model.graph.node:
         p = by_node.get(node.name)
         if node.name == EMBED_GATHER and table_q is not None:
-            _emit_embedding(r, node, table_q, unsmooth)
+            _emit_embedding(r, node, table_q, unsmooth, table_o, e.shape[1])
         elif p is None:
             r.nodes.append(node)
         else:
             shared = table_q if p.weight == table else None
-            _emit_projection(r, node, p, mode, muls.get(p.name), shared, act_ranges)
+            split = (splits or {}).get(p.name)
+            cols = (col_splits or {}).get(p.name) if mode != "int4" else None
+            if shared is not None and table_o is not None:
+                _emit_split_decoder(r, node, p, table_q, table_o, act_ranges)
+            elif split is not None and shared is None and not p.transposed and mode != "int4":
+                _emit_split(r, node, p, mode, split, act_ranges, cols)
+            else:
+                _emit_projection(r, node, p, mode, muls.get(p.name), shared, act_ranges, cols)
     used = {i for n in r.nodes for i in n.input}
-    initializers = [numpy_helper.from_array(np.ascontiguousarray(v), k) for k, v in r.inits.items() if k in used]
+    # (np.ascontiguousarray would turn 0-d constants, such as a Gather index, into 1-d ones)
+    initializers = [numpy_helper.from_array(np.array(v, order="C"), k) for k, v in r.inits.items() if k in used]
     g = model.graph
     graph = helper.make_graph(r.nodes, g.name, g.input, g.output, initializer=initializers, doc_string=g.doc_string)
     opsets = {o.domain: o.version for o in model.opset_import}
@@ -274,7 +310,14 @@ def _tied_table(model: onnx.ModelProto, inits: dict[str, np.ndarray], by_node: d
     return table
 
 
-def _emit_embedding(r: _Rewriter, node: onnx.NodeProto, table_q: tuple[str, str], unsmooth: np.ndarray | None) -> None:
+def _emit_embedding(
+    r: _Rewriter,
+    node: onnx.NodeProto,
+    table_q: tuple[str, str],
+    unsmooth: np.ndarray | None,
+    table_o: tuple[str, str] | None,
+    d: int,
+) -> None:
     """Gather columns of the int8 (D, V) table and dequantize them (see the module docstring)."""
     name, ids = node.name.rsplit("/", 1)[0], node.input[1]  # ids (1, T)
     q, scale = table_q
@@ -284,12 +327,73 @@ def _emit_embedding(r: _Rewriter, node: onnx.NodeProto, table_q: tuple[str, str]
     row_scale = r.node("Gather", [scale, ids], f"{name}/scale/Gather", axis=0)  # (1, T)
     minus_one = r.const("/const/int64/[1]/-1", np.array([-1], dtype=np.int64))
     row_scale = r.node("Unsqueeze", [row_scale, minus_one], f"{name}/scale/Unsqueeze")  # (1, T, 1)
-    if unsmooth is None:
-        r.node("Mul", [rows, row_scale], f"{name}/Mul", output=node.output[0])
-        return
-    rows = r.node("Mul", [rows, row_scale], f"{name}/Mul")
-    inv = r.const(f"{name}/unsmooth_scale", unsmooth)
-    r.node("Mul", [rows, inv], f"{name}/unsmooth/Mul", output=node.output[0])
+    last = unsmooth is None and table_o is None
+    rows = r.node("Mul", [rows, row_scale], f"{name}/Mul", output=node.output[0] if last else None)
+    if unsmooth is not None:
+        inv = r.const(f"{name}/unsmooth_scale", unsmooth)
+        rows = r.node("Mul", [rows, inv], f"{name}/unsmooth/Mul", output=node.output[0] if table_o is None else None)
+    if table_o is not None:  # the float outlier channels: (1, T, k) @ one-hot (k, D), added
+        idx, vals = table_o
+        k = len(r.inits[idx])
+        sel = np.zeros((k, d), dtype=np.float32)
+        sel[np.arange(k), r.inits[idx]] = 1.0
+        o = r.node("Gather", [vals, ids], f"{name}/outliers/Gather", axis=0)  # (1, T, k)
+        o = r.node("MatMul", [o, r.const(f"{name}/outliers/placement", sel)], f"{name}/outliers/MatMul")
+        r.node("Add", [rows, o], f"{name}/outliers/Add", output=node.output[0])
+
+
+def _emit_split_decoder(
+    r: _Rewriter,
+    node: onnx.NodeProto,
+    p: Projection,
+    table_q: tuple[str, str],
+    table_o: tuple[str, str],
+    act_ranges: dict[str, tuple[float, float]] | None,
+) -> None:
+    """The tied decoder when the table's outlier channels are kept in float:
+
+    h ─ Mul(inlier mask) ─ int8 projection on the shared table (outlier rows zero) ─┐
+    h ─ Gather(outlier channels) (T, k) ─ Gemm(table_outliers (V, k), transB=1) ────┴─ Add
+    """
+    x, out = node.input[0], node.output[0]
+    idx, vals = table_o
+    keep = np.ones(p.k, dtype=np.float32)
+    keep[r.inits[idx]] = 0.0
+    xo = r.node("Gather", [x, idx], f"{p.name}/outliers/Gather", axis=-1)
+    yo = r.node("Gemm", [xo, vals], f"{p.name}/outliers/Gemm", transB=1)
+    xi = r.node("Mul", [x, r.const(f"{p.name}/inlier_mask", keep)], f"{p.name}/inliers/Mul")
+    stub = helper.make_node("Gemm", [xi, p.weight, *node.input[2:]], [f"{p.name}/inliers/output_0"], name=p.node)
+    _emit_projection(r, stub, p, "int8", None, table_q, act_ranges)
+    r.node("Add", [stub.output[0], yo], f"{p.name}/outliers/Add", output=out)
+
+
+def _emit_split(
+    r: _Rewriter,
+    node: onnx.NodeProto,
+    p: Projection,
+    mode: str,
+    split: np.ndarray,
+    act_ranges: dict[str, tuple[float, float]] | None,
+    cols: np.ndarray | None = None,
+) -> None:
+    """LLM.int8()-style decomposition: the few outlier input channels in a float MatMul.
+
+    x ─ Mul(keep mask) ─ int8 projection (outlier rows zeroed) ─┐
+    x ─ Gather(outlier channels) (…, k) ─ MatMul (k, N) float ──┴─ Add
+    """
+    x, out = node.input[0], node.output[0]
+    keep = np.ones(p.k, dtype=np.float32)
+    keep[split] = 0.0
+    w = p.weight_kn(r.inits)
+    idx = r.const(f"{p.name}/outlier_channels", split.astype(np.int64))
+    xo = r.node("Gather", [x, idx], f"{p.name}/outliers/Gather", axis=-1)
+    yo = r.node("MatMul", [xo, r.const(f"{p.weight}_outlier_rows", w[split])], f"{p.name}/outliers/MatMul")
+    xi = r.node("Mul", [x, r.const(f"{p.name}/inlier_mask", keep)], f"{p.name}/inliers/Mul")
+    r.inits[f"{p.weight}_inliers"] = w * keep[:, None]
+    inner = Projection(p.name, p.node, f"{p.weight}_inliers", xi, p.k, p.n, False)
+    stub = helper.make_node("MatMul", [xi, inner.weight], [f"{p.name}/inliers/output_0"], name=p.node)
+    _emit_projection(r, stub, inner, mode, None, None, act_ranges, cols)
+    r.node("Add", [stub.output[0], yo], f"{p.name}/outliers/Add", output=out)
 
 
 def _emit_projection(
@@ -300,8 +404,30 @@ def _emit_projection(
     inv_s: np.ndarray | None,
     shared: tuple[str, str] | None,
     act_ranges: dict[str, tuple[float, float]] | None,
+    cols: np.ndarray | None = None,
 ) -> None:
-    """One projection; `shared` is the int8 table (q, scale) when its weight is the tied table."""
+    """One projection; `shared` is the int8 table (q, scale) when its weight is the tied table.
+
+    With `cols` (output columns kept in float): y = int8(x) (those columns zero) + (x @ W[:, cols]) @ one-hot
+    """
+    if cols is not None and shared is None and not p.transposed:
+        w = p.weight_kn(r.inits)
+        src = node.input[0]
+        if inv_s is not None:
+            src = r.node("Mul", [src, r.const(f"{p.name}/smooth_scale", inv_s)], f"{p.name}/smooth/Mul")
+        sel = np.zeros((len(cols), p.n), dtype=np.float32)
+        sel[np.arange(len(cols)), cols] = 1.0
+        wf = r.const(f"{p.weight}_float_columns", np.ascontiguousarray(w[:, cols]))
+        yo = r.node("MatMul", [src, wf], f"{p.name}/float_columns/MatMul")  # (…, k)
+        yo = r.node("MatMul", [yo, r.const(f"{p.name}/float_columns/placement", sel)], f"{p.name}/float_columns/Place")
+        w0 = w.copy()
+        w0[:, cols] = 0.0
+        r.inits[f"{p.weight}_int8_columns"] = w0
+        inner = Projection(p.name, p.node, f"{p.weight}_int8_columns", src, p.k, p.n, False)
+        stub = helper.make_node("MatMul", [src, inner.weight], [f"{p.name}/int8_columns/output_0"], name=p.node)
+        _emit_projection(r, stub, inner, mode, None, None, act_ranges)
+        r.node("Add", [stub.output[0], yo], f"{p.name}/float_columns/Add", output=node.output[0])
+        return
     x, out = node.input[0], node.output[0]
     if inv_s is not None:
         x = r.node("Mul", [x, r.const(f"{p.name}/smooth_scale", inv_s)], f"{p.name}/smooth/Mul")

@@ -134,7 +134,8 @@ def test_structure_counts_fused_ops(exported_factory):
     ops = [n.op_type for n in model.graph.node]
     assert attention_per_layer(model.graph) == {f"layers.{i}": 1 for i in range(5)}
     assert ops.count("RotaryEmbedding") == 5
-    assert ops.count("SkipLayerNormalization") == 2 * 5  # attn_norm of layers 1.., mlp_norm, final_norm
+    # embeddings, attn_norm of layers 1.., mlp_norm of every layer, final_norm
+    assert ops.count("LayerNormalization") == 1 + 4 + 5 + 1 + 1  # + the head's norm
     assert "Softmax" not in ops and "Erf" not in ops
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "mask_positions"]
     assert [o.name for o in model.graph.output] == ["logits"]
