@@ -34,6 +34,7 @@ class Layout:
 
     tokens: str  # (T,) int64 flat indices of non-pad positions in (B*S)
     scatter_idx: str  # (T, 1) int64, the same indices for ScatterND
+    row_of: str  # (B*S,) int64 token row of each padded position (pads: a neighbour's row, or -1)
     batch: str  # (1,) int64 B
     seq: str  # (1,) int64 S
     flat: str  # (1,) int64 B*S
@@ -67,6 +68,7 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     """Token indices, batch dims and masks derived from attention_mask.
 
     attention_mask (B, S) ─ Reshape(-1) ─ NonZero (1, T) ─ Reshape ─ tokens (T,) / scatter_idx (T, 1)
+                          └ CumSum - 1 ─ row_of (B*S,): token row of each padded position
     """
     p = "/model/layout"
     shape = g.op("Shape", ["input_ids"], f"{p}/Shape")
@@ -77,12 +79,13 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     nz = g.op("NonZero", [mask_flat], f"{p}/NonZero")  # (1, T)
     tokens = g.op("Reshape", [nz, g.const([-1])], f"{p}/tokens")
     scatter_idx = g.op("Reshape", [nz, g.const([-1, 1])], f"{p}/scatter_idx")
+    row_of = g.op("Sub", [g.op("CumSum", [mask_flat, g.const(0)], f"{p}/CumSum"), g.const(1)], f"{p}/row_of")
     key_mask = g.op("Cast", ["attention_mask"], f"{p}/key_mask", to=6)  # int32
     mask_f = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT)
     n_tokens = g.op("Shape", [tokens], f"{p}/n_tokens")
     unpadded = g.op("Squeeze", [g.op("Equal", [n_tokens, flat], f"{p}/Equal")], f"{p}/unpadded")
     local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
-    return Layout(tokens, scatter_idx, batch, seq, flat, key_mask, unpadded, mask_f, local)
+    return Layout(tokens, scatter_idx, row_of, batch, seq, flat, key_mask, unpadded, mask_f, local)
 
 
 def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str) -> LocalLayout:
@@ -133,18 +136,17 @@ def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: s
     return LocalLayout(c, pads_q, pads_kv, shape_q, shape_kv4, shape_kv, shape_out, slices, key_mask_local, band_name)
 
 
-def to_padded(g: GraphBuilder, lay: Layout, x: str, width: int, name: str) -> str:
-    """(1, T, F) token stream -> (B, S, F), zeros at padded positions."""
-    f = g.const([width])
-    zeros = g.op(
-        "ConstantOfShape",
-        [_shape_of(g, [lay.flat, f], f"{name}/zeros_shape")],
-        f"{name}/zeros",
-        value=_float_tensor(0.0),
-    )
+def to_padded(g: GraphBuilder, lay: Layout, x: str, width: int, name: str, zero_pads: bool = True) -> str:
+    """(1, T, F) token stream -> (B, S, F) by one row Gather (row_of).
+
+    Padded positions receive a copy of some real row: attention masks those keys and its padded
+    queries are dropped again, so zero_pads=False there; outputs get zeros (a Mul by the mask).
+    """
     rows = g.op("Reshape", [x, g.const([-1, width])], f"{name}/rows")
-    flat = g.op("ScatterND", [zeros, lay.scatter_idx, rows], f"{name}/ScatterND")
-    return g.op("Reshape", [flat, _shape_of(g, [lay.batch, lay.seq, f], f"{name}/shape")], f"{name}/Reshape")
+    padded = g.op("Gather", [rows, lay.row_of], f"{name}/Gather", axis=0)  # (B*S, F)
+    shape = _shape_of(g, [lay.batch, lay.seq, g.const([width])], f"{name}/shape")
+    padded = g.op("Reshape", [padded, shape], f"{name}/Reshape")
+    return g.op("Mul", [padded, lay.mask_f], f"{name}/zero_pads") if zero_pads else padded
 
 
 def to_tokens(g: GraphBuilder, lay: Layout, x: str, width: int, name: str) -> str:
@@ -242,7 +244,7 @@ def make_attention(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layo
     d, n = cfg.hidden_size, cfg.num_attention_heads
     layer_type = cfg.layer_types[i]
     qkv = make_linear(g, w, x, f"{key}.Wqkv", d, 3 * d, cfg.attention_bias, f"{name}/Wqkv")
-    qkv = to_padded(g, lay, qkv, 3 * d, f"{name}/qkv_padded")  # (B, S, 3D)
+    qkv = to_padded(g, lay, qkv, 3 * d, f"{name}/qkv_padded", zero_pads=False)  # (B, S, 3D)
     qk, v = g.op("Split", [qkv, g.const([2 * d, d])], f"{name}/Split", outputs=2, axis=-1)
     kind = "global" if layer_type == GLOBAL else "local"
     cos, sin = f"/model/rotary/{kind}/cos_cache", f"/model/rotary/{kind}/sin_cache"
@@ -397,11 +399,12 @@ def make_selected_rows(g: GraphBuilder, lay: Layout, x: str, width_in: int, head
     k = g.op("Squeeze", [g.op("Where", [every, n_tokens, zero], f"{name}/k")], f"{name}/k_scalar")
     m = g.op("Squeeze", [g.op("Where", [every, zero, n], f"{name}/m")], f"{name}/m_scalar")
     one, zero_s = g.const(1), g.const(0)
-    mask_flat = g.op("Reshape", ["attention_mask", g.const([-1])], f"{name}/mask_flat")
-    row_of = g.op("Sub", [g.op("CumSum", [mask_flat, zero_s], f"{name}/CumSum"), one], f"{name}/row_of")
     all_rows = g.op("Range", [zero_s, k, one], f"{name}/all_rows")
     rows = g.op(
-        "Concat", [g.op("Gather", [row_of, positions], f"{name}/picked_rows", axis=0), all_rows], f"{name}/rows", axis=0
+        "Concat",
+        [g.op("Gather", [lay.row_of, positions], f"{name}/picked_rows", axis=0), all_rows],
+        f"{name}/rows",
+        axis=0,
     )
     x2d = g.op("Reshape", [x, g.const([-1, width_in])], f"{name}/x2d")
     y = head(g.op("Gather", [x2d, rows], f"{name}/Gather", axis=0))
