@@ -7,6 +7,8 @@ given (checkpoint keys for weights); small constants are shared under one name p
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -37,6 +39,16 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, out, name=name, domain=domain or None, **attrs))
         return out[0] if outputs == 1 else out
 
+    def branch(self) -> GraphBuilder:
+        """A builder for an If branch: its own nodes, the parent's initializers (outer scope)."""
+        sub = GraphBuilder()
+        sub.initializers = self.initializers
+        return sub
+
+    def subgraph(self, name: str, output: str) -> onnx.GraphProto:
+        """This builder's nodes as a graph with one float output (for If branches)."""
+        return helper.make_graph(self.nodes, name, [], [helper.make_tensor_value_info(output, TensorProto.FLOAT, None)])
+
     def weight(self, name: str, array: np.ndarray) -> str:
         """Register an initializer under `name` (a checkpoint key or a derived name)."""
         if name in self.initializers:
@@ -59,7 +71,11 @@ class GraphBuilder:
     def const(self, values: list[int] | list[float] | np.ndarray, dtype: type = np.int64) -> str:
         """A small shared constant, named after its value."""
         arr = np.asarray(values, dtype=dtype)
-        key = "_".join(str(v) for v in arr.ravel().tolist()) if arr.size <= 8 else f"{abs(hash(arr.tobytes()))}"
+        key = (
+            "_".join(str(v) for v in arr.ravel().tolist())
+            if arr.size <= 8
+            else hashlib.sha1(arr.tobytes()).hexdigest()[:12]
+        )
         name = f"/const/{arr.dtype}/{list(arr.shape)}/{key}"
         if name not in self.initializers:
             self.initializers[name] = numpy_helper.from_array(arr, name)

@@ -19,13 +19,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from modernbert_edge.export.builder import FLOAT, INT64, MS_DOMAIN, GraphBuilder, tensor_info
 from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import GLOBAL, LOCAL, ModernBertConfig
 
 BAND_MASKED = -1e9  # additive bias for keys outside the local window (exp underflows to exactly 0)
+SHORT_LOCAL = 256  # up to this length a dense banded MHA beats blocked attention (8x128: 20 vs 27 ms)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ class LocalLayout:
     slices: tuple[tuple[str, str], ...]  # (start, end) on axis 1 of the (B, nc + 2, ...) view: prev, own, next
     key_mask: str  # (B * nc, 3C) int32
     band: str  # (1, 1, C, 3C) float additive window bias
+    short: str  # bool scalar: S <= SHORT_LOCAL, where one dense banded MHA call is cheaper
+    dense_band: str  # (1, 1, S', S') window bias, S' = min(S, SHORT_LOCAL): for the short case
 
 
 def _shape_of(g: GraphBuilder, parts: list[str], name: str) -> str:
@@ -133,7 +136,22 @@ def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: s
     kj = np.arange(3 * c)[None, :]
     band = np.where(np.abs(qi - kj) <= w, 0.0, BAND_MASKED).astype(np.float32)[None, None]
     band_name = g.weight("/model/layout/local/band_bias", band)
-    return LocalLayout(c, pads_q, pads_kv, shape_q, shape_kv4, shape_kv, shape_out, slices, key_mask_local, band_name)
+
+    # Short sequences: one (S', S') band bias, S' = min(S, SHORT_LOCAL) so it stays small when unused.
+    seq_s = g.op("Squeeze", [g.op("Min", [seq, g.const([SHORT_LOCAL])], f"{p}/short_len")], f"{p}/short_len_s")
+    short = g.op("Squeeze", [g.op("LessOrEqual", [seq, g.const([SHORT_LOCAL])], f"{p}/short_cmp")], f"{p}/short")
+    pos = g.op("Range", [g.const(0), seq_s, g.const(1)], f"{p}/pos")
+    dist = g.op(
+        "Abs",
+        [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])], f"{p}/pos_q"), pos], f"{p}/dist_signed")],
+        f"{p}/dist",
+    )
+    near = g.op("LessOrEqual", [dist, g.const(w)], f"{p}/near")
+    dense = g.op("Where", [near, g.const(0.0, np.float32), g.const(BAND_MASKED, np.float32)], f"{p}/dense_band2d")
+    dense = g.op("Unsqueeze", [dense, g.const([0, 1])], f"{p}/dense_band")
+    return LocalLayout(
+        c, pads_q, pads_kv, shape_q, shape_kv4, shape_kv, shape_out, slices, key_mask_local, band_name, short, dense
+    )
 
 
 def to_padded(g: GraphBuilder, lay: Layout, x: str, width: int, name: str, zero_pads: bool = True) -> str:
@@ -273,21 +291,46 @@ def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, 
     """
     branches = {}
     for branch, extra in (("unpadded", []), ("padded", ["", lay.key_mask])):
-        out = f"{name}/{branch}/MultiHeadAttention/output_0"
-        node = helper.make_node(
+        sub = g.branch()
+        out = sub.op(
             "MultiHeadAttention",
             [q, k, v, *extra],
-            [out],
-            name=f"{name}/{branch}/MultiHeadAttention",
+            f"{name}/{branch}/MultiHeadAttention",
             domain=MS_DOMAIN,
             num_heads=n,
         )
-        info = tensor_info(out, FLOAT, None)
-        branches[branch] = helper.make_graph([node], f"{name}/{branch}".replace("/", "_"), [], [info])
+        branches[branch] = sub.subgraph(f"{name}/{branch}".replace("/", "_"), out)
     return g.op("If", [lay.unpadded], f"{name}/If", then_branch=branches["unpadded"], else_branch=branches["padded"])
 
 
 def make_local_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:
+    """Sliding-window attention, exact for |i - j| <= window.
+
+    If(S <= SHORT_LOCAL) ─ then: MHA(q, k, v, key_mask, dense (S, S) band)
+                         └ else: blocked (make_blocked_attention): work grows as S * 3C, not S^2
+    """
+    loc = lay.local
+    assert loc is not None
+    short = g.branch()
+    out_short = short.op(
+        "MultiHeadAttention",
+        [q, k, v, "", lay.key_mask, loc.dense_band],
+        f"{name}/short/MultiHeadAttention",
+        domain=MS_DOMAIN,
+        num_heads=n,
+    )
+    long = g.branch()
+    out_long = make_blocked_attention(long, lay, q, k, v, n, f"{name}/blocked")
+    return g.op(
+        "If",
+        [loc.short],
+        f"{name}/If",
+        then_branch=short.subgraph(f"{name}/short".replace("/", "_"), out_short),
+        else_branch=long.subgraph(f"{name}/blocked".replace("/", "_"), out_long),
+    )
+
+
+def make_blocked_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:
     """Blocked sliding-window attention (see make_local_layout); work grows as S * 3C, not S^2.
 
     q (B, S, D) ─ Pad ─ Reshape (B*nc, C, D) ────────────────────────────┐
