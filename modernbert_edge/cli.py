@@ -50,10 +50,23 @@ def _register_all() -> None:
     register("export", export_commands.export_cmd)
     register("parity", export_commands.parity_cmd)
 
+    from modernbert_edge.quantize import commands as quantize_commands
+
+    register("quantize", quantize_commands.quantize_cmd)
+    register("compare", quantize_commands.compare_cmd)
+
+    from modernbert_edge.bench import commands as bench_commands
+
+    register("bench", bench_commands.bench_cmd)
+
     from modernbert_edge.runtime import commands as runtime_commands
 
     register("run", runtime_commands.run_cmd)
     register("info", runtime_commands.info_cmd)
+
+    from modernbert_edge import demo
+
+    register("demo", demo.demo_cmd)
 
 
 _register_all()

@@ -21,6 +21,7 @@ decoder uses it as its int8 weight, and the embedding lookup gathers and dequant
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -218,6 +219,8 @@ def dequantize_int4_blocks(packed: np.ndarray, scale: np.ndarray, k: int) -> np.
 class _Rewriter:
     inits: dict[str, np.ndarray]
     nodes: list[onnx.NodeProto]
+    opset: int = 20  # the default domain's: ReduceMax takes its axes as an input from 18 on
+    per_token: frozenset[str] = frozenset()  # projections whose activations get one scale per token
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.inits[name] = value
@@ -241,6 +244,7 @@ def rewrite(
     splits: dict[str, np.ndarray] | None = None,
     col_splits: dict[str, np.ndarray] | None = None,
     table_split: np.ndarray | None = None,
+    per_token: set[str] | None = None,
 ) -> onnx.ModelProto:
     """The quantized model: `inits` already smoothed; projections in keep_float stay MatMul/Gemm.
 
@@ -249,10 +253,13 @@ def rewrite(
     splits: input channels of a projection multiplied in float beside its int8 MatMul.
     col_splits: output columns of a projection computed in float (those that write the
       residual stream's outlier channels).
-    table_split: hidden channels of the tied table kept in float, for the lookup and the decoder."""
+    table_split: hidden channels of the tied table kept in float, for the lookup and the decoder.
+    per_token: int8 projections whose activation is divided by its per-token absolute maximum
+      before DynamicQuantizeMatMul and multiplied back after (see `_emit_per_token`)."""
     by_node = {p.node: p for p in projections if p.name not in keep_float}
     table = _tied_table(model, inits, by_node)
-    r = _Rewriter(dict(inits), [])
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 20)
+    r = _Rewriter(dict(inits), [], opset, frozenset(per_token or ()) if mode == "int8" else frozenset())
     table_q, unsmooth, table_o = None, None, None
     if table is not None:  # the embedding table, int8 (D, V), shared with a quantized tied decoder
         e = inits[table]  # (V, D)
@@ -285,7 +292,7 @@ def rewrite(
                 _emit_split(r, node, p, mode, split, act_ranges, cols)
             else:
                 _emit_projection(r, node, p, mode, muls.get(p.name), shared, act_ranges, cols)
-    used = {i for n in r.nodes for i in n.input}
+    used = _used_names(r.nodes)
     # (np.ascontiguousarray would turn 0-d constants, such as a Gather index, into 1-d ones)
     initializers = [numpy_helper.from_array(np.array(v, order="C"), k) for k, v in r.inits.items() if k in used]
     g = model.graph
@@ -296,6 +303,17 @@ def rewrite(
     out.ir_version, out.producer_name = model.ir_version, model.producer_name
     out.doc_string = model.doc_string
     return out
+
+
+def _used_names(nodes: Sequence[onnx.NodeProto]) -> set[str]:
+    """Every tensor name the nodes read, including inside If branches (outer-scope references)."""
+    used = set()
+    for n in nodes:
+        used.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= _used_names(a.g.node)
+    return used
 
 
 def _tied_table(model: onnx.ModelProto, inits: dict[str, np.ndarray], by_node: dict[str, Projection]) -> str | None:
@@ -466,5 +484,37 @@ def _emit_projection(
         else:
             r.node("MatMul", [xd, wd], f"{p.name}/MatMul", output=out)
         return
+    if p.name in r.per_token:
+        _emit_per_token(r, p.name, x, q, sc, bias, out)
+        return
     inputs = [x, q, sc] + (["", bias] if bias else [])
     r.node("DynamicQuantizeMatMul", inputs, f"{p.name}/DynamicQuantizeMatMul", MS_DOMAIN, output=out)
+
+
+PER_TOKEN_FLOOR = 1e-20  # all-zero tokens (a padded or masked row) divide by this instead of 0
+
+
+def _emit_per_token(r: _Rewriter, name: str, x: str, q: str, sc: str, bias: str, out: str) -> None:
+    """DynamicQuantizeMatMul with one activation scale per token, exact in float: (x / m) W m = x W.
+
+    x (…, K) ─ Abs ─ ReduceMax(-1, keepdims) ─ Max(floor) = m (…, 1)
+    x ─ Div(m) ─ DynamicQuantizeMatMul(q, scale) ─ Mul(m) ─ [Add(bias)]
+
+    ORT quantizes the activation with one uint8 scale per tensor; after the division every token
+    spans [-1, 1], so a few large tokens no longer leave the others a handful of levels.
+    """
+    a = r.node("Abs", [x], f"{name}/per_token/Abs")
+    if r.opset >= 18:
+        axes = r.const("/const/int64/[1]/-1", np.array([-1], dtype=np.int64))
+        m = r.node("ReduceMax", [a, axes], f"{name}/per_token/ReduceMax", keepdims=1)
+    else:
+        m = r.node("ReduceMax", [a], f"{name}/per_token/ReduceMax", axes=[-1], keepdims=1)
+    floor = r.const("/const/float/per_token_floor", np.array(PER_TOKEN_FLOOR, dtype=np.float32))
+    m = r.node("Max", [m, floor], f"{name}/per_token/Max")  # (…, 1)
+    xs = r.node("Div", [x, m], f"{name}/per_token/Div")
+    y = r.node("DynamicQuantizeMatMul", [xs, q, sc], f"{name}/DynamicQuantizeMatMul", MS_DOMAIN)
+    if bias:
+        y = r.node("Mul", [y, m], f"{name}/per_token/Mul")
+        r.node("Add", [y, bias], f"{name}/Add", output=out)
+    else:
+        r.node("Mul", [y, m], f"{name}/per_token/Mul", output=out)
