@@ -1,6 +1,6 @@
 """One benchmark worker: a process that loads one system's model once and times it on request.
 
-    coordinator ── spec ──> serve(conn, spec): set threads, load (timed) ── ("ready", load_s)
+    coordinator ── spec ──> serve(conn, spec): set threads, import, load (timed) ── ("ready", load_s, import_s)
                 ── ("run", case, keep) ──> run the case's batches (timed) ── ("done", seconds, outputs?)
                 ── ("rss",) ──> ("rss", peak MB)        ── ("stop",) ──> exit
 
@@ -73,9 +73,10 @@ def _load_torch(path: str, job: str, threads: int) -> tuple[Callable, int]:
     import torch
     import transformers
 
+    from modernbert_edge.bench.systems import AUTO_CLASSES
+
     torch.set_num_threads(threads)
-    cls = {"embeddings": "AutoModel", "fill-mask": "AutoModelForMaskedLM", "classification": "AutoModelForSequenceClassification"}
-    model = getattr(transformers, cls[job]).from_pretrained(path, attn_implementation="sdpa").eval()
+    model = getattr(transformers, AUTO_CLASSES[job]).from_pretrained(path, attn_implementation="sdpa").eval()
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -112,14 +113,25 @@ def _load_ours(path: str, threads: int) -> tuple[Callable, int, Callable]:
 
     model = load(path, threads=threads)
     name = model.info.outputs[0]
-    budget_fn = getattr(model, "_token_budget", None)  # the runtime's budget (lowered for big per-token outputs)
-    budget = budget_fn(model.resolve_task(None)) if budget_fn else 8192
+    budget = _runtime_budget(model)
     rows = getattr(model, "batch_rows", DEFAULT_BATCH_ROWS)
 
     def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return model.run(ids, mask)[name]
 
     return call, model.info.pad_token_id, lambda lengths: plan_batches(lengths, budget, rows)
+
+
+def _runtime_budget(model) -> int:  # noqa: ANN001
+    """The padded tokens per batch the runtime itself would use (its budget is lowered for large
+    per-token outputs such as fill-mask logits). The runtime has no public name for it yet."""
+    fn = getattr(model, "_token_budget", None)
+    if fn is None:
+        return int(getattr(model, "batch_tokens", 8192))
+    try:
+        return int(fn())
+    except TypeError:  # an earlier runtime took the task
+        return int(fn(model.resolve_task(None)))
 
 
 # ── extraction of what fidelity needs ─────────────────────────────────────────────────────────────
@@ -201,14 +213,27 @@ def serve(conn, spec: dict) -> None:  # noqa: ANN001
         os.environ[var] = threads
     try:
         t0 = time.perf_counter()
+        if spec["kind"] == "torch":  # imports are timed apart from loading the model
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        else:
+            import onnxruntime  # noqa: F401
+        t1 = time.perf_counter()
         runner = Runner(spec)
-        conn.send(("ready", time.perf_counter() - t0))
+        conn.send(("ready", time.perf_counter() - t1, t1 - t0))
     except Exception as e:  # noqa: BLE001 - reported to the coordinator, which records the failure
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     prepared: dict[str, object] = {}
+    parent = os.getppid()
     while True:
-        msg = conn.recv()
+        while not conn.poll(2.0):
+            if os.getppid() != parent:  # the coordinator is gone
+                return
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
         if msg[0] == "stop":
             return
         if msg[0] == "rss":
