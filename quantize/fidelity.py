@@ -21,6 +21,7 @@ from modernbert_edge.quantize.graph import FINAL_HIDDEN
 from modernbert_edge.quantize.smoothing import session_with_outputs
 
 MASK_FRACTION = 0.15
+HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
 
 
 def load_model(folder: str | Path) -> tuple[onnx.ModelProto, dict]:
@@ -64,6 +65,8 @@ def _head_metrics(task: str, outs_a: dict, outs_b: dict, batch: Batch, picked: n
     valid = batch.attention_mask.astype(bool)
     m: dict[str, list] = {"agree": [], "diff": [], "ref_max": []}
     for name, a in outs_a.items():
+        if name not in HEAD_OUTPUTS:
+            continue  # e.g. hidden states beside the logits: the cosine covers them
         b = outs_b[name]
         if task == "fill-mask":
             a, b = a[picked], b[picked]  # (P, V)
@@ -117,7 +120,11 @@ def compare_models(
             b = sessions[1].run(None, batch.feeds())
             cos.append(_cosines(a[-1], b[-1]))
             m = _head_metrics(
-                task, dict(zip(names, a[:-1], strict=True)), dict(zip(names, b[:-1], strict=True)), batch, picked
+                task,
+                dict(zip(names, a[:-1], strict=True)),
+                dict(zip(names, b[:-1], strict=True)),
+                batch,
+                picked,
             )
             for k in agg:
                 agg[k].extend(m[k])
@@ -147,7 +154,10 @@ def compare_models(
 def apply_gate(report: dict, min_cosine: float, force: bool) -> dict:
     """Add the gate's verdict: passed, failed, or failed but forced."""
     ok = report["cosine_worst"] >= min_cosine
-    report["gate"] = {"min_cosine": min_cosine, "status": "passed" if ok else ("forced" if force else "failed")}
+    report["gate"] = {
+        "min_cosine": min_cosine,
+        "status": "passed" if ok else ("forced" if force else "failed"),
+    }
     return report
 
 
@@ -164,10 +174,7 @@ def format_report(report: dict, title: str) -> str:
         rows.append(
             (
                 AGREEMENT[report["task"]],
-                [
-                    f"{100 * slices[c]['agreement']:.1f} % ({'/'.join(map(str, slices[c]['agreement_count']))})"
-                    for c in cols
-                ],
+                ["{:.1f} % ({}/{})".format(100 * slices[c]["agreement"], *slices[c]["agreement_count"]) for c in cols],
             )
         )
     if all("max_logit_diff" in slices[c] for c in cols):

@@ -59,7 +59,7 @@ def time_variants(
             "attention_mask": np.ones((b, s), dtype=np.int64),
         }
         times: dict[str, list[float]] = {k: [] for k in files}
-        for k, sess in sessions.items():  # warm-up
+        for sess in sessions.values():  # warm-up
             sess.run(None, feeds)
         for _ in range(repeats):
             for k, sess in sessions.items():

@@ -21,7 +21,7 @@ from modernbert_edge.manifest import MODEL_FILE, write_manifest
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize.calibration import CalibrationSet, calibration_set
 from modernbert_edge.quantize.fidelity import apply_gate, compare_models, format_report, load_model
-from modernbert_edge.quantize.smoothing import Choice, collect_stats, choose_smoothing
+from modernbert_edge.quantize.smoothing import Choice, choose_smoothing, collect_stats
 
 MODES = ("int8", "int8-static", "int4")
 FALLBACK_STEPS = (1, 2, 4)  # projections left in float on each retry when the gate fails
@@ -51,17 +51,20 @@ def plan_smoothing(
     projections: Sequence[qg.Projection],
     data: CalibrationSet,
     log: Callable[[str], None],
+    per_token: bool = False,
 ) -> tuple[dict[str, Choice], dict]:
-    """Calibrate, then choose a smoothing alpha per projection; returns the choices and the stats."""
+    """Calibrate, then choose a smoothing alpha per projection (and, with `per_token`, whether its
+    activation gets one int8 scale per token); returns the choices and the stats."""
     t0 = time.perf_counter()
     stats = collect_stats(model, list(projections), data.calibration, progress=log)
     choices = {}
     for i, p in enumerate(projections, 1):
         if i % 8 == 1 or i == len(projections):
             log(f"choosing smoothing: projection {i}/{len(projections)}")
-        choices[p.name] = choose_smoothing(stats[p.name], p.weight_kn(inits))
+        choices[p.name] = choose_smoothing(stats[p.name], p.weight_kn(inits), allow_per_token=per_token)
     log(
-        f"calibrated {len(projections)} projections on {len(data.calibration)} batches ({time.perf_counter() - t0:.1f} s)"
+        f"calibrated {len(projections)} projections on {len(data.calibration)} batches "
+        f"({time.perf_counter() - t0:.1f} s)"
     )
     return choices, stats
 
@@ -74,27 +77,67 @@ def build(
     keep_float: set[str],
     choices: dict[str, Choice],
     stats: dict,
+    per_token: set[str] | None = None,
 ) -> onnx.ModelProto:
-    """The quantized graph with the chosen smoothing, leaving `keep_float` projections in fp32."""
+    """The quantized graph with the chosen smoothing, leaving `keep_float` projections in fp32;
+    `per_token` (default: the choices' own) names the projections with per-token activation scales."""
     work = dict(inits)  # apply_smoothing copies what it changes
     quantized = [p for p in projections if p.name not in keep_float]
+    if per_token is None:
+        per_token = {p.name for p in quantized if p.name in choices and choices[p.name].per_token}
     scales = {
         p.name: choices[p.name].scale for p in quantized if p.name in choices and choices[p.name].scale is not None
     }
     absorbers = qg.find_absorbers(model, list(projections))
-    muls = qg.apply_smoothing(work, quantized, absorbers, scales)
+    muls = None  # set below, once the decoder's smoothing is settled
+    splits = {
+        p.name: choices[p.name].split for p in quantized if p.name in choices and choices[p.name].split is not None
+    }
     ranges = None
     if mode == "int8-static":
         ranges = {}
         for p in quantized:
             s = scales.get(p.name, np.ones(p.k, dtype=np.float32))
-            lo = min(float((lo_c / s).min()) for _, lo_c, _ in stats[p.name].samples)
-            hi = max(float((hi_c / s).max()) for _, _, hi_c in stats[p.name].samples)
+            keep = np.ones(p.k, dtype=bool)
+            if p.name in splits:
+                keep[splits[p.name]] = False  # the int8 part sees the inlier channels only
+            lo = min(float((lo_c / s)[keep].min()) for _, lo_c, _ in stats[p.name].samples)
+            hi = max(float((hi_c / s)[keep].max()) for _, _, hi_c in stats[p.name].samples)
             ranges[p.name] = (lo, hi)
+    col_splits = {}
+    for p in quantized:
+        if not p.transposed and p.name in choices:  # columns that write the residual's outlier channels
+            cols = qg.outlier_channels(np.abs(p.weight_kn(inits)).max(axis=0))
+            if cols is not None:
+                col_splits[p.name] = cols
+    table_split = None
+    dec = next((p for p in quantized if p.transposed and _is_table(model, p)), None)
+    if dec is not None and mode != "int4":
+        parts = [qg.outlier_channels(np.abs(inits[dec.weight]).max(axis=0))]
+        if dec.name in choices:
+            parts.append(choices[dec.name].split)
+        parts = [x for x in parts if x is not None]
+        if parts:
+            table_split = np.unique(np.concatenate(parts))
+            scales.pop(dec.name, None)  # the float channels replace the decoder's smoothing
+    muls = qg.apply_smoothing(work, quantized, absorbers, scales)
     table_smooth = next(
         (scales[p.name] for p in quantized if p.transposed and p.name in scales and _is_table(model, p)), None
     )
-    return qg.rewrite(model, work, list(projections), mode, keep_float, muls, ranges, table_smooth)
+    return qg.rewrite(
+        model,
+        work,
+        list(projections),
+        mode,
+        keep_float,
+        muls,
+        ranges,
+        table_smooth,
+        splits,
+        col_splits,
+        table_split,
+        per_token,
+    )
 
 
 def _is_table(model: onnx.ModelProto, p: qg.Projection) -> bool:
@@ -130,7 +173,8 @@ def quantize(
     task = manifest["task"]
     data = load_data(model_dir, manifest, calibration)
     log(
-        f"calibration: {data.texts} texts from {data.source} ({len(data.calibration)} + {len(data.heldout)} held-out batches)"
+        f"calibration: {data.texts} texts from {data.source} "
+        f"({len(data.calibration)} + {len(data.heldout)} held-out batches)"
     )
 
     inits = qg.load_initializers(model)
@@ -144,7 +188,9 @@ def quantize(
         to_smooth = [p for p in projections if p.transposed and p.name not in floats]
     else:
         to_smooth = [p for p in projections if p.name not in floats]
-    choices, stats = plan_smoothing(model, inits, to_smooth, data, log) if to_smooth else ({}, {})
+    choices, stats = (
+        plan_smoothing(model, inits, to_smooth, data, log, per_token=mode == "int8") if to_smooth else ({}, {})
+    )
 
     t0 = time.perf_counter()
     steps = FALLBACK_STEPS if fallback and mode != "int4" else ()
@@ -164,7 +210,8 @@ def quantize(
     log(table)
     if report["gate"]["status"] == "failed":
         raise UserError(
-            f"the {mode} model's worst-token cosine to fp32 is {report['cosine_worst']:.5f}, below --min-cosine "
+            f"the {mode} model's worst-token cosine to fp32 is {report['cosine_worst']:.5f}, "
+            f"below --min-cosine "
             f"{min_cosine}; nothing was written (pass --force to write it anyway)."
         )
 
@@ -177,7 +224,8 @@ def quantize(
         quantization={
             "mode": mode,
             "method": METHOD[mode],
-            "smoothing": "per-channel (SmoothQuant), alpha chosen per projection by simulated int8 error",
+            "smoothing": "per-channel (SmoothQuant) or outlier channels in float, and per-token activation "
+            "scales, chosen per projection by simulated int8 error",
             "projections": {
                 p.name: {
                     "precision": "fp32"
@@ -186,6 +234,10 @@ def quantize(
                     **(
                         {
                             "alpha": choices[p.name].alpha,
+                            "per_token": choices[p.name].per_token,
+                            "outlier_channels_in_float": 0
+                            if choices[p.name].split is None
+                            else len(choices[p.name].split),
                             "simulated_error": round(choices[p.name].error_mean, 6),
                             "simulated_error_unsmoothed": round(choices[p.name].error_plain, 6),
                         }

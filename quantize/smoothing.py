@@ -13,6 +13,7 @@ by simulating the int8 product on calibration rows and keeping the smallest erro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,11 +21,11 @@ import numpy as np
 import onnx
 
 from modernbert_edge.quantize.calibration import Batch
-from modernbert_edge.quantize.graph import Projection
+from modernbert_edge.quantize.graph import Projection, outlier_channels
 
 ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # None: no smoothing
-ROWS_PER_BATCH = 48  # calibration rows kept per batch and projection, for the error search
-MAX_COLUMNS = 2048  # the search looks at this many output columns of wide weights (the decoder)
+ROWS_PER_BATCH = 24  # calibration rows kept per batch and projection, for the error search
+MAX_COLUMNS = 768  # the search looks at this many output columns of wide weights (the decoder)
 
 
 @dataclass
@@ -37,6 +38,17 @@ class ActivationStats:
     samples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     # per batch: (rows (r, K), per-channel min (K,), per-channel max (K,)); the min/max are the
     # batch's, because the dynamic int8 scale is computed over the whole tensor of a call
+
+    def rows(self) -> np.ndarray:
+        """(R, K) every batch's kept rows, stacked."""
+        return np.concatenate([r for r, _, _ in self.samples])
+
+    def token_tail(self) -> float:
+        """Median over the kept rows of max|x| / rms(x): ~3 for Gaussian-like tokens, higher when a
+        few channels dominate each token (a per-tensor int8 scale then wastes most levels)."""
+        rows = self.rows()
+        rms = np.sqrt(np.mean(rows.astype(np.float64) ** 2, axis=1))
+        return float(np.median(np.abs(rows).max(axis=1) / np.maximum(rms, 1e-30)))
 
 
 def session_with_outputs(model: onnx.ModelProto, names: Sequence[str], threads: int = 0):  # noqa: ANN201
@@ -81,9 +93,10 @@ def collect_stats(
     return stats
 
 
-def smoothing_scale(absmax_x: np.ndarray, w_kn: np.ndarray, alpha: float) -> np.ndarray:
-    """s_j = max|x_j|^alpha / max|W_j|^(1-alpha), normalized to a geometric mean of 1."""
-    wmax = np.maximum(np.abs(w_kn).max(axis=1), 1e-8)
+def smoothing_scale(absmax_x: np.ndarray, w_kn: np.ndarray, alpha: float, wmax: np.ndarray | None = None) -> np.ndarray:
+    """s_j = max|x_j|^alpha / max|W_j|^(1-alpha), normalized to a geometric mean of 1 (`wmax`:
+    max|W_j| when the caller has it)."""
+    wmax = np.maximum(np.abs(w_kn).max(axis=1) if wmax is None else wmax, 1e-8)
     xmax = np.maximum(absmax_x, 1e-8)
     s = xmax**alpha / wmax ** (1.0 - alpha)
     s = s / np.exp(np.mean(np.log(s)))
@@ -96,27 +109,57 @@ def _fake_quant_weight(w_kn: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(w_kn / scale), -127, 127) * scale
 
 
-def _fake_quant_dynamic(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """ONNX Runtime's DynamicQuantizeLinear (uint8, asymmetric, range includes 0), then back."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+def _fake_quant_dynamic(x: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
+    """ONNX Runtime's DynamicQuantizeLinear (uint8, asymmetric, range includes 0), then back;
+    lo and hi are the tensor's range, or one range per row as (r, 1) arrays."""
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)
+    scale = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
     zp = np.clip(np.rint(-lo / scale), 0, 255)
     return (np.clip(np.rint(x / scale) + zp, 0, 255) - zp) * scale
 
 
-def int8_error(stats: ActivationStats, w_kn: np.ndarray, s: np.ndarray | None) -> tuple[float, float]:
-    """(mean, worst) relative row error ||xW - Q(x/s) Q(diag(s) W)|| / ||xW|| on the kept rows."""
+def per_token_max(x: np.ndarray) -> np.ndarray:
+    """(r, 1) the largest |x| of each row, floored like the graph's per-token scale."""
+    from modernbert_edge.quantize.graph import PER_TOKEN_FLOOR
+
+    return np.maximum(np.abs(x).max(axis=1, keepdims=True), PER_TOKEN_FLOOR)
+
+
+def int8_error(
+    stats: ActivationStats,
+    w_kn: np.ndarray,
+    s: np.ndarray | None,
+    split: np.ndarray | None = None,
+    per_token: bool = False,
+    ref: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """(mean, worst) relative row error ||xW - Q(x/s) Q(diag(s) W)|| / ||xW|| on the kept rows.
+
+    With `split`, those input channels are multiplied in float and left out of the int8 product.
+    With `per_token`, each row is divided by its largest |value| before the (per-tensor) int8
+    quantization, as the graph's per-token scaling does; otherwise the range is the batch's.
+    `ref` (x @ w_kn for stats.rows()) may be passed to save recomputing it per candidate."""
+    rows = stats.rows()  # (R, K)
+    keep = np.ones(w_kn.shape[0], dtype=bool)
+    if split is not None:
+        keep[split] = False
     ws = w_kn if s is None else w_kn * s[:, None]
-    wq = _fake_quant_weight(ws)
-    errs = []
-    for rows, lo_c, hi_c in stats.samples:
-        ref = rows @ w_kn
-        xs = rows if s is None else rows / s
-        lo, hi = (lo_c.min(), hi_c.max()) if s is None else ((lo_c / s).min(), (hi_c / s).max())
-        got = _fake_quant_dynamic(xs, float(lo), float(hi)) @ wq
-        num = np.linalg.norm(ref - got, axis=1)
-        errs.append(num / np.maximum(np.linalg.norm(ref, axis=1), 1e-12))
-    e = np.concatenate(errs)
+    wq = _fake_quant_weight(ws * keep[:, None]).astype(np.float32)
+    xs = (rows if s is None else rows / s) * keep
+    if per_token:
+        m = per_token_max(xs)
+        xq = _fake_quant_dynamic(xs / m, -1.0, 1.0) * m
+    else:  # each batch's own tensor range, repeated for its kept rows
+        inv = np.ones(w_kn.shape[0], dtype=np.float32) if s is None else 1.0 / s
+        lo = np.concatenate([np.full(len(r), (lo_c * inv)[keep].min()) for r, lo_c, _ in stats.samples])
+        hi = np.concatenate([np.full(len(r), (hi_c * inv)[keep].max()) for r, _, hi_c in stats.samples])
+        xq = _fake_quant_dynamic(xs, lo[:, None], hi[:, None])
+    got = xq.astype(np.float32) @ wq
+    if split is not None:
+        got += rows[:, split] @ w_kn[split]
+    if ref is None:
+        ref = rows @ w_kn  # (R, N)
+    e = np.linalg.norm(ref - got, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
     return float(e.mean()), float(e.max())
 
 
@@ -124,29 +167,53 @@ def int8_error(stats: ActivationStats, w_kn: np.ndarray, s: np.ndarray | None) -
 class Choice:
     alpha: float | None  # None: not smoothed
     scale: np.ndarray | None  # s (K,)
+    split: np.ndarray | None  # input channels multiplied in float beside the int8 MatMul
     error_mean: float  # simulated relative error with this choice
     error_worst: float
     error_plain: float  # mean error without smoothing
+    per_token: bool = False  # activation scaled per token around DynamicQuantizeMatMul
+
+
+PER_TOKEN_GAIN = 0.8  # per-token scaling must cut the simulated error to this fraction to be used
 
 
 def choose_smoothing(
-    stats: ActivationStats, w_kn: np.ndarray, alphas: Sequence[float | None] = ALPHAS, seed: int = 0
+    stats: ActivationStats,
+    w_kn: np.ndarray,
+    alphas: Sequence[float | None] = ALPHAS,
+    allow_split: bool = True,
+    allow_per_token: bool = False,
+    seed: int = 0,
 ) -> Choice:
-    """The alpha (or none) with the smallest mean simulated error; ties go to less smoothing."""
+    """The alpha (or none), or the outlier split, with the smallest mean simulated error; a
+    candidate must beat the ones before it by 2 %, so ties go to the simpler graph. With
+    `allow_per_token`, the same candidates are also simulated with per-token activation scales,
+    which are kept only when they cut the error to PER_TOKEN_GAIN of the best without (they cost
+    three elementwise passes)."""
     if w_kn.shape[1] > MAX_COLUMNS:  # per-column weight scales: a column subset is exact for itself
         cols = np.random.default_rng(seed).choice(w_kn.shape[1], MAX_COLUMNS, replace=False)
-        w_eval = w_kn[:, np.sort(cols)]
+        w_eval = np.ascontiguousarray(w_kn[:, np.sort(cols)])
     else:
         w_eval = w_kn
-    best: Choice | None = None
+    ref = stats.rows() @ w_eval
+    split = outlier_channels(stats.absmax) if allow_split else None
+    candidates = [(a, None) for a in alphas] + ([(None, split)] if split is not None else [])
+    wmax = np.abs(w_kn).max(axis=1)
+    scales = {a: smoothing_scale(stats.absmax, w_kn, a, wmax) for a in alphas if a is not None}
     plain = None
-    for alpha in alphas:
-        s = None if alpha is None else smoothing_scale(stats.absmax, w_kn, alpha)
-        mean, worst = int8_error(stats, w_eval, s)
-        plain = mean if alpha is None else plain
-        if best is None or mean < best.error_mean * 0.98:
-            best = Choice(alpha, s, mean, worst, plain if plain is not None else mean)
-    assert best is not None
-    return Choice(
-        best.alpha, best.scale, best.error_mean, best.error_worst, plain if plain is not None else best.error_mean
-    )
+    bests: list[Choice] = []
+    for per_token in (False, True) if allow_per_token else (False,):
+        best: Choice | None = None
+        for alpha, sp in candidates:
+            s = None if alpha is None else scales[alpha]
+            mean, worst = int8_error(stats, w_eval, s, sp, per_token, ref)
+            plain = mean if alpha is None and sp is None and not per_token else plain
+            if best is None or mean < best.error_mean * 0.98:
+                best = Choice(alpha, s, sp, mean, worst, 0.0, per_token)
+        assert best is not None
+        bests.append(best)
+    best = bests[0]
+    if len(bests) > 1 and bests[1].error_mean < PER_TOKEN_GAIN * best.error_mean:
+        best = bests[1]
+    assert plain is not None
+    return dataclasses.replace(best, error_plain=plain)

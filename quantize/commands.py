@@ -1,0 +1,80 @@
+"""CLI commands of the quantizer: `mbedge quantize` and `mbedge compare`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modernbert_edge.errors import UserError
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _need_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UserError("quantizing needs the export extra (onnx): pip install 'modernbert-edge[export]'.") from None
+
+
+def quantize_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="fp32 model folder written by mbedge export.")],
+    out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
+    mode: Annotated[
+        str, typer.Option(help="int8 (dynamic, default), int8-static (QDQ) or int4 (MatMulNBits).")
+    ] = "int8",
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration texts: one per line, or JSONL with a 'text' field.")
+    ] = None,
+    min_cosine: Annotated[float, typer.Option(help="Fail when the worst token's cosine to fp32 is lower.")] = 0.99,
+    force: Annotated[bool, typer.Option(help="Write the model even when it fails the fidelity gate.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
+    keep_float: Annotated[
+        list[str] | None,
+        typer.Option(help="Leave this projection in fp32 (e.g. /model/layers.0/attn/Wqkv); repeatable."),
+    ] = None,
+) -> None:
+    """Quantize a model folder, and measure it against fp32 (exit 1 when it fails --min-cosine)."""
+    _need_onnx()
+    from modernbert_edge.quantize.quantizer import quantize
+
+    if calibration is not None and not calibration.is_file():
+        raise UserError(f"calibration file {calibration} does not exist.")
+    manifest = quantize(
+        model_dir,
+        out_dir,
+        mode=mode,
+        calibration=calibration,
+        min_cosine=min_cosine,
+        force=force,
+        overwrite=overwrite,
+        keep_float=keep_float or (),
+        log=_log,
+    )
+    typer.echo(f"{manifest['precision']} {manifest['task']}: {out_dir / manifest['model_file']}")
+    if manifest["fidelity"]["gate"]["status"] != "passed":
+        raise typer.Exit(1)
+
+
+def compare_cmd(
+    model_a: Annotated[Path, typer.Argument(help="Reference model folder (usually fp32).")],
+    model_b: Annotated[Path, typer.Argument(help="Model folder to measure against it.")],
+    calibration: Annotated[Path | None, typer.Option(help="Texts to compare on (default: the built-in set).")] = None,
+) -> None:
+    """Print the fidelity report of MODEL_B against MODEL_A (token cosine, head agreement, logits)."""
+    _need_onnx()
+    from modernbert_edge.quantize.fidelity import compare_models, format_report, load_model
+    from modernbert_edge.quantize.quantizer import load_data
+
+    a, manifest_a = load_model(model_a)
+    b, manifest_b = load_model(model_b)
+    if manifest_a["task"] != manifest_b["task"]:
+        raise UserError(f"{model_a} is a {manifest_a['task']} model and {model_b} a {manifest_b['task']} model.")
+    data = load_data(model_a, manifest_a, calibration)
+    report = compare_models(a, b, manifest_a["task"], data, progress=_log)
+    title = f"{manifest_b.get('precision', '?')} vs {manifest_a.get('precision', '?')} ({manifest_a['task']})"
+    typer.echo(format_report(report, title))

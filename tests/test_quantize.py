@@ -1,0 +1,216 @@
+"""mbedge quantize: every mode on tiny models, the fidelity gate, the outlier-stress model, sizes."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from modernbert_edge.errors import UserError
+from modernbert_edge.quantize import graph as qg
+from modernbert_edge.quantize.calibration import read_texts
+from modernbert_edge.quantize.quantizer import quantize
+
+QUIET = {"log": lambda _m: None}
+
+
+def _run(folder: Path, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    sess = ort.InferenceSession(str(folder / manifest["model_file"]), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input_ids": ids, "attention_mask": mask})
+
+
+def _ops(folder: Path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node)
+
+
+@pytest.mark.parametrize(
+    "task, mode",
+    [
+        ("fill-mask", "int8"),
+        ("fill-mask", "int8-static"),
+        ("fill-mask", "int4"),
+        ("text-classification", "int8"),
+        ("text-classification", "int4"),
+        ("token-classification", "int8-static"),
+        ("question-answering", "int8"),
+        ("feature-extraction", "int8"),
+    ],
+)
+def test_modes_and_tasks(exported_factory, tmp_path, task, mode):
+    src = exported_factory(task)
+    out = tmp_path / "q"
+    manifest = quantize(src, out, mode=mode, **QUIET)
+    assert manifest["precision"] == mode and manifest["fidelity"]["gate"]["status"] == "passed"
+    assert {"model.onnx", "manifest.json", "config.json", "tokenizer.json"} <= {f.name for f in out.iterdir()}
+    ops = _ops(out)
+    n_layers = manifest["config"]["num_hidden_layers"]
+    if mode == "int8":
+        assert ops["DynamicQuantizeMatMul"] >= 4 * n_layers
+    elif mode == "int4":
+        assert ops["MatMulNBits"] >= 4 * n_layers
+    else:
+        assert ops["QuantizeLinear"] >= 4 * n_layers
+    ref_ops = _ops(src)
+    for op in ("MultiHeadAttention", "GroupQueryAttention", "Attention"):
+        assert ops[op] == ref_ops[op]  # attention products stay float
+    # Same contract as fp32, close outputs on a padded batch.
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, manifest["config"]["vocab_size"], size=(2, 40))
+    mask = np.ones_like(ids)
+    mask[1, 25:] = 0
+    ref, got = _run(src, ids, mask), _run(out, ids, mask)
+    assert [r.shape for r in ref] == [g.shape for g in got]
+    for r, g in zip(ref, got, strict=True):
+        rel = 0.15 if mode == "int4" else 0.05
+        assert np.abs(r - g).max() <= rel * np.abs(r).max() + 1e-3
+
+
+def test_runtime_loads_every_mode(exported_factory, tmp_path):
+    runtime = pytest.importorskip("modernbert_edge.runtime.model")
+    src = exported_factory("fill-mask")
+    for mode in ("int8", "int8-static", "int4"):
+        out = tmp_path / mode
+        quantize(src, out, mode=mode, **QUIET)
+        model = runtime.load(out)
+        assert model.info.precision == mode
+        res = model.run(np.array([[1, 40, 41, 42, 2]]), np.ones((1, 5), dtype=np.int64))
+        assert np.isfinite(next(iter(res.values()))).all()
+
+
+def test_int8_size_and_tied_table(exported_factory, tmp_path):
+    src = exported_factory("fill-mask")
+    quantize(src, tmp_path / "q", **QUIET)
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    table = "model.embeddings.tok_embeddings.weight"
+    assert table not in inits and f"{table}_quantized" in inits  # stored once, in int8
+    fp32 = onnx.load(str(src / "model.onnx"))
+    params = sum(int(np.prod(t.dims)) for t in fp32.graph.initializer if not t.name.startswith("/"))
+    weight_bytes = sum(
+        len(t.raw_data) for t in model.graph.initializer if not t.name.startswith(("/model/rotary", "/const"))
+    )
+    assert weight_bytes <= 1.25 * params  # about one byte per parameter (plus scales and norms)
+
+
+def _bad_int8(w_kn):  # three levels per column instead of 255
+    amax = np.abs(w_kn).max(axis=0)
+    scale = np.where(amax > 0, amax, 1.0).astype(np.float32)
+    return np.clip(np.rint(w_kn / scale), -1, 1).astype(np.int8), scale
+
+
+def test_gate_fails_and_force_writes(exported_factory, tmp_path, monkeypatch):
+    src = exported_factory("fill-mask")
+    monkeypatch.setattr(qg, "quantize_int8_columns", _bad_int8)
+    with pytest.raises(UserError, match="below --min-cosine"):
+        quantize(src, tmp_path / "bad", fallback=False, **QUIET)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))  # nothing left behind
+    manifest = quantize(src, tmp_path / "forced", fallback=False, force=True, **QUIET)
+    assert manifest["fidelity"]["gate"]["status"] == "forced"
+    assert json.loads((tmp_path / "forced" / "manifest.json").read_text())["fidelity"]["cosine_worst"] < 0.99
+
+
+def test_outlier_stress(checkpoint_factory, tmp_path):
+    """Residual channels 30x the rest: plain dynamic int8 destroys tokens, ours keeps them."""
+    from modernbert_edge.export.exporter import export
+    from modernbert_edge.quantize.fidelity import compare_models, load_model
+    from modernbert_edge.quantize.measure import plain_dynamic
+    from modernbert_edge.quantize.quantizer import load_data
+
+    ckpt = checkpoint_factory("fill-mask", outlier_channels=3, outlier_scale=30, hidden_size=128, intermediate_size=192)
+    src = tmp_path / "fp32"
+    export(str(ckpt), src, validate=False, log=lambda _m: None)
+    manifest = quantize(src, tmp_path / "int8", fallback=False, **QUIET)
+    assert manifest["fidelity"]["cosine_worst"] >= 0.99
+    fp32, man = load_model(src)
+    plain = onnx.load(str(plain_dynamic(src, tmp_path / "plain.onnx")))
+    report = compare_models(fp32, plain, "fill-mask", load_data(src, man, None))
+    assert report["cosine_worst"] < manifest["fidelity"]["cosine_worst"] - 0.01
+
+
+def test_int4_packing_matches_matmulnbits():
+    rng = np.random.default_rng(0)
+    k, n = 64, 24
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    packed, scale = qg.quantize_int4_blocks(w)
+    deq = qg.dequantize_int4_blocks(packed, scale, k)
+    assert np.abs(deq - w).max() <= np.abs(w).max() / 7
+    node = onnx.helper.make_node(
+        "MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=32
+    )
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [3, k])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [3, n])],
+        [onnx.numpy_helper.from_array(packed, "b"), onnx.numpy_helper.from_array(scale, "s")],
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 20), onnx.helper.make_opsetid("com.microsoft", 1)]
+    )
+    x = rng.standard_normal((3, k)).astype(np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ deq, rtol=1e-4, atol=1e-4)
+
+
+def test_calibration_file_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
+    assert read_texts(tmp_path / "a.txt") == ["first line", "second line"]
+    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
+    assert read_texts(tmp_path / "b.jsonl") == ["one", "two"]
+    (tmp_path / "c.jsonl").write_text('{"label": 1}\n{"text": "two"}\n')
+    with pytest.raises(UserError, match="line 1"):
+        read_texts(tmp_path / "c.jsonl")
+
+
+def test_cli_quantize_and_compare(exported_factory, tmp_path):
+    from typer.testing import CliRunner
+
+    from modernbert_edge.cli import app
+
+    src = exported_factory("text-classification")
+    runner = CliRunner()
+    res = runner.invoke(app, ["quantize", str(src), str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["compare", str(src), str(tmp_path / "q")])
+    assert res.exit_code == 0 and "label agreement" in res.output and "token cosine, worst" in res.output
+    res = runner.invoke(app, ["quantize", str(src), str(tmp_path / "q2"), "--min-cosine", "1.1"])
+    assert res.exit_code == 2 and "below --min-cosine" in res.output
+    res = runner.invoke(app, ["quantize", str(tmp_path / "q"), str(tmp_path / "q3")])
+    assert res.exit_code == 2 and "fp32" in res.output
+
+
+def test_per_token_scales_keep_small_tokens():
+    """One int8 scale per tensor crushes small tokens; per-token scaling keeps every row's error small."""
+    rng = np.random.default_rng(0)
+    k, n = 64, 32
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    node = onnx.helper.make_node("MatMul", ["x", "w"], ["y"], name="/p/MatMul")
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, k])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, n])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
+    inits = qg.load_initializers(model)
+    projections = qg.find_projections(model, inits)
+    x = rng.standard_normal((16, k)).astype(np.float32) * np.logspace(-3, 2, 16, dtype=np.float32)[:, None]
+    x[3] = 0.0  # an all-zero token must stay finite
+    errors = {}
+    for per_token in (set(), {"/p"}):
+        q = qg.rewrite(model, inits, projections, "int8", set(), {}, per_token=per_token)
+        ops = Counter(nd.op_type for nd in q.graph.node)
+        assert ops["DynamicQuantizeMatMul"] == 1 and ops["ReduceMax"] == len(per_token)
+        y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        assert np.isfinite(y).all()
+        ref = x @ w
+        errors[bool(per_token)] = np.linalg.norm(y - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
+    assert errors[True][np.arange(16) != 3].max() < 0.02  # every token at int8 precision
+    assert errors[False][:3].min() > 0.5  # the small tokens were lost without it
