@@ -8,8 +8,9 @@ weights of the model's shapes. Per layer:
 
 The slices only keep the chain's shapes (attention, norms, GeGLU are left out on purpose: they are
 what the full model adds on top). Heads: fill-mask adds head.dense (D, D) and the decoder (D, V)
-on all T tokens (the exported fill-mask graph decodes every token); embeddings have no head; the
-classification head (a few pooled rows) is left out as negligible.
+on the masked rows only (a second input `h`, one row per text), as the runtime computes them
+through the graph's `mask_positions` input; embeddings have no head; the classification head (a
+few pooled rows) is left out as negligible.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 HEAD_NOTE = {
     "embeddings": "no head",
-    "fill-mask": "head dense + decoder on all T tokens",
+    "fill-mask": "head dense + decoder on the masked rows (one per text)",
     "classification": "classifier head omitted (pooled rows only)",
 }
 
@@ -69,18 +70,14 @@ def gemm_graph(dims: dict, job: str, seed: int = 0) -> onnx.ModelProto:
         attn = _gemm(nodes, inits, _first_columns(nodes, qkv, d, f"{p}/attn/Slice"), d, d, f"{p}/attn/Wo", rng)
         wi = _gemm(nodes, inits, attn, d, 2 * i, f"{p}/mlp/Wi", rng)  # (T, 2I)
         x = _gemm(nodes, inits, _first_columns(nodes, wi, i, f"{p}/mlp/Slice"), i, d, f"{p}/mlp/Wo", rng)  # (T, D)
-    width = d
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", d])]
+    outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["tokens", d])]
     if job == "fill-mask":
-        x = _gemm(nodes, inits, x, d, d, "/head/dense", rng)
-        x = _gemm(nodes, inits, x, d, dims["vocab_size"], "/decoder", rng)  # (T, V)
-        width = dims["vocab_size"]
-    graph = helper.make_graph(
-        nodes,
-        f"int8 GEMMs of a {layers}-layer ModernBERT ({job})",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", d])],
-        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["tokens", width])],
-        inits,
-    )
+        h = _gemm(nodes, inits, "h", d, d, "/head/dense", rng)
+        h = _gemm(nodes, inits, h, d, dims["vocab_size"], "/decoder", rng)  # (M, V)
+        inputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["masked", d]))
+        outputs.append(helper.make_tensor_value_info(h, TensorProto.FLOAT, ["masked", dims["vocab_size"]]))
+    graph = helper.make_graph(nodes, f"int8 GEMMs of a {layers}-layer ModernBERT ({job})", inputs, outputs, inits)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     return helper.make_model(graph, opset_imports=opsets, producer_name="modernbert-edge bench")
 

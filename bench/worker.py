@@ -174,7 +174,11 @@ class Runner:
             total = sum(len(r) for r in rows)
             sizes = [min(GEMM_CHUNK, total - i) for i in range(0, total, GEMM_CHUNK)]
             rng = np.random.default_rng(0)
-            return [rng.standard_normal((t, d), dtype=np.float32) for t in sizes]
+            feeds = [{"x": rng.standard_normal((t, d), dtype=np.float32)} for t in sizes]
+            if "h" in {i.name for i in self.session.get_inputs()}:  # fill-mask head: the masked rows only
+                for j, feed in enumerate(feeds):  # one mask per text, fed with the first chunk
+                    feed["h"] = rng.standard_normal((len(rows) if j == 0 else 1, d), dtype=np.float32)
+            return feeds
         if case["batching"] == "budget" and self.plan is not None:
             return None
         n = case["batch_rows"]
@@ -183,8 +187,8 @@ class Runner:
     def run(self, case: dict, prepared: object, keep: bool) -> tuple[float, np.ndarray | None]:
         if self.spec["kind"] == "gemm":
             t0 = time.perf_counter()
-            for x in prepared:
-                self.session.run(None, {"x": x})
+            for feed in prepared:
+                self.session.run(None, feed)
             return time.perf_counter() - t0, None
         rows, mask_pos = case["rows"], case.get("mask_pos")
         results: list = [None] * len(rows)
