@@ -21,9 +21,9 @@ import numpy as np
 import typer
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS
+from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_PADDING
 from modernbert_edge.runtime.errors import InputError, TruncationWarning
-from modernbert_edge.runtime.model import Model, load
+from modernbert_edge.runtime.model import OPTIONS, Model, load
 from modernbert_edge.runtime.tasks import AGGREGATIONS, POOLINGS, Task
 from modernbert_edge.runtime.tokenize import TRUNCATION
 
@@ -33,7 +33,7 @@ FORMATS = ("auto", "lines", "jsonl")
 ON_ERROR = ("skip", "stop")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Item:
     """One input as read: where it came from, its value, or why it could not be read."""
 
@@ -163,59 +163,57 @@ class Progress:
             sys.stderr.write("\n")
 
 
+def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def run_chunk(model: Model, chunk: list[Item], spec: Task, options: dict, progress: Progress) -> list:
+    """Each item's result, or the error message (naming the item) where it has none."""
+    readable = [k for k, item in enumerate(chunk) if item.error is None]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = model.predict(
+            [chunk[k].value for k in readable], task=spec.name, errors="return", on_batch=progress.update, **options
+        )
+    for w in caught:  # name the input the way the user knows it
+        if isinstance(w.message, TruncationWarning):
+            typer.echo(f"warning: {w.message.named(chunk[readable[w.message.index]].label)}", err=True)
+        else:
+            typer.echo(f"warning: {w.message}", err=True)
+    out: list = [f"{item.label} {item.error}" for item in chunk]  # read errors stay; the rest are replaced
+    for k, result in zip(readable, results, strict=True):
+        out[k] = result.named(chunk[k].label) if isinstance(result, InputError) else result
+    progress.update(len(chunk) - sum(1 for r in results if not isinstance(r, InputError)))
+    return out
+
+
 def run_items(
     model: Model, items: Iterable[Item], spec: Task, options: dict, on_error: str, progress: Progress
 ) -> tuple[int, int]:
-    """Run items chunk by chunk, writing one JSON line per item in order; returns (inputs, failures)."""
-    total = failed = 0
-    chunk: list[Item] = []
-
-    def flush() -> None:
-        nonlocal total, failed
-        readable = [k for k, item in enumerate(chunk) if item.error is None]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            results = model.predict(
-                [chunk[k].value for k in readable],
-                task=spec.name,
-                errors="return",
-                on_batch=progress.update,
-                **options,
-            )
-        for w in caught:
-            message = w.message
-            if isinstance(message, TruncationWarning):
-                typer.echo(f"warning: {message.named(chunk[readable[message.index]].label)}", err=True)
+    """Run items chunk by chunk, writing one JSON line per item in input order; returns (inputs, failures)."""
+    index = failed = 0
+    for chunk in _chunks(items, CHUNK):
+        for result in run_chunk(model, chunk, spec, options, progress):
+            if isinstance(result, str):  # an error message
+                failed += 1
+                if on_error == "stop":
+                    sys.stdout.flush()
+                    raise UserError(f"{result} (stopped: --on-error stop)")
+                typer.echo(f"error: {result}", err=True)
+                line = {"index": index, "error": result}
             else:
-                typer.echo(f"warning: {message}", err=True)
-        outcome: list[object] = [None] * len(chunk)
-        for k, result in zip(readable, results, strict=True):
-            outcome[k] = result
-        for k, item in enumerate(chunk):
-            index = total
-            total += 1
-            result = outcome[k]
-            if item.error is None and not isinstance(result, InputError):
-                typer.echo(json.dumps({"index": index, spec.result_key: jsonable(result)}, ensure_ascii=False))
-                continue
-            message = f"{item.label} {item.error}" if item.error else result.named(item.label)
-            failed += 1
-            if on_error == "stop":
-                sys.stdout.flush()
-                raise UserError(f"{message} (stopped: --on-error stop)")
-            typer.echo(f"error: {message}", err=True)
-            typer.echo(json.dumps({"index": index, "error": message}, ensure_ascii=False))
-            progress.update(1)
+                line = {"index": index, spec.result_key: jsonable(result)}
+            typer.echo(json.dumps(line, ensure_ascii=False))
+            index += 1
         sys.stdout.flush()
-        chunk.clear()
-
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= CHUNK:
-            flush()
-    if chunk:
-        flush()
-    return total, failed
+    return index, failed
 
 
 # ── commands ────────────────────────────────────────────────────────────────────────────────────
@@ -249,6 +247,9 @@ def run_cmd(
     ] = None,
     batch_tokens: Annotated[int, typer.Option(help="Padded tokens per batch.")] = DEFAULT_BATCH_TOKENS,
     batch_rows: Annotated[int, typer.Option(help="Rows per batch, at most.")] = DEFAULT_BATCH_ROWS,
+    max_padding: Annotated[
+        float | None, typer.Option(help="Share of a batch that may be padding: 0 (default) equal lengths only, 1 any.")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: one per core).")] = None,
     truncation: Annotated[str, typer.Option(help="Inputs too long for the model: truncate or error.")] = "truncate",
     max_length: Annotated[int | None, typer.Option(help="Read at most this many tokens per input.")] = None,
@@ -272,6 +273,7 @@ def run_cmd(
         batch_rows=batch_rows,
         truncation=truncation,
         max_length=max_length,
+        max_padding=DEFAULT_MAX_PADDING if max_padding is None else max_padding,
     )
     spec = model.resolve_task(task)
     given = {
@@ -282,13 +284,7 @@ def run_cmd(
         "max_answer_len": max_answer_len,
         "question": question,
     }
-    applies = {
-        "feature-extraction": {"pooling", "normalize"},
-        "fill-mask": {"top_k"},
-        "text-classification": {"top_k"},
-        "token-classification": {"aggregation"},
-        "question-answering": {"top_k", "max_answer_len", "question"},
-    }[spec.name]
+    applies = set(OPTIONS[spec.name]) | ({"question"} if spec.pair else set())
     stray = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and k not in applies]
     if stray:
         raise UserError(f"{', '.join(stray)} does not apply to {spec.name}.")
@@ -338,7 +334,6 @@ def info_cmd(
     cfg = info["config"]
     outputs = ", ".join(f"{name} {shape}" for name, shape in info["outputs"].items())
     tok = info["tokenizer"]
-    validation = info["validation"]
     rows = [
         ("folder", info["folder"]),
         ("task", info["task"]),
@@ -362,15 +357,21 @@ def info_cmd(
             if tok is None
             else f"{tok['file']} (vocab {tok['vocab_size']}, mask {tok['mask_token']})",
         ),
-        (
-            "validation",
-            " ".join(
-                str(v) if k != "max_abs_diff" else f"max abs diff {v:.1e}" for k, v in validation.items() if k != "atol"
-            )
-            or "none recorded",
-        ),
+        ("validation", _validation_line(info["validation"])),
         ("source", info["source"]),
     ]
     for key, value in rows:
         if value:
             typer.echo(f"{key:<11} {value}")
+
+
+def _validation_line(validation: dict) -> str:
+    """'passed (max abs diff 1.8e-07 <= 1e-04)', 'skipped (reason)', or 'none recorded'."""
+    if not validation:
+        return "none recorded"
+    if "max_abs_diff" in validation:
+        detail = f"max abs diff {validation['max_abs_diff']:.1e}"
+        detail += f" <= {validation['atol']:.0e}" if "atol" in validation else ""
+    else:
+        detail = validation.get("reason", "")
+    return f"{validation.get('status', '?')} ({detail})" if detail else str(validation.get("status", "?"))

@@ -13,6 +13,7 @@ results). Nothing in a Model changes after loading, so threads may share one.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,7 +21,13 @@ import numpy as np
 from tokenizers import Encoding
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, pad, plan_batches
+from modernbert_edge.runtime.batching import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_MAX_PADDING,
+    pad,
+    plan_batches,
+)
 from modernbert_edge.runtime.errors import (
     InputError,
     InputTooLongError,
@@ -57,7 +64,7 @@ OPTIONS: dict[str, dict[str, object]] = {
     "token-classification": {"aggregation": "simple", "ignore_labels": ("O",)},
     "question-answering": {"top_k": 1, "max_answer_len": 15, "align_to_words": True},
 }
-OUTPUT_BYTES = 256 << 20  # a batch's per-token output (e.g. fill-mask logits, S × vocab floats) stays below this
+OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: tokens × vocab floats)
 
 
 class Model:
@@ -71,11 +78,13 @@ class Model:
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         truncation: str = "truncate",
+        max_padding: float | None = DEFAULT_MAX_PADDING,
     ) -> None:
         self.info = info
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
         self.batch_rows = batch_rows
+        self.max_padding = max_padding
         self.truncation = truncation
         self._session = session
 
@@ -204,16 +213,28 @@ class Model:
         results: list = list(encoded)  # errors stay in place; encodings are replaced by results
         valid = [i for i, e in enumerate(encoded) if isinstance(e, Encoding)]
         lengths = [len(encoded[i].ids) for i in valid]
-        for batch in plan_batches(lengths, self._token_budget(spec), self.batch_rows):
+        for batch in plan_batches(lengths, self._token_budget(), self.batch_rows, self.max_padding):
             rows = [valid[j] for j in batch]
             encs = [encoded[i] for i in rows]
-            ids, mask = pad([e.ids for e in encs], self._pad_id)
-            out = self._session.run(ids, mask)
+            ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)
+            out = self._forward(spec, ids, mask)
             for i, result in zip(rows, post(out, mask, encs, [inputs[i] for i in rows], **options), strict=True):
                 results[i] = result
             if on_batch is not None:
                 on_batch(len(rows))
         return results
+
+    def _forward(self, spec: Task, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """One batch through the session. Fill-mask asks for the [MASK] rows only, when the graph can
+        (its mask_positions input), and gets {"mask_positions": (M,) flat b * S + s, "mask_logits": (M, V)}."""
+        if spec.name != "fill-mask":
+            return self._session.run(ids, mask)
+        positions = np.flatnonzero(ids == self.tokenizer.mask_id)  # row-major: b * S + s
+        if "mask_positions" in self._session.optional_inputs:
+            logits = self._session.run(ids, mask, mask_positions=positions)["logits"][0]  # (M, V)
+        else:
+            logits = self._session.run(ids, mask)["logits"].reshape(-1, self.info.vocab_size)[positions]
+        return {"mask_positions": positions, "mask_logits": logits}
 
     # ── post-processing, per batch: (outputs, mask, encodings, inputs, options) -> a result per row ──
 
@@ -243,11 +264,13 @@ class Model:
 
     def _post_fill_mask(self, out: dict, mask: np.ndarray, encs: list[Encoding], texts: list, top_k: int) -> list:
         tok = self.tokenizer
+        width = mask.shape[1]
         results = []
         for b, enc in enumerate(encs):
             ids = np.asarray(enc.ids)
-            positions = np.flatnonzero(ids == tok.mask_id)
-            probs = softmax(out["logits"][b, positions].astype(np.float32))  # (masks, V)
+            rows = np.flatnonzero(out["mask_positions"] // width == b)  # this text's masks, in order
+            positions = out["mask_positions"][rows] % width
+            probs = softmax(out["mask_logits"][rows].astype(np.float32))  # (masks, V)
             single = len(positions) == 1  # the pipeline keeps other masks visible in `sequence`
             per_mask = []
             for m, position in enumerate(positions):
@@ -255,12 +278,14 @@ class Model:
                 for token in top_k_indices(probs[m], top_k):
                     filled = ids.copy()
                     filled[position] = token
-                    predictions.append({
-                        "score": float(probs[m, token]),
-                        "token": int(token),
-                        "token_str": tok.decode([int(token)], skip_special_tokens=False),
-                        "sequence": tok.decode(filled.tolist(), skip_special_tokens=single),
-                    })  # fmt: skip
+                    predictions.append(
+                        {
+                            "score": float(probs[m, token]),
+                            "token": int(token),
+                            "token_str": tok.decode([int(token)], skip_special_tokens=False),
+                            "sequence": tok.decode(filled.tolist(), skip_special_tokens=single),
+                        }
+                    )
                 per_mask.append(predictions)
             results.append(per_mask)
         return results
@@ -271,9 +296,14 @@ class Model:
         return [label_scores(row, self.info.id2label, function, top_k) for row in logits]
 
     def _post_tag(
-        self, out: dict, mask: np.ndarray, encs: list[Encoding], texts: list[str], aggregation: str,
+        self,
+        out: dict,
+        mask: np.ndarray,
+        encs: list[Encoding],
+        texts: list[str],
+        aggregation: str,
         ignore_labels: Sequence[str],
-    ) -> list:  # fmt: skip
+    ) -> list:
         tok = self.tokenizer
         results = []
         for b, (enc, text) in enumerate(zip(encs, texts, strict=True)):
@@ -296,9 +326,15 @@ class Model:
         return results
 
     def _post_answer(
-        self, out: dict, mask: np.ndarray, encs: list[Encoding], pairs: list[tuple[str, str]], top_k: int,
-        max_answer_len: int, align_to_words: bool,
-    ) -> list:  # fmt: skip
+        self,
+        out: dict,
+        mask: np.ndarray,
+        encs: list[Encoding],
+        pairs: list[tuple[str, str]],
+        top_k: int,
+        max_answer_len: int,
+        align_to_words: bool,
+    ) -> list:
         cls_id = self.tokenizer.cls_id if self.tokenizer.cls_id is not None else self.info.cls_token_id
         results = []
         for b, (enc, (_, context)) in enumerate(zip(encs, pairs, strict=True)):
@@ -350,21 +386,17 @@ class Model:
             )
         return self.tokenizer
 
-    @property
-    def _pad_id(self) -> int:
-        return self.info.pad_token_id
-
-    def _token_budget(self, spec: Task) -> int:
-        """Padded tokens per batch: batch_tokens, lowered so that per-token outputs fit OUTPUT_BYTES."""
-        per_token = {
-            "feature-extraction": self.info.hidden_size,
-            "fill-mask": self.info.vocab_size,
-            "token-classification": len(self.info.id2label),
-            "question-answering": 2,
-        }.get(spec.name, 0)
-        if not per_token:
-            return self.batch_tokens
-        return max(1, min(self.batch_tokens, OUTPUT_BYTES // (4 * per_token)))
+    def _token_budget(self) -> int:
+        """Padded tokens per batch: batch_tokens, lowered so that the per-token outputs of one batch
+        (those shaped (batch, sequence, ...), e.g. fill-mask logits without mask_positions) stay
+        within OUTPUT_BYTES."""
+        selected = "mask_positions" in self._session.optional_inputs  # logits for [MASK] rows only
+        per_token = sum(
+            math.prod(d if isinstance(d, int) else 1 for d in shape[2:])
+            for name, shape in self._session.output_shapes.items()
+            if len(shape) >= 2 and not isinstance(shape[1], int) and not (selected and name == "logits")
+        )
+        return max(1, min(self.batch_tokens, OUTPUT_BYTES // (4 * per_token))) if per_token else self.batch_tokens
 
     def describe(self) -> dict:
         """What the folder holds, for `mbedge info` (JSON-friendly)."""
@@ -376,7 +408,7 @@ class Model:
             "task": self.task,
             "precision": self.info.precision,
             "model_file": self.info.model_path.name,
-            "model_bytes": _folder_bytes(self.info.model_path),
+            "model_bytes": _model_bytes(self.info.model_path),
             "inputs": list(self._session.input_names),
             "outputs": {name: self._session.output_shapes[name] for name in self._session.output_names},
             "config": dict(m.get("config") or {}),
@@ -399,19 +431,24 @@ def load(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     truncation: str = "truncate",
     max_length: int | None = None,
+    max_padding: float | None = DEFAULT_MAX_PADDING,
     spinning: bool = False,
 ) -> Model:
     """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
 
     threads: intra-op threads (None or 0: one per physical core). batch_tokens / batch_rows: the
     padded tokens and rows of one batch. truncation: "truncate" (warn) or "error" for inputs longer
-    than max_length (default and upper bound: the model's max_position_embeddings). spinning: let
-    idle ORT threads spin (faster back-to-back calls, one busy core each in between).
+    than max_length (default and upper bound: the model's max_position_embeddings). max_padding:
+    the share of a batch's tokens that may be padding (default 0.0: only equal lengths share a
+    batch, which keeps attention on its mask-free path; None or 1: any, within batch_tokens). spinning: let idle
+    ORT threads spin (faster back-to-back calls, one busy core each in between).
     """
     if truncation not in TRUNCATION:
         raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
     if batch_tokens < 1 or batch_rows < 1:
         raise UserError(f"batch_tokens and batch_rows must be >= 1, got {batch_tokens} and {batch_rows}.")
+    if max_padding is not None and not 0.0 <= max_padding <= 1.0:
+        raise UserError(f"max_padding must be between 0 and 1, got {max_padding}.")
     info = read_folder(model_dir)
     limit = info.max_position_embeddings
     if max_length is not None:
@@ -426,7 +463,15 @@ def load(
         )
     session = Session(info.model_path, threads=threads, spinning=spinning)
     info = _check_graph(info, session)
-    return Model(info, session, tokenizer, batch_tokens=batch_tokens, batch_rows=batch_rows, truncation=truncation)
+    return Model(
+        info,
+        session,
+        tokenizer,
+        batch_tokens=batch_tokens,
+        batch_rows=batch_rows,
+        truncation=truncation,
+        max_padding=max_padding,
+    )
 
 
 def _check_graph(info: ModelInfo, session: Session) -> ModelInfo:
@@ -493,7 +538,7 @@ def _char_span(enc: Encoding, s: int, e: int, align_to_words: bool) -> tuple[int
     return enc.offsets[s][0], enc.offsets[e][1]
 
 
-def _folder_bytes(model_path: Path) -> int:
+def _model_bytes(model_path: Path) -> int:
     """The model file's size, with its external-data file when it has one."""
     data = model_path.with_name(model_path.name + ".data")
     return model_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)

@@ -16,6 +16,8 @@ from modernbert_edge.runtime.errors import ModelFolderError
 
 PROVIDER = "CPUExecutionProvider"
 INPUTS = ("input_ids", "attention_mask")  # int64 (batch, sequence), the graph contract
+# Inputs a graph may offer as overridable initializers (DESIGN.md): fed only when the graph has them.
+OPTIONAL_INPUTS = ("mask_positions",)  # int64 (M,) flat b * S + s: fill-mask logits for those rows only
 
 
 class Session:
@@ -42,10 +44,11 @@ class Session:
         in_use = self._session.get_providers()
         if PROVIDER not in in_use:
             raise ModelFolderError(f"onnxruntime did not use {PROVIDER} for {model_path} (in use: {in_use}).")
-        self.threads = threads
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.output_shapes = {o.name: list(o.shape) for o in self._session.get_outputs()}
+        overridable = {i.name for i in self._session.get_overridable_initializers()}
+        self.optional_inputs = frozenset(name for name in OPTIONAL_INPUTS if name in overridable)
         missing = [name for name in INPUTS if name not in self.input_names]
         extra = [name for name in self.input_names if name not in INPUTS]
         if missing or extra:
@@ -54,7 +57,10 @@ class Session:
                 "was it written by a different modernbert-edge version?"
             )
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
-        """(batch, sequence) int64 ids and mask -> {output name: array}."""
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, **optional: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, sequence) int64 ids and mask (and optional inputs the graph has) -> {output name: array}."""
+        unknown = set(optional) - self.optional_inputs
+        if unknown:
+            raise ValueError(f"the graph has no optional input {', '.join(sorted(unknown))}")
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, **optional}
         return dict(zip(self.output_names, self._session.run(self.output_names, feed), strict=True))

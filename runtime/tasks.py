@@ -144,14 +144,24 @@ def entities(
 def _token_entity(text: str, s: np.ndarray, span: tuple[int, int], id2label: Sequence[str], index: int) -> dict:
     best = int(s.argmax())
     start, end = span
-    return {"entity": id2label[best], "score": float(s[best]), "index": index, "word": text[start:end],
-            "start": start, "end": end}  # fmt: skip
+    return {
+        "entity": id2label[best],
+        "score": float(s[best]),
+        "index": index,
+        "word": text[start:end],
+        "start": start,
+        "end": end,
+    }
 
 
 def _word_entity(
-    text: str, scores: np.ndarray, offsets: Sequence[tuple[int, int]], id2label: Sequence[str],
-    word: list[int], aggregation: str,
-) -> dict:  # fmt: skip
+    text: str,
+    scores: np.ndarray,
+    offsets: Sequence[tuple[int, int]],
+    id2label: Sequence[str],
+    word: list[int],
+    aggregation: str,
+) -> dict:
     if aggregation == "first":
         s = scores[word[0]]
     elif aggregation == "max":

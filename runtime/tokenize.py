@@ -70,7 +70,6 @@ class TextTokenizer:
         self.mask_token, self.mask_id = token_id("mask_token", "[MASK]", "<mask>")
         self.cls_token, self.cls_id = token_id("cls_token", "[CLS]", "<s>")
         self.unk_token, self.unk_id = token_id("unk_token", "[UNK]", "<unk>")
-        self.pad_token, self.pad_id = token_id("pad_token", "[PAD]", "<pad>")
         self.continuing_subword_prefix: str | None = getattr(self._plain.model, "continuing_subword_prefix", None)
         self.max_id = max(self._plain.get_vocab(with_added_tokens=True).values(), default=-1)
 
@@ -150,9 +149,6 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._plain.decode(list(ids), skip_special_tokens=skip_special_tokens)
-
-    def id_to_token(self, token_id: int) -> str | None:
-        return self._plain.id_to_token(token_id)
 
 
 def _check_text(text: object, index: int, what: str) -> InputError | None:

@@ -137,15 +137,18 @@ def test_classify_matches_the_pipeline(models, exported_factory, checkpoint_fact
     assert len(model.classify(TEXTS[0], top_k=1)) == 1
 
 
-@pytest.mark.parametrize("aggregation", ["none", "simple", "first", "average", "max"])
-def test_tag_matches_the_pipeline(models, checkpoint_factory, aggregation) -> None:
+@pytest.fixture(scope="module")
+def ner_pipeline(checkpoint_factory):
     import transformers
 
-    ckpt = _checkpoint(checkpoint_factory, "token-classification")
-    pipe = transformers.pipeline("token-classification", model=ckpt, aggregation_strategy=aggregation)
+    return transformers.pipeline("token-classification", model=_checkpoint(checkpoint_factory, "token-classification"))
+
+
+@pytest.mark.parametrize("aggregation", ["none", "simple", "first", "average", "max"])
+def test_tag_matches_the_pipeline(models, ner_pipeline, aggregation) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Tokenizer does not support real words" (byte-level BPE)
-        refs = pipe(TEXTS)
+        refs = ner_pipeline(TEXTS, aggregation_strategy=aggregation)
     ours = models["token-classification"][1].tag(TEXTS, aggregation=aggregation)
     key = "entity" if aggregation == "none" else "entity_group"
     assert any(ours), "the tiny model should find some entities, or this test compares nothing"
@@ -175,12 +178,12 @@ def test_answer_matches_pytorch(models, checkpoint_factory) -> None:
         starts, ends, scores, _ = select_starts_ends(
             out.start_logits.numpy(), out.end_logits.numpy(), p_mask, enc["attention_mask"].numpy(), top_k=3
         )
+        chars = lambda token: enc.word_to_chars(enc.token_to_word(token), sequence_index=1)  # noqa: E731, B023
         want = [
-            (enc.word_to_chars(enc.token_to_word(s), sequence_index=1).start,
-             enc.word_to_chars(enc.token_to_word(e), sequence_index=1).end, float(score))
+            (chars(s).start, chars(e).end, float(score))
             for s, e, score in zip(starts, ends, scores, strict=True)
             if score > 0  # transformers may fill top_k with zero-score [CLS] spans; the runtime does not
-        ]  # fmt: skip
+        ]
         got = model.answer(question, context, top_k=3)
         assert [(a["start"], a["end"]) for a in got] == [(s, e) for s, e, _ in want]
         np.testing.assert_allclose([a["score"] for a in got], [sc for _, _, sc in want], atol=ATOL)
@@ -214,7 +217,7 @@ def test_padding_never_changes_a_result(models, task) -> None:
 
 def test_batches_are_sorted_within_the_token_budget() -> None:
     lengths = [5, 300, 17, 17, 1200, 64, 1, 900]
-    batches = plan_batches(lengths, max_tokens=1024, max_rows=3)
+    batches = plan_batches(lengths, max_tokens=1024, max_rows=3, max_padding=None)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     flat = [lengths[i] for b in batches for i in b]
     assert flat == sorted(lengths, reverse=True)
@@ -224,14 +227,22 @@ def test_batches_are_sorted_within_the_token_budget() -> None:
     assert [lengths[i] for i in batches[0]] == [1200]
     assert padded_tokens(batches, lengths) == (1200 + 900 + 3 * 300 + 3 * 17, 1200)  # [300, 64, 17], [17, 5, 1]
 
+    lengths = [8, 8, 9, 8, 30, 9, 28, 8]
+    exact = plan_batches(lengths, max_tokens=1024, max_rows=64)  # the default: no padding
+    assert [[lengths[i] for i in b] for b in exact] == [[30], [28], [9, 9], [8, 8, 8, 8]]
+    loose = plan_batches(lengths, max_tokens=1024, max_rows=64, max_padding=0.1)
+    assert [[lengths[i] for i in b] for b in loose] == [[30, 28], [9, 9, 8, 8, 8, 8]]
+
 
 def test_results_return_in_input_order(models) -> None:
     model = load(models["feature-extraction"][0], batch_tokens=64, batch_rows=2)  # many small batches
     order = [3, 0, 4, 2, 1]
     expected = models["feature-extraction"][1].embed(TEXTS)
     np.testing.assert_allclose(model.embed([TEXTS[i] for i in order]), expected[order], atol=ATOL)
+    padded = load(models["feature-extraction"][0], max_padding=None)  # one padded batch
+    np.testing.assert_allclose(padded.embed([TEXTS[i] for i in order]), expected[order], atol=ATOL)
     tags = models["token-classification"][1]
-    small = load(models["token-classification"][0], batch_tokens=32, batch_rows=1)
+    small = load(models["token-classification"][0], batch_tokens=32, max_padding=None)
     assert _same_entities(small.tag(TEXTS), tags.tag(TEXTS))
 
 
@@ -243,12 +254,24 @@ def _same_entities(a: list, b: list) -> bool:
     )
 
 
-def test_fill_mask_budget_is_lowered_to_bound_the_logits(models) -> None:
-    model = models["fill-mask"][1]
+def test_fill_mask_runs_the_decoder_on_mask_rows_only(models) -> None:
+    """With the graph's mask_positions input, logits come back for the [MASK] rows only, so the token
+    budget need not bound (tokens × vocab) logits; a graph without it gives the same results."""
     from modernbert_edge.runtime.model import OUTPUT_BYTES
 
-    budget = model._token_budget(TASKS["fill-mask"])
-    assert budget == min(model.batch_tokens, OUTPUT_BYTES // (4 * model.info.vocab_size))
+    model = load(models["fill-mask"][0], batch_tokens=10**6)
+    assert model._session.optional_inputs == {"mask_positions"}
+    assert model._token_budget() == 10**6
+    selected = model.fill_mask(MASKED, top_k=3)
+    model._session.optional_inputs = frozenset()  # as a graph exported without the input
+    assert model._token_budget() == OUTPUT_BYTES // (4 * model.info.vocab_size)  # (B, S, vocab) logits
+    every_row = model.fill_mask(MASKED, top_k=3)
+    flat = lambda results: [p for text in results for m in text for p in m]  # noqa: E731
+    assert [(p["token"], p["sequence"]) for p in flat(every_row)] == [
+        (p["token"], p["sequence"]) for p in flat(selected)
+    ]
+    np.testing.assert_allclose([p["score"] for p in flat(every_row)], [p["score"] for p in flat(selected)], atol=ATOL)
+    assert load(models["text-classification"][0], batch_tokens=10**6)._token_budget() == 10**6  # (B, labels)
 
 
 # ── long inputs ─────────────────────────────────────────────────────────────────────────────────
