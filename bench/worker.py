@@ -116,8 +116,11 @@ def _load_ours(path: str, threads: int) -> tuple[Callable, int, Callable]:
     budget = _runtime_budget(model)
     rows = getattr(model, "batch_rows", DEFAULT_BATCH_ROWS)
 
-    def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return model.run(ids, mask)[name]
+    def call(ids: np.ndarray, mask: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
+        if pos is None or "mask_positions" not in model._session.optional_inputs:
+            return model.run(ids, mask)[name]
+        # fill-mask as the runtime runs it: vocabulary logits at the masked positions only -> (B, V)
+        return model.run(ids, mask, mask_positions=np.arange(len(ids)) * ids.shape[1] + pos)[name][0]
 
     return call, model.info.pad_token_id, lambda lengths: plan_batches(lengths, budget, rows)
 
@@ -142,8 +145,8 @@ def extract(job: str, out: np.ndarray, mask: np.ndarray, mask_pos: np.ndarray | 
     if job == "embeddings":  # (B, S, D) -> (B, D)
         m = mask[..., None].astype(np.float32)
         return (out * m).sum(1) / np.maximum(m.sum(1), 1)
-    if job == "fill-mask":  # (B, S, V) -> (B,)
-        return out[np.arange(len(out)), mask_pos].argmax(-1)
+    if job == "fill-mask":  # (B, S, V) or, at the masked positions only, (B, V) -> (B,)
+        return (out if out.ndim == 2 else out[np.arange(len(out)), mask_pos]).argmax(-1)
     return np.asarray(out, dtype=np.float32)  # (B, labels)
 
 
@@ -200,9 +203,9 @@ class Runner:
             fed = [(b, *pad_rows([rows[i] for i in b], self.pad)) for b in prepared]
             t0 = time.perf_counter()
         for b, ids, mask in fed:
-            out = self.call(ids, mask)
+            pos = None if mask_pos is None else np.asarray([mask_pos[i] for i in b])
+            out = self.call(ids, mask, pos) if self.spec["kind"] == "ours" else self.call(ids, mask)
             if keep:
-                pos = None if mask_pos is None else np.asarray([mask_pos[i] for i in b])
                 for i, r in zip(b, extract(self.job, out, mask, pos), strict=True):
                     results[i] = r
             del out

@@ -155,8 +155,17 @@ class Model:
         )
         return results[0] if single else results
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The graph's outputs for (batch, sequence) token ids, one call, no batching or post-processing."""
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        mask_positions: np.ndarray | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The graph's outputs for (batch, sequence) token ids, one call, no batching or post-processing.
+
+        mask_positions (fill-mask graphs): flat indices b * S + s; `logits` is then (1, M, vocab) for
+        those positions only, which skips the vocabulary decoder everywhere else.
+        """
         ids = np.asarray(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         if ids.ndim == 1 and mask.ndim == 1:  # one row
@@ -175,7 +184,12 @@ class Model:
             raise UserError(f"run() got token ids outside the model's vocabulary [0, {self.info.vocab_size}).")
         if mask.size and not np.isin(mask, (0, 1)).all():
             raise UserError("run() got an attention_mask with values other than 0 and 1.")
-        return self._session.run(ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False))
+        optional = {}
+        if mask_positions is not None:
+            if "mask_positions" not in self._session.optional_inputs:
+                raise UserError(f"{self.info.folder}'s graph has no mask_positions input (not a fill-mask graph).")
+            optional["mask_positions"] = np.asarray(mask_positions, dtype=np.int64).reshape(-1)
+        return self._session.run(ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False), **optional)
 
     def predict(
         self,
