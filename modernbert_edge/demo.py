@@ -20,7 +20,11 @@ from modernbert_edge.errors import UserError
 BUNDLED = Path(__file__).parent / "assets" / "modernbert-mini"
 
 FILL_MASK_EXAMPLES = [
-    "Return a new sorted [MASK] from the items in iterable.",
+    "Changed in version 3.[MASK]: Added the key parameter.",
+    "This function takes two [MASK] and returns their sum.",
+    "If the file does not exist, a [MASK] is raised.",
+    "See the [MASK] module for more details.",
+] from the items in iterable.",
     "The [MASK] statement is used to define a function.",
     "Raised when a [MASK] is not found in the dictionary.",
     "This module provides access to the mathematical [MASK] defined by the C standard.",
