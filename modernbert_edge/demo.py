@@ -24,10 +24,6 @@ FILL_MASK_EXAMPLES = [
     "This function takes two [MASK] and returns their sum.",
     "If the file does not exist, a [MASK] is raised.",
     "See the [MASK] module for more details.",
-] from the items in iterable.",
-    "The [MASK] statement is used to define a function.",
-    "Raised when a [MASK] is not found in the dictionary.",
-    "This module provides access to the mathematical [MASK] defined by the C standard.",
 ]
 
 SIMILARITY_EXAMPLES = [
