@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from modernbert_edge.runtime.batching import pad
 
 GEMM_CHUNK = 2048  # the GEMM-only graph runs on at most this many tokens per call
 
@@ -40,17 +42,6 @@ def peak_rss_mb() -> float:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-
-
-def pad_rows(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Right-padded (B, S) int64 input_ids and attention_mask."""
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = row
-        mask[b, : len(row)] = 1
-    return ids, mask
 
 
 def ort_session(path: str | Path, threads: int):  # noqa: ANN201
@@ -198,9 +189,9 @@ class Runner:
         if prepared is None:  # budget plan: inside the timed region
             t0 = time.perf_counter()
             batches = self.plan([len(r) for r in rows])
-            fed = [(b, *pad_rows([rows[i] for i in b], self.pad)) for b in batches]
+            fed = [(b, *pad([rows[i] for i in b], self.pad)) for b in batches]
         else:
-            fed = [(b, *pad_rows([rows[i] for i in b], self.pad)) for b in prepared]
+            fed = [(b, *pad([rows[i] for i in b], self.pad)) for b in prepared]
             t0 = time.perf_counter()
         for b, ids, mask in fed:
             pos = None if mask_pos is None else np.asarray([mask_pos[i] for i in b])

@@ -71,8 +71,8 @@ def test_gemm_graph_runs():
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("DynamicQuantizeMatMul") == 4 * 2 + 2
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"x": np.ones((5, 32), np.float32)})
-    assert out.shape == (5, 100)
+    hidden, logits = session.run(None, {"x": np.ones((5, 32), np.float32), "h": np.ones((2, 32), np.float32)})
+    assert hidden.shape == (5, 32) and logits.shape == (2, 100)  # the decoder runs on the masked rows only
 
 
 def test_target_checks():
