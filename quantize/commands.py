@@ -38,7 +38,7 @@ def quantize_cmd(
         typer.Option(help="Leave this projection in fp32 (e.g. /model/layers.0/attn/Wqkv); repeatable."),
     ] = None,
 ) -> None:
-    """Quantize a model folder, and measure it against fp32 (exit 1 when it fails --min-cosine)."""
+    """Quantize a model folder and measure it against fp32 (exit 2, nothing written, below --min-cosine)."""
     _need_onnx()
     from modernbert_edge.quantize.quantizer import quantize
 
@@ -56,8 +56,8 @@ def quantize_cmd(
         log=_log,
     )
     typer.echo(f"{manifest['precision']} {manifest['task']}: {out_dir / manifest['model_file']}")
-    if manifest["fidelity"]["gate"]["status"] != "passed":
-        raise typer.Exit(1)
+    if manifest["fidelity"]["gate"]["status"] != "passed":  # only reachable with --force
+        typer.echo("warning: written with --force although it fails the fidelity gate.", err=True)
 
 
 def compare_cmd(
