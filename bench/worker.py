@@ -89,43 +89,19 @@ def _load_onnx(path: str, threads: int, pad: int) -> tuple[Callable, int]:
 
 
 def _load_ours(path: str, threads: int) -> tuple[Callable, int, Callable]:
-    """The runtime's Model when runtime/ is importable, else a plain session on manifest["model_file"]."""
-    try:
-        from modernbert_edge.runtime import load
-    except ImportError:
-        load = None
-    if load is None:
-        from modernbert_edge.manifest import read_manifest
-
-        manifest = read_manifest(path)
-        call, pad = _load_onnx(str(Path(path) / manifest["model_file"]), threads, 0)
-        return call, pad, lambda lengths: [list(range(len(lengths)))]
-    from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, plan_batches
+    """This project's runtime: its session, its batch plan, and fill-mask through mask_positions."""
+    from modernbert_edge.runtime import load
 
     model = load(path, threads=threads)
     name = model.info.outputs[0]
-    budget = _runtime_budget(model)
-    rows = getattr(model, "batch_rows", DEFAULT_BATCH_ROWS)
 
     def call(ids: np.ndarray, mask: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
-        if pos is None or "mask_positions" not in model._session.optional_inputs:
+        if pos is None or not model.decodes_masked_rows_only:
             return model.run(ids, mask)[name]
         # fill-mask as the runtime runs it: vocabulary logits at the masked positions only -> (B, V)
         return model.run(ids, mask, mask_positions=np.arange(len(ids)) * ids.shape[1] + pos)[name][0]
 
-    return call, model.info.pad_token_id, lambda lengths: plan_batches(lengths, budget, rows)
-
-
-def _runtime_budget(model) -> int:  # noqa: ANN001
-    """The padded tokens per batch the runtime itself would use (its budget is lowered for large
-    per-token outputs such as fill-mask logits). The runtime has no public name for it yet."""
-    fn = getattr(model, "_token_budget", None)
-    if fn is None:
-        return int(getattr(model, "batch_tokens", 8192))
-    try:
-        return int(fn())
-    except TypeError:  # an earlier runtime took the task
-        return int(fn(model.resolve_task(None)))
+    return call, model.info.pad_token_id, model.plan
 
 
 # ── extraction of what fidelity needs ─────────────────────────────────────────────────────────────

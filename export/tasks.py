@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
+from onnx import helper
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import FLOAT, GraphBuilder, tensor_info
@@ -162,11 +163,8 @@ def build_graph(cfg: ModernBertConfig, w: Weights, task: Task) -> tuple[onnx.Mod
     if stray:
         shown = ", ".join(stray[:8]) + (f" and {len(stray) - 8} more" if len(stray) > 8 else "")
         raise UserError(f"the checkpoint has tensors the {task.name} graph does not use: {shown}.")
-    for name, tensor in outputs.items():
-        g.op("Identity", [tensor], f"/output/{name}/Identity")
-    # Rename the Identity outputs to the contract names.
-    for node in g.nodes[-len(outputs) :]:
-        node.output[0] = node.name.split("/")[2]
+    for name, tensor in outputs.items():  # the contract names are the graph outputs themselves
+        g.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"/output/{name}/Identity"))
     dims = dict(task.outputs)
     infos = [tensor_info(name, FLOAT, [_dim(cfg, d) for d in dims[name]]) for name in outputs]
     model = g.finish(GRAPH_INPUTS, infos, doc=f"ModernBERT {task.name}, exported by modernbert-edge")

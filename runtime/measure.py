@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from modernbert_edge.runtime.batching import DEFAULT_BATCH_TOKENS, pad, padded_tokens, plan_batches
+from modernbert_edge.runtime.batching import DEFAULT_BATCH_TOKENS, pad, padded_tokens
 from modernbert_edge.runtime.model import Model, load
 
 MODES = ("padded-budget", "padding-free", "input-order")
@@ -62,13 +62,13 @@ def run_mode(
     threads: int | None = None,
 ) -> dict:
     """Time one mode in this process: graph seconds, padded tokens, largest batch, peak RSS."""
-    model = load(model_dir, threads=threads, batch_tokens=batch_tokens)
+    max_padding = {"padding-free": 0.0, "padded-budget": None}.get(mode)
+    model = load(model_dir, threads=threads, batch_tokens=batch_tokens, max_padding=max_padding)
     texts = mixed_length_texts(model, n, min_tokens, max_tokens)
     rows = [e.ids for e in model.tokenizer.encode(texts)]
     lengths = [len(r) for r in rows]
     if mode in ("padded-budget", "padding-free"):
-        max_padding = 0.0 if mode == "padding-free" else None
-        batches = plan_batches(lengths, model._token_budget(), model.batch_rows, max_padding)
+        batches = model.plan(lengths)
     elif mode == "input-order":
         batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     else:

@@ -186,7 +186,7 @@ class Model:
             raise UserError("run() got an attention_mask with values other than 0 and 1.")
         optional = {}
         if mask_positions is not None:
-            if "mask_positions" not in self._session.optional_inputs:
+            if not self.decodes_masked_rows_only:
                 raise UserError(f"{self.info.folder}'s graph has no mask_positions input (not a fill-mask graph).")
             optional["mask_positions"] = np.asarray(mask_positions, dtype=np.int64).reshape(-1)
         return self._session.run(ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False), **optional)
@@ -227,7 +227,7 @@ class Model:
         results: list = list(encoded)  # errors stay in place; encodings are replaced by results
         valid = [i for i, e in enumerate(encoded) if isinstance(e, Encoding)]
         lengths = [len(encoded[i].ids) for i in valid]
-        for batch in plan_batches(lengths, self._token_budget(), self.batch_rows, self.max_padding):
+        for batch in self.plan(lengths):
             rows = [valid[j] for j in batch]
             encs = [encoded[i] for i in rows]
             ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)
@@ -244,7 +244,7 @@ class Model:
         if spec.name != "fill-mask":
             return self._session.run(ids, mask)
         positions = np.flatnonzero(ids == self.tokenizer.mask_id)  # row-major: b * S + s
-        if "mask_positions" in self._session.optional_inputs:
+        if self.decodes_masked_rows_only:
             logits = self._session.run(ids, mask, mask_positions=positions)["logits"][0]  # (M, V)
         else:
             logits = self._session.run(ids, mask)["logits"].reshape(-1, self.info.vocab_size)[positions]
@@ -400,11 +400,20 @@ class Model:
             )
         return self.tokenizer
 
+    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
+        """The batches (input indices) this model runs inputs of these token lengths in."""
+        return plan_batches(lengths, self._token_budget(), self.batch_rows, self.max_padding)
+
+    @property
+    def decodes_masked_rows_only(self) -> bool:
+        """Whether the graph takes mask_positions (fill-mask logits for those rows only)."""
+        return "mask_positions" in self._session.optional_inputs
+
     def _token_budget(self) -> int:
         """Padded tokens per batch: batch_tokens, lowered so that the per-token outputs of one batch
         (those shaped (batch, sequence, ...), e.g. fill-mask logits without mask_positions) stay
         within OUTPUT_BYTES."""
-        selected = "mask_positions" in self._session.optional_inputs  # logits for [MASK] rows only
+        selected = self.decodes_masked_rows_only
         per_token = sum(
             math.prod(d if isinstance(d, int) else 1 for d in shape[2:])
             for name, shape in self._session.output_shapes.items()
