@@ -102,13 +102,19 @@ def make_checkpoint(
     seed: int = 0,
     outlier_channels: int = 0,
     outlier_scale: float = 30.0,
+    outlier_ln_gain: float = 10.0,
     **overrides: object,
 ) -> Path:
     """Save a random ModernBERT checkpoint for `task` in out_dir (config, safetensors, tokenizer).
 
-    outlier_channels > 0 makes a few residual-stream channels `outlier_scale` times larger than the
-    rest, as in trained language models: those channels are scaled in the token embeddings, in
-    every LayerNorm weight, and in the rows of each output projection that writes them.
+    outlier_channels > 0 makes a few residual-stream channels about `outlier_scale` times larger
+    than the rest, as in trained language models: those channels are scaled in the token
+    embeddings and in the rows of each output projection that writes them. The LayerNorm weights
+    of the layers scale them `outlier_ln_gain` times more, so the activations of the int8
+    projections carry outliers of outlier_scale x outlier_ln_gain; the projections that read them
+    (Wqkv, Wi) get those input rows divided by the gain, as trained weights are small where their
+    input is large. Without that, the random model is chaotic (1 % weight noise moves tokens to a
+    cosine below 0.6 at a gain of 10) and no quantization could be judged on it.
     """
     import torch
     import transformers
@@ -133,7 +139,7 @@ def make_checkpoint(
     config = transformers.ModernBertConfig(**params)
     model = getattr(transformers, ARCHITECTURES[task])(config).eval()
     if outlier_channels:
-        _add_outliers(model, outlier_channels, outlier_scale, seed)
+        _add_outliers(model, outlier_channels, outlier_scale, outlier_ln_gain, seed)
     model.save_pretrained(out_dir)
     if flat_config:
         path = out_dir / "config.json"
@@ -141,7 +147,7 @@ def make_checkpoint(
     return out_dir
 
 
-def _add_outliers(model, n: int, scale: float, seed: int) -> None:  # noqa: ANN001
+def _add_outliers(model, n: int, scale: float, ln_gain: float, seed: int) -> None:  # noqa: ANN001
     import torch
 
     base = model.model if hasattr(model, "model") else model
@@ -149,12 +155,18 @@ def _add_outliers(model, n: int, scale: float, seed: int) -> None:  # noqa: ANN0
     channels = torch.randperm(base.config.hidden_size, generator=g)[:n]
     with torch.no_grad():
         base.embeddings.tok_embeddings.weight[:, channels] *= scale
-        for module in base.modules():
-            if isinstance(module, torch.nn.LayerNorm):
-                module.weight[channels] *= scale
         for layer in base.layers:
             layer.attn.Wo.weight[channels, :] *= scale
             layer.mlp.Wo.weight[channels, :] *= scale
+            readers = {"attn_norm": layer.attn.Wqkv, "mlp_norm": layer.mlp.Wi}
+            for norm_name, reader in readers.items():
+                norm = getattr(layer, norm_name)
+                if not isinstance(norm, torch.nn.LayerNorm):  # layer 0 reads the embeddings' norm directly
+                    continue
+                norm.weight[channels] *= ln_gain
+                if norm.bias is not None:
+                    norm.bias[channels] *= ln_gain
+                reader.weight[:, channels] /= ln_gain
 
 
 def main() -> None:
@@ -165,10 +177,18 @@ def main() -> None:
     parser.add_argument("--task", default="fill-mask", choices=sorted(ARCHITECTURES))
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
     parser.add_argument("--flat-config", action="store_true", help="write the older flat config.json format")
-    parser.add_argument("--outlier-channels", type=int, default=0)
+    parser.add_argument("--outlier-channels", type=int, default=0, help="residual channels made large (stress)")
+    parser.add_argument("--outlier-scale", type=float, default=30.0, help="how much larger than the rest")
+    parser.add_argument("--outlier-ln-gain", type=float, default=10.0, help="extra scale in the layers' LayerNorms")
     args = parser.parse_args()
     make_checkpoint(
-        args.out_dir, args.task, args.size, flat_config=args.flat_config, outlier_channels=args.outlier_channels
+        args.out_dir,
+        args.task,
+        args.size,
+        flat_config=args.flat_config,
+        outlier_channels=args.outlier_channels,
+        outlier_scale=args.outlier_scale,
+        outlier_ln_gain=args.outlier_ln_gain,
     )
     print(args.out_dir)
 

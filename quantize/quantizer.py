@@ -21,7 +21,7 @@ from modernbert_edge.manifest import MODEL_FILE, write_manifest
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize.calibration import CalibrationSet, calibration_set
 from modernbert_edge.quantize.fidelity import apply_gate, compare_models, format_report, load_model
-from modernbert_edge.quantize.smoothing import Choice, choose_smoothing, collect_stats
+from modernbert_edge.quantize.smoothing import Choice, choose_smoothing, collect_stats, error_target
 
 MODES = ("int8", "int8-static", "int4")
 FALLBACK_STEPS = (1, 2, 4)  # projections left in float on each retry when the gate fails
@@ -61,7 +61,9 @@ def plan_smoothing(
     for i, p in enumerate(projections, 1):
         if i % 8 == 1 or i == len(projections):
             log(f"choosing smoothing: projection {i}/{len(projections)}")
-        choices[p.name] = choose_smoothing(stats[p.name], p.weight_kn(inits), allow_per_token=per_token)
+        choices[p.name] = choose_smoothing(
+            stats[p.name], p.weight_kn(inits), allow_per_token=per_token, target=error_target(p)
+        )
     log(
         f"calibrated {len(projections)} projections on {len(data.calibration)} batches "
         f"({time.perf_counter() - t0:.1f} s)"

@@ -15,6 +15,7 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize.calibration import read_texts
 from modernbert_edge.quantize.quantizer import quantize
+from modernbert_edge.quantize.smoothing import ERROR_TARGET, ActivationStats, choose_smoothing
 
 QUIET = {"log": lambda _m: None}
 
@@ -115,22 +116,49 @@ def test_gate_fails_and_force_writes(exported_factory, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "forced" / "manifest.json").read_text())["fidelity"]["cosine_worst"] < 0.99
 
 
+def _final_hidden(model: onnx.ModelProto, batches) -> np.ndarray:  # noqa: ANN001
+    """(tokens, D) the final hidden state of every real token (the graph keeps them unpadded)."""
+    from modernbert_edge.quantize.graph import FINAL_HIDDEN
+    from modernbert_edge.quantize.smoothing import session_with_outputs
+
+    sess = session_with_outputs(model, [FINAL_HIDDEN])
+    rows = [sess.run([FINAL_HIDDEN], b.feeds())[0] for b in batches]
+    assert [r.shape[1] for r in rows] == [int(b.attention_mask.sum()) for b in batches]
+    return np.concatenate([r[0] for r in rows])
+
+
 def test_outlier_stress(checkpoint_factory, tmp_path):
-    """Residual channels 30x the rest: plain dynamic int8 destroys tokens, ours keeps them."""
+    """Residual channels ~20-50x the rest (LayerNorm outputs ten times more): plain dynamic int8
+    falls below the gate, ours stays above it.
+
+    initializer_range 0.04 lets the layers write more into the residual stream than a 0.02 init
+    does, so that errors in them show; the model stays well conditioned (1 % weight noise keeps
+    every token's cosine above 0.999)."""
     from modernbert_edge.export.exporter import export
     from modernbert_edge.quantize.fidelity import compare_models, load_model
     from modernbert_edge.quantize.measure import plain_dynamic
     from modernbert_edge.quantize.quantizer import load_data
 
-    ckpt = checkpoint_factory("fill-mask", outlier_channels=3, outlier_scale=30, hidden_size=128, intermediate_size=192)
+    ckpt = checkpoint_factory(
+        "fill-mask",
+        outlier_channels=3,
+        outlier_scale=40,
+        hidden_size=128,
+        intermediate_size=192,
+        initializer_range=0.04,
+    )
     src = tmp_path / "fp32"
     export(str(ckpt), src, validate=False, log=lambda _m: None)
     manifest = quantize(src, tmp_path / "int8", fallback=False, **QUIET)
-    assert manifest["fidelity"]["cosine_worst"] >= 0.99
     fp32, man = load_model(src)
-    plain = onnx.load(str(plain_dynamic(src, tmp_path / "plain.onnx")))
-    report = compare_models(fp32, plain, "fill-mask", load_data(src, man, None))
-    assert report["cosine_worst"] < manifest["fidelity"]["cosine_worst"] - 0.01
+    data = load_data(src, man, None)
+
+    size = np.abs(_final_hidden(fp32, [*data.calibration, *data.heldout])).mean(axis=0)
+    outliers = np.argsort(size)[-3:]
+    assert 20 <= size[outliers].min() / np.delete(size, outliers).mean() <= 50  # the stress the issue asks for
+
+    plain = compare_models(fp32, onnx.load(str(plain_dynamic(src, tmp_path / "plain.onnx"))), "fill-mask", data)
+    assert manifest["fidelity"]["cosine_worst"] >= 0.99 > plain["cosine_worst"] + 0.01, plain["cosine_worst"]
 
 
 def test_int4_packing_matches_matmulnbits():
@@ -214,3 +242,30 @@ def test_per_token_scales_keep_small_tokens():
         errors[bool(per_token)] = np.linalg.norm(y - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
     assert errors[True][np.arange(16) != 3].max() < 0.02  # every token at int8 precision
     assert errors[False][:3].min() > 0.5  # the small tokens were lost without it
+
+
+def _stats(x: np.ndarray) -> ActivationStats:
+    st = ActivationStats(np.abs(x).max(axis=0))
+    for rows in np.split(x, 4):  # four calibration batches
+        st.samples.append((rows, rows.min(axis=0), rows.max(axis=0)))
+    return st
+
+
+def test_choose_smoothing_takes_the_cheapest_choice_that_is_good_enough():
+    """Channel outliers: folded smoothing reaches the target, so no run-time work is added.
+    Token outliers (a few huge tokens in a batch): no per-channel scale helps, per-token scales do."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((128, 96)).astype(np.float32) * 0.05
+    x = rng.standard_normal((96, 128)).astype(np.float32)
+
+    channels = x.copy()
+    channels[:, :3] *= 300.0
+    c = choose_smoothing(_stats(channels), w, allow_per_token=True)
+    assert c.alpha is not None and c.split is None and not c.per_token
+    assert c.error_mean <= ERROR_TARGET < c.error_plain
+
+    tokens = x.copy()
+    tokens[::24] *= 300.0  # one huge token per batch
+    c = choose_smoothing(_stats(tokens), w, allow_per_token=True)
+    assert c.per_token and c.error_mean <= ERROR_TARGET < c.error_plain
+    assert not choose_smoothing(_stats(tokens), w, allow_per_token=False).per_token
