@@ -8,7 +8,9 @@ of int8 levels. Smoothing (SmoothQuant, Xiao et al. 2023) divides each input cha
 
 and multiplies row j of W by s_j: exact in float, and it moves the outliers into the weights,
 whose int8 scale is per output column. alpha is chosen per projection, from {none, 0.3, ..., 0.8},
-by simulating the int8 product on calibration rows and keeping the smallest error.
+by simulating the int8 product on calibration rows and keeping the smallest error; treatments that
+add run-time work (outlier channels in float, per-token scales) are used only where smoothing
+misses the error target (`choose_smoothing`).
 """
 
 from __future__ import annotations
