@@ -7,9 +7,10 @@ input order with the indices each batch carries.
 
 By default no batch holds padding (max_padding = 0: only inputs of equal length share a batch).
 The exported graph already runs its dense layers on real tokens only, so padding buys little,
-while any padding moves global attention from the mask-free (flash) kernel to the masked one with
-an S × S buffer. Measured on a base-size graph, 64 texts of 16-1000 tokens, 2 shared vCPUs:
-peak RSS 0.80 GB unpadded against 1.88 GB padded to the budget, and never slower.
+while any padding moves global attention off the mask-free (flash) kernel, to one with an S × S
+buffer (masked MHA, or GroupQueryAttention from 256 tokens). Measured on a base-size graph, 64
+texts of 16-1000 tokens, 2 shared vCPUs: peak RSS 0.80 GB unpadded against 1.88 GB padded to the
+budget, and never slower.
 """
 
 from __future__ import annotations

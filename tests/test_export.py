@@ -114,16 +114,27 @@ def test_encoder_of_a_head_checkpoint(checkpoint_factory, tmp_path):
     assert manifest["validation"]["status"] == "passed"
 
 
+ATTENTION_OPS = ("MultiHeadAttention", "GroupQueryAttention")
+
+
+def _one_attention(graph: onnx.GraphProto) -> bool:
+    """An If branch runs exactly one attention: one attention node, or one If whose branches each do."""
+    nodes = [n for n in graph.node if n.op_type in ATTENTION_OPS or n.op_type == "If"]
+    if len(nodes) != 1:
+        return False
+    node = nodes[0]
+    return node.op_type in ATTENTION_OPS or all(_one_attention(a.g) for a in node.attribute if a.g.node)
+
+
 def attention_per_layer(graph: onnx.GraphProto) -> dict[str, int]:
-    """Attention nodes that can run per layer: a global layer's If counts once if each branch has one MHA."""
+    """Attention nodes that can run per layer: an If counts once if each branch runs exactly one."""
     counts: dict[str, int] = {}
     for node in graph.node:
         layer = node.name.split("/")[2] if node.name.startswith("/model/layers.") else None
-        if node.op_type == "MultiHeadAttention":
+        if node.op_type in ATTENTION_OPS:
             counts[layer] = counts.get(layer, 0) + 1
-        elif node.op_type == "If":
-            per_branch = [[n.op_type for n in a.g.node].count("MultiHeadAttention") for a in node.attribute if a.g.node]
-            assert per_branch == [1, 1], node.name
+        elif node.op_type == "If" and layer is not None:
+            assert all(_one_attention(a.g) for a in node.attribute if a.g.node), node.name
             counts[layer] = counts.get(layer, 0) + 1
     return counts
 
