@@ -28,6 +28,7 @@ from modernbert_edge.export.config import GLOBAL, LOCAL, ModernBertConfig
 BAND_MASKED = -1e9  # additive bias for keys outside the local window (exp underflows to exactly 0)
 SHORT_LOCAL = 256  # up to this length a dense banded MHA beats blocked attention (8x128: 20 vs 27 ms)
 GQA_MIN_SEQ = 256  # padded global attention from this length: GroupQueryAttention skips padded keys
+GQA_HEAD_MULTIPLE = 8  # ORT's CPU GroupQueryAttention refuses other head sizes (at run time)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Layout:
     flat: str  # (1,) int64 B*S
     key_mask: str  # (B, S) int32 attention_mask, for global attention
     unpadded: str  # bool scalar: T == B * S (no padding anywhere), selects mask-free attention
-    long: str  # bool scalar: S >= GQA_MIN_SEQ, selects GroupQueryAttention for padded global attention
+    use_gqa: str  # bool scalar: S >= GQA_MIN_SEQ and right padding: GroupQueryAttention when padded
     seqlens_k: str  # (B,) int32 length - 1 of each row, GroupQueryAttention's key lengths
     total_len: str  # int32 scalar S
     mask_f: str  # (B, S, 1) float attention_mask, for mean pooling
@@ -92,12 +93,27 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     n_tokens = g.op("Shape", [tokens], f"{p}/n_tokens")
     unpadded = g.op("Squeeze", [g.op("Equal", [n_tokens, flat], f"{p}/Equal")], f"{p}/unpadded")
     long = g.op("Squeeze", [g.op("GreaterOrEqual", [seq, g.const([GQA_MIN_SEQ])], f"{p}/long")], f"{p}/long_s")
+    # GroupQueryAttention takes each row's keys as [0, length): only for right-padded masks. A row
+    # is right-padded iff its ones sit at 0 .. L-1, i.e. their positions sum to L (L - 1) / 2.
     lengths = g.op("ReduceSum", [key_mask, g.const([1])], f"{p}/lengths", keepdims=0)  # (B,) int32
-    seqlens_k = g.op("Sub", [lengths, g.const([1], np.int32)], f"{p}/seqlens_k")
     total_len = g.op("Cast", [g.op("Squeeze", [seq], f"{p}/seq_s")], f"{p}/total_len", to=6)  # int32
+    positions = g.op("Range", [g.const(0, np.int32), total_len, g.const(1, np.int32)], f"{p}/positions")
+    pos_sum = g.op("ReduceSum", [g.op("Mul", [key_mask, positions], f"{p}/pos")], f"{p}/pos_sum", keepdims=0)
+    prefix_sum = g.op(
+        "Div",
+        [g.op("Mul", [lengths, g.op("Sub", [lengths, g.const(1, np.int32)], f"{p}/len_1")], f"{p}/len_sq"),
+         g.const(2, np.int32)],
+        f"{p}/prefix_sum",
+    )  # fmt: skip
+    misplaced = g.op("ReduceSum", [g.op("Abs", [g.op("Sub", [pos_sum, prefix_sum], f"{p}/pos_diff")], f"{p}/pos_abs")],
+                     f"{p}/misplaced", keepdims=0)  # fmt: skip
+    right_padded = g.op("Equal", [misplaced, g.const(0, np.int32)], f"{p}/right_padded")
+    use_gqa = g.op("And", [long, right_padded], f"{p}/use_gqa")
+    seqlens_k = g.op("Max", [g.op("Sub", [lengths, g.const([1], np.int32)], f"{p}/len_m1"), g.const([0], np.int32)],
+                     f"{p}/seqlens_k")  # fmt: skip  # an all-padding row still gets one (ignored) key
     local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
     return Layout(
-        tokens, scatter_idx, row_of, batch, seq, flat, key_mask, unpadded, long, seqlens_k, total_len, mask_f, local
+        tokens, scatter_idx, row_of, batch, seq, flat, key_mask, unpadded, use_gqa, seqlens_k, total_len, mask_f, local
     )
 
 
@@ -286,24 +302,27 @@ def make_attention(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layo
     )
     q, k = g.op("Split", [qk, g.const([d, d])], f"{name}/Split_qk", outputs=2, axis=-1)
     if layer_type == GLOBAL:
-        o = make_global_attention(g, lay, q, k, v, n, name)
+        o = make_global_attention(g, lay, q, k, v, n, d // n, name)
     else:
         o = make_local_attention(g, lay, q, k, v, n, name)
     o = to_tokens(g, lay, o, d, f"{name}/tokens")
     return make_linear(g, w, o, f"{key}.Wo", d, d, cfg.attention_bias, f"{name}/Wo")
 
 
-def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:
+def make_global_attention(
+    g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, head_dim: int, name: str
+) -> str:
     """Full bidirectional attention, (B, S, D) each -> (B, S, D).
 
     If(no padding anywhere) ─ then: MHA(q, k, v)                      MLAS flash path: no S x S buffer
-                            └ else: If(S >= GQA_MIN_SEQ)
+                            └ else: If(S >= GQA_MIN_SEQ and right padding)
                                     ├ then: GQA(q, k, v, seqlens_k)   causal=0; skips each row's padded keys
                                     └ else: MHA(q, k, v, key_mask)    padded keys masked
 
     GroupQueryAttention with causal=0 gives MHA's outputs on real rows, and on padded batches of
     long rows it is faster (8 x ~450 tokens, 30 % padding: 31 vs 42 ms a layer); on short rows it
-    is slower (8 x 128: 11-13 vs 8 ms), hence the length test.
+    is slower (8 x 128: 11-13 vs 8 ms), hence the length test. Head sizes that are not a multiple
+    of GQA_HEAD_MULTIPLE keep MHA for every padded batch.
     """
 
     def mha(branch: str, extra: list[str]) -> GraphProto:
@@ -317,6 +336,9 @@ def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, 
         )
         return sub.subgraph(f"{name}/{branch}".replace("/", "_"), out)
 
+    if head_dim % GQA_HEAD_MULTIPLE:
+        padded_graph = mha("padded", ["", lay.key_mask])
+        return g.op("If", [lay.unpadded], f"{name}/If", then_branch=mha("unpadded", []), else_branch=padded_graph)
     gqa = g.branch()
     out = gqa.op(
         "GroupQueryAttention",
@@ -331,18 +353,13 @@ def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, 
     padded = g.branch()
     out_padded = padded.op(
         "If",
-        [lay.long],
+        [lay.use_gqa],
         f"{name}/padded/If",
         then_branch=gqa.subgraph(f"{name}/padded_long".replace("/", "_"), out),
         else_branch=mha("padded", ["", lay.key_mask]),
     )
-    return g.op(
-        "If",
-        [lay.unpadded],
-        f"{name}/If",
-        then_branch=mha("unpadded", []),
-        else_branch=padded.subgraph(f"{name}/padded_outer".replace("/", "_"), out_padded),
-    )
+    padded_graph = padded.subgraph(f"{name}/padded_outer".replace("/", "_"), out_padded)
+    return g.op("If", [lay.unpadded], f"{name}/If", then_branch=mha("unpadded", []), else_branch=padded_graph)
 
 
 def make_local_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:

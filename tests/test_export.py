@@ -75,8 +75,25 @@ def test_every_task_matches_pytorch_padded_and_alone(task, flat_config, checkpoi
             assert np.abs(value - batched).max() <= 1e-5, (name, n)
 
 
+def test_left_padding_and_empty_rows_match_pytorch(checkpoint_factory, tmp_path):
+    """Long padded batches take GroupQueryAttention only when right-padded; left padding and rows
+    with no tokens stay exact (the mask-based path), and an empty row does not break the batch."""
+    ckpt = checkpoint_factory("feature-extraction", max_position_embeddings=1024)
+    out = tmp_path / "m"
+    export(str(ckpt), out, log=lambda _m: None)
+    vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
+    ids, right = padded_batch([300, 40, 0, 280], vocab, seed=2)
+    left = right[:, ::-1].copy()
+    for mask in (right, left):
+        ours = onnx_outputs(out, ids, mask)
+        ref = torch_outputs(ckpt, "feature-extraction", ids[[0, 1, 3]], mask[[0, 1, 3]])
+        assert_close_on_valid({k: v[[0, 1, 3]] for k, v in ours.items()}, ref, mask[[0, 1, 3]])
+        assert np.isfinite(ours["last_hidden_state"]).all()
+
+
 SHAPES = {
     "head_dim_32_odd_layers": dict(num_hidden_layers=5, hidden_size=64, num_attention_heads=2),
+    "head_dim_20_no_gqa": dict(hidden_size=60, num_attention_heads=3, intermediate_size=90),
     "head_dim_64_every_2": dict(hidden_size=128, num_attention_heads=2, global_attn_every_n_layers=2),
     "default_window_biases": dict(
         local_attention=128, attention_bias=True, mlp_bias=True, norm_bias=True, classifier_bias=True
