@@ -98,7 +98,8 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     lengths = g.op("ReduceSum", [key_mask, g.const([1])], f"{p}/lengths", keepdims=0)  # (B,) int32
     total_len = g.op("Cast", [g.op("Squeeze", [seq], f"{p}/seq_s")], f"{p}/total_len", to=6)  # int32
     positions = g.op("Range", [g.const(0, np.int32), total_len, g.const(1, np.int32)], f"{p}/positions")
-    pos_sum = g.op("ReduceSum", [g.op("Mul", [key_mask, positions], f"{p}/pos")], f"{p}/pos_sum", keepdims=0)
+    pos = g.op("Mul", [key_mask, positions], f"{p}/pos")
+    pos_sum = g.op("ReduceSum", [pos, g.const([1])], f"{p}/pos_sum", keepdims=0)  # (B,)
     prefix_sum = g.op(
         "Div",
         [g.op("Mul", [lengths, g.op("Sub", [lengths, g.const(1, np.int32)], f"{p}/len_1")], f"{p}/len_sq"),

@@ -84,6 +84,12 @@ def test_left_padding_and_empty_rows_match_pytorch(checkpoint_factory, tmp_path)
     vocab = json.loads((ckpt / "config.json").read_text())["vocab_size"]
     ids, right = padded_batch([300, 40, 0, 280], vocab, seed=2)
     left = right[:, ::-1].copy()
+    model = onnx.load(str(out / "model.onnx"))
+    use_gqa = "/model/layout/use_gqa/output_0"
+    model.graph.output.append(onnx.helper.make_value_info(use_gqa, onnx.TypeProto()))
+    probe = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for mask, gqa in ((right, True), (left, False), (right[:, :200], False)):
+        assert bool(probe.run([use_gqa], {"input_ids": ids[:, : mask.shape[1]], "attention_mask": mask})[0]) is gqa
     for mask in (right, left):
         ours = onnx_outputs(out, ids, mask)
         ref = torch_outputs(ckpt, "feature-extraction", ids[[0, 1, 3]], mask[[0, 1, 3]])
