@@ -43,11 +43,18 @@ class Layout:
     flat: str  # (1,) int64 B*S
     key_mask: str  # (B, S) int32 attention_mask, for global attention
     unpadded: str  # bool scalar: T == B * S (no padding anywhere), selects mask-free attention
-    use_gqa: str  # bool scalar: S >= GQA_MIN_SEQ and right padding: GroupQueryAttention when padded
-    seqlens_k: str  # (B,) int32 length - 1 of each row, GroupQueryAttention's key lengths
-    total_len: str  # int32 scalar S
     mask_f: str  # (B, S, 1) float attention_mask, for mean pooling
     local: LocalLayout | None
+    gqa: GqaLayout | None  # None: global attention never uses GroupQueryAttention
+
+
+@dataclass(frozen=True)
+class GqaLayout:
+    """Inputs of GroupQueryAttention for long right-padded batches in global layers."""
+
+    use: str  # bool scalar: S >= GQA_MIN_SEQ and every row right-padded
+    seqlens_k: str  # (B,) int32 length - 1 of each row (0 for an all-padding row)
+    total_len: str  # int32 scalar S
 
 
 @dataclass(frozen=True)
@@ -92,30 +99,31 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     mask_f = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT)
     n_tokens = g.op("Shape", [tokens], f"{p}/n_tokens")
     unpadded = g.op("Squeeze", [g.op("Equal", [n_tokens, flat], f"{p}/Equal")], f"{p}/unpadded")
-    long = g.op("Squeeze", [g.op("GreaterOrEqual", [seq, g.const([GQA_MIN_SEQ])], f"{p}/long")], f"{p}/long_s")
-    # GroupQueryAttention takes each row's keys as [0, length): only for right-padded masks. A row
-    # is right-padded iff its ones sit at 0 .. L-1, i.e. their positions sum to L (L - 1) / 2.
-    lengths = g.op("ReduceSum", [key_mask, g.const([1])], f"{p}/lengths", keepdims=0)  # (B,) int32
+    local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
+    gqa_fits = GLOBAL in cfg.layer_types and cfg.head_dim % GQA_HEAD_MULTIPLE == 0
+    gqa = make_gqa_layout(g, seq, key_mask) if gqa_fits else None
+    return Layout(tokens, scatter_idx, row_of, batch, seq, flat, key_mask, unpadded, mask_f, local, gqa)
+
+
+def make_gqa_layout(g: GraphBuilder, seq: str, key_mask: str) -> GqaLayout:
+    """GroupQueryAttention takes each row's keys as [0, length), so it serves right-padded masks
+    only: a row is right-padded iff its ones sit at 0 .. L-1, i.e. their positions sum to L(L-1)/2."""
+    p = "/model/layout/gqa"
+    i32 = np.int32
+    lengths = g.op("ReduceSum", [key_mask, g.const([1])], f"{p}/lengths", keepdims=0)  # (B,)
     total_len = g.op("Cast", [g.op("Squeeze", [seq], f"{p}/seq_s")], f"{p}/total_len", to=6)  # int32
-    positions = g.op("Range", [g.const(0, np.int32), total_len, g.const(1, np.int32)], f"{p}/positions")
+    positions = g.op("Range", [g.const(0, i32), total_len, g.const(1, i32)], f"{p}/positions")
     pos = g.op("Mul", [key_mask, positions], f"{p}/pos")
     pos_sum = g.op("ReduceSum", [pos, g.const([1])], f"{p}/pos_sum", keepdims=0)  # (B,)
-    prefix_sum = g.op(
-        "Div",
-        [g.op("Mul", [lengths, g.op("Sub", [lengths, g.const(1, np.int32)], f"{p}/len_1")], f"{p}/len_sq"),
-         g.const(2, np.int32)],
-        f"{p}/prefix_sum",
-    )  # fmt: skip
-    misplaced = g.op("ReduceSum", [g.op("Abs", [g.op("Sub", [pos_sum, prefix_sum], f"{p}/pos_diff")], f"{p}/pos_abs")],
-                     f"{p}/misplaced", keepdims=0)  # fmt: skip
-    right_padded = g.op("Equal", [misplaced, g.const(0, np.int32)], f"{p}/right_padded")
-    use_gqa = g.op("And", [long, right_padded], f"{p}/use_gqa")
-    seqlens_k = g.op("Max", [g.op("Sub", [lengths, g.const([1], np.int32)], f"{p}/len_m1"), g.const([0], np.int32)],
-                     f"{p}/seqlens_k")  # fmt: skip  # an all-padding row still gets one (ignored) key
-    local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
-    return Layout(
-        tokens, scatter_idx, row_of, batch, seq, flat, key_mask, unpadded, use_gqa, seqlens_k, total_len, mask_f, local
-    )
+    len_m1 = g.op("Sub", [lengths, g.const(1, i32)], f"{p}/len_m1")
+    prefix_sum = g.op("Div", [g.op("Mul", [lengths, len_m1], f"{p}/len_sq"), g.const(2, i32)], f"{p}/prefix_sum")
+    off = g.op("Abs", [g.op("Sub", [pos_sum, prefix_sum], f"{p}/pos_diff")], f"{p}/pos_abs")
+    misplaced = g.op("ReduceSum", [off, g.const([0])], f"{p}/misplaced", keepdims=0)
+    right_padded = g.op("Equal", [misplaced, g.const(0, i32)], f"{p}/right_padded")
+    long = g.op("Squeeze", [g.op("GreaterOrEqual", [seq, g.const([GQA_MIN_SEQ])], f"{p}/long")], f"{p}/long_s")
+    use = g.op("And", [long, right_padded], f"{p}/use")
+    seqlens_k = g.op("Max", [len_m1, g.const(0, i32)], f"{p}/seqlens_k")  # an all-padding row: one ignored key
+    return GqaLayout(use, seqlens_k, total_len)
 
 
 def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str) -> LocalLayout:
@@ -303,16 +311,14 @@ def make_attention(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layo
     )
     q, k = g.op("Split", [qk, g.const([d, d])], f"{name}/Split_qk", outputs=2, axis=-1)
     if layer_type == GLOBAL:
-        o = make_global_attention(g, lay, q, k, v, n, d // n, name)
+        o = make_global_attention(g, lay, q, k, v, n, name)
     else:
         o = make_local_attention(g, lay, q, k, v, n, name)
     o = to_tokens(g, lay, o, d, f"{name}/tokens")
     return make_linear(g, w, o, f"{key}.Wo", d, d, cfg.attention_bias, f"{name}/Wo")
 
 
-def make_global_attention(
-    g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, head_dim: int, name: str
-) -> str:
+def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str) -> str:
     """Full bidirectional attention, (B, S, D) each -> (B, S, D).
 
     If(no padding anywhere) ─ then: MHA(q, k, v)                      MLAS flash path: no S x S buffer
@@ -323,7 +329,7 @@ def make_global_attention(
     GroupQueryAttention with causal=0 gives MHA's outputs on real rows, and on padded batches of
     long rows it is faster (8 x ~450 tokens, 30 % padding: 31 vs 42 ms a layer); on short rows it
     is slower (8 x 128: 11-13 vs 8 ms), hence the length test. Head sizes that are not a multiple
-    of GQA_HEAD_MULTIPLE keep MHA for every padded batch.
+    of GQA_HEAD_MULTIPLE (no `lay.gqa`) keep MHA for every padded batch.
     """
 
     def mha(branch: str, extra: list[str]) -> GraphProto:
@@ -337,13 +343,13 @@ def make_global_attention(
         )
         return sub.subgraph(f"{name}/{branch}".replace("/", "_"), out)
 
-    if head_dim % GQA_HEAD_MULTIPLE:
+    if lay.gqa is None:
         padded_graph = mha("padded", ["", lay.key_mask])
         return g.op("If", [lay.unpadded], f"{name}/If", then_branch=mha("unpadded", []), else_branch=padded_graph)
     gqa = g.branch()
     out = gqa.op(
         "GroupQueryAttention",
-        [q, k, v, "", "", lay.seqlens_k, lay.total_len],
+        [q, k, v, "", "", lay.gqa.seqlens_k, lay.gqa.total_len],
         f"{name}/padded_long/GroupQueryAttention",
         domain=MS_DOMAIN,
         outputs=3,
@@ -354,7 +360,7 @@ def make_global_attention(
     padded = g.branch()
     out_padded = padded.op(
         "If",
-        [lay.use_gqa],
+        [lay.gqa.use],
         f"{name}/padded/If",
         then_branch=gqa.subgraph(f"{name}/padded_long".replace("/", "_"), out),
         else_branch=mha("padded", ["", lay.key_mask]),

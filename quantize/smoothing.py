@@ -215,8 +215,10 @@ def choose_smoothing(
     wmax = np.abs(w_kn).max(axis=1)
     scales = {a: smoothing_scale(stats.absmax, w_kn, a, wmax) for a in alphas if a is not None}
 
-    def best_of(candidates: Sequence[tuple[float | None, np.ndarray | None, bool]]) -> Choice:
-        best: Choice | None = None
+    Candidate = tuple[float | None, np.ndarray | None, bool]  # alpha, split channels, per-token
+
+    def best_of(candidates: Sequence[Candidate], best: Choice | None = None) -> Choice:
+        """The candidate with the smallest error, each beating `best` and those before it by 2 %."""
         for alpha, sp, per_token in candidates:
             s = None if alpha is None else scales[alpha]
             mean, worst = int8_error(stats, w_eval, s, sp, per_token, ref)
@@ -225,8 +227,8 @@ def choose_smoothing(
         assert best is not None
         return best
 
-    free = best_of([(a, None, False) for a in alphas])
-    plain = best_of([(None, None, False)]).error_mean
+    unsmoothed = best_of([(None, None, False)])
+    free = best_of([(a, None, False) for a in alphas if a is not None], unsmoothed if None in alphas else None)
     split = outlier_channels(stats.absmax) if allow_split else None
     groups = []
     if split is not None:
@@ -244,4 +246,4 @@ def choose_smoothing(
         elif costly:
             lowest = min(costly, key=lambda c: c.error_mean)
             best = lowest if lowest.error_mean < COSTLY_GAIN * free.error_mean else free
-    return dataclasses.replace(best, error_plain=plain)
+    return dataclasses.replace(best, error_plain=unsmoothed.error_mean)

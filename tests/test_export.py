@@ -85,7 +85,7 @@ def test_left_padding_and_empty_rows_match_pytorch(checkpoint_factory, tmp_path)
     ids, right = padded_batch([300, 40, 0, 280], vocab, seed=2)
     left = right[:, ::-1].copy()
     model = onnx.load(str(out / "model.onnx"))
-    use_gqa = "/model/layout/use_gqa/output_0"
+    use_gqa = "/model/layout/gqa/use/output_0"
     model.graph.output.append(onnx.helper.make_value_info(use_gqa, onnx.TypeProto()))
     probe = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for mask, gqa in ((right, True), (left, False), (right[:, :200], False)):
