@@ -1,8 +1,11 @@
-"""The one place where ONNX Runtime sessions are created and run.
+"""The one place where ONNX Runtime sessions are created (`create_session`) and run (`Session`).
 
 CPU provider, full graph optimization, a chosen intra-op thread count, and no spinning by default:
-on an edge device a spinning thread pool burns a core between bursty calls. Everything that feeds
-the graph goes through `Session.run`, so a graph with new inputs or outputs changes this file only.
+on an edge device a spinning thread pool burns a core between bursty calls. Everything in the
+project that needs an InferenceSession (runtime, export validation, calibration, benchmarks) gets
+it from `create_session`, which checks that the provider asked for is the one in use. Everything
+that feeds the graph goes through `Session.run`, so a graph with new inputs or outputs changes this
+file only.
 """
 
 from __future__ import annotations
@@ -20,30 +23,53 @@ INPUTS = ("input_ids", "attention_mask")  # int64 (batch, sequence), the graph c
 OPTIONAL_INPUTS = ("mask_positions",)  # int64 (M,) flat b * S + s: fill-mask logits for those rows only
 
 
+LEVELS = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def create_session(
+    model: Path | str | bytes, threads: int | None = None, *, spinning: bool = False, optimization: str = "all"
+) -> ort.InferenceSession:
+    """An InferenceSession on the CPU provider for a model file (or serialized bytes).
+
+    threads: intra-op threads (None or 0 = one per physical core); spinning: whether idle pool
+    threads spin (faster back-to-back calls, a busy core between bursts); optimization: one of LEVELS.
+    A file ORT cannot load raises ModelFolderError naming it.
+    """
+    if threads is not None and threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[optimization]
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's to act on
+    source = model if isinstance(model, bytes) else str(model)
+    name = "the serialized model" if isinstance(model, bytes) else str(model)
+    try:
+        session = ort.InferenceSession(source, options, providers=[PROVIDER])
+    except Exception as e:  # noqa: BLE001 - ORT raises several types for unreadable models
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelFolderError(
+            f"{name} could not be loaded by onnxruntime {ort.__version__} ({first}); "
+            "the file may be truncated or corrupt: export the model again."
+        ) from None
+    in_use = session.get_providers()
+    if PROVIDER not in in_use:
+        raise ModelFolderError(f"onnxruntime did not use {PROVIDER} for {name} (in use: {in_use}).")
+    return session
+
+
 class Session:
     """An InferenceSession for one model file; `run` is safe to call from several threads."""
 
     def __init__(self, model_path: Path, threads: int | None = None, spinning: bool = False) -> None:
-        if threads is not None and threads < 0:
-            raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {threads}")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads or 0
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's to act on
-        try:
-            self._session = ort.InferenceSession(str(model_path), options, providers=[PROVIDER])
-        except Exception as e:  # noqa: BLE001 - ORT raises several types for unreadable models
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelFolderError(
-                f"{model_path} could not be loaded by onnxruntime {ort.__version__} ({first}); "
-                "the file may be truncated or corrupt: export the model again."
-            ) from None
-        in_use = self._session.get_providers()
-        if PROVIDER not in in_use:
-            raise ModelFolderError(f"onnxruntime did not use {PROVIDER} for {model_path} (in use: {in_use}).")
+        self._session = create_session(model_path, threads, spinning=spinning)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.output_shapes = {o.name: list(o.shape) for o in self._session.get_outputs()}
