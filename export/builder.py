@@ -105,4 +105,4 @@ def tensor_info(name: str, elem_type: int, shape: list[str | int]) -> onnx.Value
     return helper.make_tensor_value_info(name, elem_type, shape)
 
 
-INT64, FLOAT, INT32 = TensorProto.INT64, TensorProto.FLOAT, TensorProto.INT32
+INT64, FLOAT = TensorProto.INT64, TensorProto.FLOAT

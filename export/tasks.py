@@ -13,47 +13,50 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import FLOAT, GraphBuilder, tensor_info
 from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import ModernBertConfig
-from modernbert_edge.export.graph import (
-    GRAPH_INPUTS,
-    Layout,
+from modernbert_edge.export.encoder import make_encoder
+from modernbert_edge.export.heads import (
     make_classifier,
     make_decoder,
-    make_encoder,
-    make_layout,
     make_pooling,
     make_prediction_head,
     make_selected_rows,
-    to_padded,
 )
+from modernbert_edge.export.layout import GRAPH_INPUTS, Layout, make_layout, to_padded
 
 # A head builds from (builder, weights, config, layout, final token stream (1, T, D), key prefix)
 # and returns {output name: tensor name}.
 HeadFn = Callable[[GraphBuilder, Weights, ModernBertConfig, Layout, str, str], dict[str, str]]
 
 
-def _hidden_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+def _hidden_head(
+    g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str
+) -> dict[str, str]:
     return {"last_hidden_state": to_padded(g, lay, x, cfg.hidden_size, "/output/last_hidden_state")}
 
 
-def _fill_mask_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+def _fill_mask_head(
+    g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str
+) -> dict[str, str]:
     def head(rows: str) -> str:
         return make_decoder(g, w, cfg, make_prediction_head(g, w, cfg, rows), prefix)
 
     return {"logits": make_selected_rows(g, lay, x, cfg.hidden_size, head, cfg.vocab_size, "/output/logits")}
 
 
-def _sequence_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+def _sequence_head(
+    g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str
+) -> dict[str, str]:
     hidden = to_padded(g, lay, x, cfg.hidden_size, "/output/hidden")
     pooled = make_pooling(g, cfg, lay, hidden)
     return {"logits": make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, pooled), cfg.num_labels)}
 
 
-def _token_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+def _token_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str) -> dict[str, str]:
     logits = make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, x), cfg.num_labels)
     return {"logits": to_padded(g, lay, logits, cfg.num_labels, "/output/logits")}
 
 
-def _qa_head(g, w, cfg, lay, x, prefix):  # noqa: ANN001, ANN202
+def _qa_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str) -> dict[str, str]:
     if cfg.num_labels != 2:
         raise UserError(f"a question-answering checkpoint needs num_labels = 2, config.json has {cfg.num_labels}.")
     logits = make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, x), 2)
