@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize.calibration import Batch, CalibrationSet
-from modernbert_edge.quantize.graph import FINAL_HIDDEN
 from modernbert_edge.quantize.smoothing import session_with_outputs
 
 MASK_FRACTION = 0.15

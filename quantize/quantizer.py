@@ -17,11 +17,19 @@ import numpy as np
 import onnx
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export import names
 from modernbert_edge.manifest import MODEL_FILE, write_manifest
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize.calibration import CalibrationSet, calibration_set
 from modernbert_edge.quantize.fidelity import apply_gate, compare_models, format_report, load_model
-from modernbert_edge.quantize.smoothing import Choice, choose_smoothing, collect_stats, error_target
+from modernbert_edge.quantize.projections import (
+    KEEP_FLOAT_ALWAYS,
+    Projection,
+    find_projections,
+    load_initializers,
+    outlier_channels,
+)
+from modernbert_edge.quantize.smoothing import ActivationStats, Choice, choose_smoothing, collect_stats, error_target
 
 MODES = ("int8", "int8-static", "int4")
 FALLBACK_STEPS = (1, 2, 4)  # projections left in float on each retry when the gate fails
@@ -48,7 +56,7 @@ def load_data(model_dir: Path, manifest: dict, calibration: str | Path | None) -
 def plan_smoothing(
     model: onnx.ModelProto,
     inits: dict[str, np.ndarray],
-    projections: Sequence[qg.Projection],
+    projections: Sequence[Projection],
     data: CalibrationSet,
     log: Callable[[str], None],
     per_token: bool = False,
@@ -74,76 +82,90 @@ def plan_smoothing(
 def build(
     model: onnx.ModelProto,
     inits: dict[str, np.ndarray],
-    projections: Sequence[qg.Projection],
+    projections: Sequence[Projection],
     mode: str,
     keep_float: set[str],
     choices: dict[str, Choice],
-    stats: dict,
-    per_token: set[str] | None = None,
-) -> onnx.ModelProto:
-    """The quantized graph with the chosen smoothing, leaving `keep_float` projections in fp32;
-    `per_token` (default: the choices' own) names the projections with per-token activation scales."""
-    work = dict(inits)  # apply_smoothing copies what it changes
-    quantized = [p for p in projections if p.name not in keep_float]
-    if per_token is None:
-        per_token = {p.name for p in quantized if p.name in choices and choices[p.name].per_token}
-    scales = {
-        p.name: choices[p.name].scale for p in quantized if p.name in choices and choices[p.name].scale is not None
-    }
-    absorbers = qg.find_absorbers(model, list(projections))
-    muls = None  # set below, once the decoder's smoothing is settled
-    splits = {
-        p.name: choices[p.name].split for p in quantized if p.name in choices and choices[p.name].split is not None
-    }
-    ranges = None
-    if mode == "int8-static":
-        ranges = {}
-        for p in quantized:
-            s = scales.get(p.name, np.ones(p.k, dtype=np.float32))
-            keep = np.ones(p.k, dtype=bool)
-            if p.name in splits:
-                keep[splits[p.name]] = False  # the int8 part sees the inlier channels only
-            lo = min(float((lo_c / s)[keep].min()) for _, lo_c, _ in stats[p.name].samples)
-            hi = max(float((hi_c / s)[keep].max()) for _, _, hi_c in stats[p.name].samples)
-            ranges[p.name] = (lo, hi)
-    col_splits = {}
-    for p in quantized:
-        if not p.transposed and p.name in choices:  # columns that write the residual's outlier channels
-            cols = qg.outlier_channels(np.abs(p.weight_kn(inits)).max(axis=0))
-            if cols is not None:
-                col_splits[p.name] = cols
+    stats: dict[str, ActivationStats],
+) -> tuple[qg.QuantPlan, onnx.ModelProto]:
+    """The plan (every projection's treatment, from its smoothing choice) and the quantized graph it
+    gives, leaving the `keep_float` projections in fp32."""
+    plan = make_plan(model, inits, projections, mode, keep_float, choices, stats)
+    return plan, qg.rewrite(model, inits, plan)
+
+
+def make_plan(
+    model: onnx.ModelProto,
+    inits: dict[str, np.ndarray],
+    projections: Sequence[Projection],
+    mode: str,
+    keep_float: set[str],
+    choices: dict[str, Choice],
+    stats: dict[str, ActivationStats],
+) -> qg.QuantPlan:
+    """One ProjectionPlan per projection: its smoothing scale, float input channels (split) and
+    output columns, static activation range and per-token scaling, as `choices` and `mode` imply."""
+    table = next((p for p in projections if p.name not in keep_float and p.transposed and _is_table(model, p)), None)
     table_split = None
-    dec = next((p for p in quantized if p.transposed and _is_table(model, p)), None)
-    if dec is not None and mode != "int4":
-        parts = [qg.outlier_channels(np.abs(inits[dec.weight]).max(axis=0))]
-        if dec.name in choices:
-            parts.append(choices[dec.name].split)
+    if table is not None and mode != "int4":
+        parts = [outlier_channels(np.abs(inits[table.weight]).max(axis=0))]
+        if table.name in choices:
+            parts.append(choices[table.name].split)
         parts = [x for x in parts if x is not None]
         if parts:
             table_split = np.unique(np.concatenate(parts))
-            scales.pop(dec.name, None)  # the float channels replace the decoder's smoothing
-    muls = qg.apply_smoothing(work, quantized, absorbers, scales)
-    table_smooth = next(
-        (scales[p.name] for p in quantized if p.transposed and p.name in scales and _is_table(model, p)), None
-    )
-    return qg.rewrite(
-        model,
-        work,
-        list(projections),
-        mode,
-        keep_float,
-        muls,
-        ranges,
-        table_smooth,
-        splits,
-        col_splits,
-        table_split,
-        per_token,
-    )
+    plans = []
+    for p in projections:
+        c = choices.get(p.name)
+        if p.name in keep_float or c is None:
+            plans.append(qg.ProjectionPlan(p, keep_float=p.name in keep_float))
+            continue
+        float_columns = None
+        if mode != "int4" and not p.transposed:  # columns that write the residual's outlier channels
+            float_columns = outlier_channels(np.abs(p.weight_kn(inits)).max(axis=0))
+        plans.append(
+            qg.ProjectionPlan(
+                p,
+                # the table's float channels replace the decoder's smoothing
+                scale=None if p is table and table_split is not None else c.scale,
+                split=c.split,
+                float_columns=float_columns,
+                act_range=_static_range(p, c, stats[p.name]) if mode == "int8-static" else None,
+                per_token=mode == "int8" and c.per_token,
+            )
+        )
+    return qg.QuantPlan(mode, tuple(plans), table_split)
 
 
-def _is_table(model: onnx.ModelProto, p: qg.Projection) -> bool:
-    return any(n.name == qg.EMBED_GATHER and n.input[0] == p.weight for n in model.graph.node)
+def _static_range(p: Projection, c: Choice, st: ActivationStats) -> tuple[float, float]:
+    """The (min, max) of the smoothed input over the calibration batches; the int8 part of a split
+    sees the inlier channels only."""
+    s = c.scale if c.scale is not None else np.ones(p.k, dtype=np.float32)
+    keep = np.ones(p.k, dtype=bool)
+    if c.split is not None:
+        keep[c.split] = False
+    lo = min(float((lo_c / s)[keep].min()) for _, lo_c, _ in st.samples)
+    hi = max(float((hi_c / s)[keep].max()) for _, _, hi_c in st.samples)
+    return lo, hi
+
+
+def _manifest_entry(plan: qg.QuantPlan, pp: qg.ProjectionPlan, choices: dict[str, Choice]) -> dict:
+    """A projection's line in the manifest: its precision and, when it was calibrated, its choice."""
+    entry: dict = {"precision": plan.precision(pp)}
+    c = choices.get(pp.projection.name)
+    if c is not None:
+        entry.update(
+            alpha=c.alpha,
+            per_token=c.per_token,
+            outlier_channels_in_float=0 if c.split is None else len(c.split),
+            simulated_error=round(c.error_mean, 6),
+            simulated_error_unsmoothed=round(c.error_plain, 6),
+        )
+    return entry
+
+
+def _is_table(model: onnx.ModelProto, p: Projection) -> bool:
+    return any(n.name == names.EMBED_GATHER and n.input[0] == p.weight for n in model.graph.node)
 
 
 def quantize(
@@ -179,13 +201,13 @@ def quantize(
         f"({len(data.calibration)} + {len(data.heldout)} held-out batches)"
     )
 
-    inits = qg.load_initializers(model)
-    projections = qg.find_projections(model, inits)
+    inits = load_initializers(model)
+    projections = find_projections(model, inits)
     names = {p.name for p in projections}
     unknown = [k for k in keep_float if k not in names]
     if unknown:
         raise UserError(f"--keep-float {unknown[0]} names no projection; the names look like {projections[0].name}.")
-    floats = {p.name for p in projections if p.name.startswith(qg.KEEP_FLOAT_ALWAYS)} | set(keep_float)
+    floats = {p.name for p in projections if p.name.startswith(KEEP_FLOAT_ALWAYS)} | set(keep_float)
     if mode == "int4":  # only the int8 DynamicQuantizeMatMul ones (the decoder) are smoothed
         to_smooth = [p for p in projections if p.transposed and p.name not in floats]
     else:
@@ -199,7 +221,7 @@ def quantize(
     ranked = sorted((n for n in choices if n not in floats), key=lambda n: -choices[n].error_worst)
     attempt_floats = set(floats)
     for attempt in range(len(steps) + 1):
-        qmodel = build(model, inits, projections, mode, attempt_floats, choices, stats)
+        plan, qmodel = build(model, inits, projections, mode, attempt_floats, choices, stats)
         report = compare_models(model, qmodel, task, data, progress=log)
         if report["cosine_worst"] >= min_cosine or attempt == len(steps):
             break
@@ -228,30 +250,10 @@ def quantize(
             "method": METHOD[mode],
             "smoothing": "per-channel (SmoothQuant) or outlier channels in float, and per-token activation "
             "scales, chosen per projection by simulated int8 error",
-            "projections": {
-                p.name: {
-                    "precision": "fp32"
-                    if p.name in attempt_floats
-                    else ("int4" if mode == "int4" and not p.transposed else "int8"),
-                    **(
-                        {
-                            "alpha": choices[p.name].alpha,
-                            "per_token": choices[p.name].per_token,
-                            "outlier_channels_in_float": 0
-                            if choices[p.name].split is None
-                            else len(choices[p.name].split),
-                            "simulated_error": round(choices[p.name].error_mean, 6),
-                            "simulated_error_unsmoothed": round(choices[p.name].error_plain, 6),
-                        }
-                        if p.name in choices
-                        else {}
-                    ),
-                }
-                for p in projections
-            },
-            "float_layers": sorted(attempt_floats),
+            "projections": {pp.projection.name: _manifest_entry(plan, pp, choices) for pp in plan.projections},
+            "float_layers": plan.float_names(),
             "embeddings": "int8 (hidden, vocab), one scale per vocabulary row"
-            if any(i.name.endswith("tok_embeddings.weight_quantized") for i in qmodel.graph.initializer)
+            if qg.embeddings_int8(qmodel)
             else "fp32",
             "calibration": {
                 "source": data.source,

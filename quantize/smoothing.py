@@ -18,12 +18,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 
+from modernbert_edge.export import names
 from modernbert_edge.quantize.calibration import Batch
-from modernbert_edge.quantize.graph import Projection, outlier_channels
+from modernbert_edge.quantize.projections import Projection, outlier_channels
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # None: no smoothing
 ROWS_PER_BATCH = 24  # calibration rows kept per batch and projection, for the error search
@@ -45,29 +50,19 @@ class ActivationStats:
         """(R, K) every batch's kept rows, stacked."""
         return np.concatenate([r for r, _, _ in self.samples])
 
-    def token_tail(self) -> float:
-        """Median over the kept rows of max|x| / rms(x): ~3 for Gaussian-like tokens, higher when a
-        few channels dominate each token (a per-tensor int8 scale then wastes most levels)."""
-        rows = self.rows()
-        rms = np.sqrt(np.mean(rows.astype(np.float64) ** 2, axis=1))
-        return float(np.median(np.abs(rows).max(axis=1) / np.maximum(rms, 1e-30)))
 
+def session_with_outputs(model: onnx.ModelProto, outputs: Sequence[str], threads: int = 0) -> InferenceSession:
+    """An ONNX Runtime session of `model` that also returns the tensors `outputs` (model not changed)."""
+    from modernbert_edge.runtime.session import create_session
 
-def session_with_outputs(model: onnx.ModelProto, names: Sequence[str], threads: int = 0):  # noqa: ANN201
-    """An ONNX Runtime session of `model` that also returns the tensors `names` (model not changed)."""
-    import onnxruntime as ort
-
-    extra = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names]
+    extra = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs]
     model.graph.output.extend(extra)
     try:
         data = model.SerializeToString()
     finally:
         for _ in extra:
             model.graph.output.pop()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return create_session(data, threads)
 
 
 def collect_stats(
@@ -185,7 +180,7 @@ COSTLY_GAIN = 0.8  # a costly candidate that misses the target must cut the erro
 
 def error_target(p: Projection) -> float:
     """ERROR_TARGET for the encoder layers' projections, HEAD_ERROR_TARGET for the task head's."""
-    return ERROR_TARGET if "/layers." in p.name else HEAD_ERROR_TARGET
+    return ERROR_TARGET if names.split_layer(p.name) is not None else HEAD_ERROR_TARGET
 
 
 def choose_smoothing(

@@ -8,21 +8,24 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize import graph as qg
+from modernbert_edge.quantize import weights
 from modernbert_edge.quantize.calibration import read_texts
+from modernbert_edge.quantize.projections import find_projections, load_initializers
 from modernbert_edge.quantize.quantizer import quantize
 from modernbert_edge.quantize.smoothing import ERROR_TARGET, ActivationStats, choose_smoothing
+from modernbert_edge.runtime.session import create_session
 
 QUIET = {"log": lambda _m: None}
 
 
 def _run(folder: Path, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     manifest = json.loads((folder / "manifest.json").read_text())
-    sess = ort.InferenceSession(str(folder / manifest["model_file"]), providers=["CPUExecutionProvider"])
+    sess = create_session(folder / manifest["model_file"])
     return sess.run(None, {"input_ids": ids, "attention_mask": mask})
 
 
@@ -73,12 +76,13 @@ def test_modes_and_tasks(exported_factory, tmp_path, task, mode):
 
 
 def test_runtime_loads_every_mode(exported_factory, tmp_path):
-    runtime = pytest.importorskip("modernbert_edge.runtime.model")
+    import modernbert_edge
+
     src = exported_factory("fill-mask")
     for mode in ("int8", "int8-static", "int4"):
         out = tmp_path / mode
         quantize(src, out, mode=mode, **QUIET)
-        model = runtime.load(out)
+        model = modernbert_edge.load(out)
         assert model.info.precision == mode
         res = model.run(np.array([[1, 40, 41, 42, 2]]), np.ones((1, 5), dtype=np.int64))
         assert np.isfinite(next(iter(res.values()))).all()
@@ -107,7 +111,7 @@ def _bad_int8(w_kn):  # three levels per column instead of 255
 
 def test_gate_fails_and_force_writes(exported_factory, tmp_path, monkeypatch):
     src = exported_factory("fill-mask")
-    monkeypatch.setattr(qg, "quantize_int8_columns", _bad_int8)
+    monkeypatch.setattr(weights, "quantize_int8_columns", _bad_int8)
     with pytest.raises(UserError, match="below --min-cosine"):
         quantize(src, tmp_path / "bad", fallback=False, **QUIET)
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))  # nothing left behind
@@ -118,7 +122,6 @@ def test_gate_fails_and_force_writes(exported_factory, tmp_path, monkeypatch):
 
 def _final_hidden(model: onnx.ModelProto, batches) -> np.ndarray:  # noqa: ANN001
     """(tokens, D) the final hidden state of every real token (the graph keeps them unpadded)."""
-    from modernbert_edge.quantize.graph import FINAL_HIDDEN
     from modernbert_edge.quantize.smoothing import session_with_outputs
 
     sess = session_with_outputs(model, [FINAL_HIDDEN])
@@ -165,8 +168,8 @@ def test_int4_packing_matches_matmulnbits():
     rng = np.random.default_rng(0)
     k, n = 64, 24
     w = rng.standard_normal((k, n)).astype(np.float32)
-    packed, scale = qg.quantize_int4_blocks(w)
-    deq = qg.dequantize_int4_blocks(packed, scale, k)
+    packed, scale = weights.quantize_int4_blocks(w)
+    deq = weights.dequantize_int4_blocks(packed, scale, k)
     assert np.abs(deq - w).max() <= np.abs(w).max() / 7
     node = onnx.helper.make_node(
         "MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=32
@@ -182,7 +185,7 @@ def test_int4_packing_matches_matmulnbits():
         graph, opset_imports=[onnx.helper.make_opsetid("", 20), onnx.helper.make_opsetid("com.microsoft", 1)]
     )
     x = rng.standard_normal((3, k)).astype(np.float32)
-    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    y = create_session(model.SerializeToString()).run(None, {"x": x})[0]
     np.testing.assert_allclose(y, x @ deq, rtol=1e-4, atol=1e-4)
 
 
@@ -227,16 +230,17 @@ def test_per_token_scales_keep_small_tokens():
         [onnx.numpy_helper.from_array(w, "w")],
     )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 20)])
-    inits = qg.load_initializers(model)
-    projections = qg.find_projections(model, inits)
+    inits = load_initializers(model)
+    projections = find_projections(model, inits)
     x = rng.standard_normal((16, k)).astype(np.float32) * np.logspace(-3, 2, 16, dtype=np.float32)[:, None]
     x[3] = 0.0  # an all-zero token must stay finite
     errors = {}
     for per_token in (set(), {"/p"}):
-        q = qg.rewrite(model, inits, projections, "int8", set(), {}, per_token=per_token)
+        plan = qg.QuantPlan("int8", tuple(qg.ProjectionPlan(p, per_token=p.name in per_token) for p in projections))
+        q = qg.rewrite(model, inits, plan)
         ops = Counter(nd.op_type for nd in q.graph.node)
         assert ops["DynamicQuantizeMatMul"] == 1 and ops["ReduceMax"] == len(per_token)
-        y = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        y = create_session(q.SerializeToString()).run(None, {"x": x})[0]
         assert np.isfinite(y).all()
         ref = x @ w
         errors[bool(per_token)] = np.linalg.norm(y - ref, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-30)
