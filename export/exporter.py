@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -23,7 +24,7 @@ from modernbert_edge.export.config import read_config
 from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
 
-FUSED_OPS = ("MultiHeadAttention", "RotaryEmbedding", "Gelu", "LayerNormalization")
+FUSED_OPS = ("MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "Gelu", "LayerNormalization")
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
 
 
@@ -58,18 +59,25 @@ def resolve_checkpoint(checkpoint: str) -> Path:
     try:
         patterns = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
         return Path(snapshot_download(checkpoint, allow_patterns=patterns))
-    except Exception as e:  # noqa: BLE001 - any Hub failure is the user's to fix (network, name, auth)
+    except Exception as e:  # any Hub failure is the user's to fix (network, name, auth)
         raise UserError(f"{checkpoint} is not a local folder and could not be fetched from the Hub ({e}).") from None
 
 
 def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """Fused ops that run per forward pass (of an If, one branch runs: its then-branch is counted)."""
+    """The most of each fused op that one forward pass runs.
+
+    Of an If, one branch runs: both branches are walked (recursively) and each op counts as often as
+    in the branch that has more of it, so an op that only some batches take (GroupQueryAttention
+    for long right-padded ones) is listed."""
 
     def walk(graph: onnx.GraphProto) -> Counter:
         counts = Counter(n.op_type for n in graph.node)
         for node in graph.node:
             if node.op_type == "If":
-                counts += walk(next(a.g for a in node.attribute if a.name == "then_branch"))
+                then_counts, else_counts = (
+                    walk(a.g) for a in node.attribute if a.name in ("then_branch", "else_branch")
+                )
+                counts += then_counts | else_counts  # Counter union: the larger count of each op
         return counts
 
     counts = walk(model.graph)
@@ -84,7 +92,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def write_atomically(out_dir: Path, overwrite: bool, fill) -> None:  # noqa: ANN001
+def write_atomically(out_dir: Path, overwrite: bool, fill: Callable[[Path], None]) -> None:
     """Call fill(tmp_dir), then move tmp_dir to out_dir (replacing it only when overwrite)."""
     out_dir = out_dir.expanduser().absolute()
     if out_dir.exists() and not overwrite:
@@ -114,7 +122,7 @@ def export(
     task: str | None = None,
     overwrite: bool = False,
     validate: bool = True,
-    log=print,  # noqa: ANN001
+    log: Callable[[str], None] = print,
 ) -> dict:
     """Export a ModernBERT checkpoint folder to an ONNX model folder; returns the manifest."""
     out_dir = Path(out_dir)

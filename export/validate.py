@@ -7,6 +7,7 @@ compared on valid positions only. Every failure is collected before the check ra
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ def reference_available() -> bool:
     return True
 
 
-def parity_batches(vocab_size: int, local_attention: int, max_positions: int, seed: int = 0):  # noqa: ANN201
+def parity_batches(
+    vocab_size: int, local_attention: int, max_positions: int, seed: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(input_ids, attention_mask) pairs: short, beyond the window, and a right-padded batch."""
     rng = np.random.default_rng(seed)
     cap = max_positions
@@ -59,14 +62,17 @@ def compare_outputs(
     return diffs, scales
 
 
-def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, atol: float | None = None) -> dict:  # noqa: ANN001
+def validate_export(
+    checkpoint: Path, model_dir: Path, task: str, log: Callable[[str], None] = print, atol: float | None = None
+) -> dict:
     """Compare model_dir/model.onnx with the transformers model of `checkpoint`; raise above tolerance."""
     if not reference_available():
         log("notice: torch/transformers are not installed; skipping the PyTorch parity check.")
         return {"status": "skipped", "reason": "torch/transformers not installed"}
-    import onnxruntime as ort
     import torch
     import transformers
+
+    from modernbert_edge.runtime.session import create_session
 
     spec = TASKS[task]
     atol = spec.atol if atol is None else atol
@@ -80,9 +86,7 @@ def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, ato
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the optional mask_positions input draws a warning by design
-    session = ort.InferenceSession(str(Path(model_dir) / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    session = create_session(Path(model_dir) / MODEL_FILE)
     names = [o.name for o in session.get_outputs()]
 
     cases, worst, scale = [], dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)

@@ -12,16 +12,18 @@ import pytest
 import torch
 import transformers
 
-from modernbert_edge.export.exporter import export
+from modernbert_edge.export import names
+from modernbert_edge.export.exporter import export, fused_op_counts
 from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import read_manifest
+from modernbert_edge.runtime.session import create_session
 
 ATOL = 1e-4
 LENGTHS = [1, 7, 63, 64, 65, 129, 300, 700]
 
 
 def onnx_outputs(model_dir: Path, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(model_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = create_session(model_dir / "model.onnx")
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, {"input_ids": ids, "attention_mask": mask}), strict=True))
 
@@ -85,9 +87,9 @@ def test_left_padding_and_empty_rows_match_pytorch(checkpoint_factory, tmp_path)
     ids, right = padded_batch([300, 40, 0, 280], vocab, seed=2)
     left = right[:, ::-1].copy()
     model = onnx.load(str(out / "model.onnx"))
-    use_gqa = "/model/layout/gqa/use/output_0"
+    use_gqa = f"{names.LAYOUT}/gqa/use/output_0"
     model.graph.output.append(onnx.helper.make_value_info(use_gqa, onnx.TypeProto()))
-    probe = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    probe = create_session(model.SerializeToString())
     for mask, gqa in ((right, True), (left, False), (right[:, :200], False)):
         assert bool(probe.run([use_gqa], {"input_ids": ids[:, : mask.shape[1]], "attention_mask": mask})[0]) is gqa
     for mask in (right, left):
@@ -173,19 +175,35 @@ def test_structure_counts_fused_ops(exported_factory):
     assert "Softmax" not in ops and "Erf" not in ops
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "mask_positions"]
     assert [o.name for o in model.graph.output] == ["logits"]
-    names = [n.name for n in model.graph.node]
-    assert len(set(names)) == len(names)
-    assert "/model/layers.0/attn/Wqkv/MatMul" in names
+    node_names = [n.name for n in model.graph.node]
+    assert len(set(node_names)) == len(node_names)
+    # Each layer's two residual adds sit inside it; the final norm is a norm only.
+    residuals = {n.name for n in model.graph.node if n.op_type == "Add" and n.name.endswith("_residual/Add")}
+    assert residuals == {f"{f(i)}/Add" for i in range(5) for f in (names.attn_residual, names.mlp_residual)}
+    assert [n.op_type for n in model.graph.node if n.name.startswith(names.FINAL_NORM + "/")] == ["LayerNormalization"]
+    projections = {n.name.rsplit("/", 1)[0] for n in model.graph.node if n.op_type == "MatMul"}
+    assert {names.projection(i, part) for i in range(5) for part in names.LAYER_PROJECTIONS} <= projections
     manifest = read_manifest(out)
+    n_global = manifest["config"]["layer_types"].count("full_attention")
     assert manifest["fused_ops"]["MultiHeadAttention"] == 5
+    assert manifest["fused_ops"]["GroupQueryAttention"] == n_global == 2  # found inside the If's else-branch
     assert manifest["fused_ops"]["RotaryEmbedding"] == 5
     assert {"onnx", "onnxruntime", "torch", "transformers"} <= set(manifest["versions"])
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
 
 
+def test_fused_op_counts_take_the_larger_branch(exported_factory):
+    """One branch of an If runs: its ops count as in the branch with more of them, never both."""
+    model = onnx.load(str(exported_factory("feature-extraction") / "model.onnx"))
+    assert fused_op_counts(model)["MultiHeadAttention"] == 4  # each layer's Ifs hold 2 or 3 MHA nodes
+    no_gqa = exported_factory("feature-extraction", **SHAPES["head_dim_20_no_gqa"])
+    counts = fused_op_counts(onnx.load(str(no_gqa / "model.onnx")))
+    assert "GroupQueryAttention" not in counts and counts["MultiHeadAttention"] == 4
+
+
 def test_fill_mask_positions_input_computes_only_those_rows(exported_factory):
     out = exported_factory("fill-mask")
-    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = create_session(out / "model.onnx")
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     ids, mask = padded_batch([70, 30, 5], vocab=400, seed=3)
     full = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
@@ -195,13 +213,22 @@ def test_fill_mask_positions_input_computes_only_those_rows(exported_factory):
     np.testing.assert_allclose(part[0], full.reshape(-1, full.shape[-1])[positions], atol=1e-5)
 
 
-def test_session_optimizations_keep_fused_ops(exported_factory, tmp_path):
-    """ORT's optimizer must not undo the fused graph (e.g. by failing to load a contrib op)."""
+def test_session_optimizations_keep_fused_ops(exported_factory, tmp_path, monkeypatch):
+    """ORT's optimizer, at the level the runtime uses, must not undo the fused graph (e.g. by failing
+    to load a contrib op): the session comes from create_session, which saves its optimized graph here."""
     out = exported_factory("feature-extraction")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(str(out / "model.onnx"), opts, providers=["CPUExecutionProvider"])
-    graph = onnx.load(str(tmp_path / "opt.onnx")).graph
+    saved = tmp_path / "opt.onnx"
+    make_options = ort.SessionOptions
+
+    def saving_options() -> ort.SessionOptions:
+        options = make_options()
+        options.optimized_model_filepath = str(saved)
+        return options
+
+    monkeypatch.setattr(ort, "SessionOptions", saving_options)
+    session = create_session(out / "model.onnx")
+    monkeypatch.undo()
+    assert session.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    graph = onnx.load(str(saved)).graph
     assert attention_per_layer(graph) == {f"layers.{i}": 1 for i in range(4)}
     assert "Softmax" not in [n.op_type for n in graph.node]
