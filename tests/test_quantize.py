@@ -11,11 +11,13 @@ import onnx
 import pytest
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export import names
 from modernbert_edge.export.names import FINAL_HIDDEN
+from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize import weights
 from modernbert_edge.quantize.calibration import read_texts
-from modernbert_edge.quantize.projections import find_projections, load_initializers
+from modernbert_edge.quantize.projections import find_absorbers, find_projections, load_initializers
 from modernbert_edge.quantize.quantizer import quantize
 from modernbert_edge.quantize.smoothing import ERROR_TARGET, ActivationStats, choose_smoothing
 from modernbert_edge.runtime.session import create_session
@@ -33,33 +35,67 @@ def _ops(folder: Path) -> Counter:
     return Counter(n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node)
 
 
+HEAD_PROJECTIONS = {"head.": names.HEAD_DENSE, "decoder.": names.DECODER, "classifier.": names.CLASSIFIER}
+EMITTED = {  # the node the rewrite emits for each quantized projection, by the suffix of its name
+    "DynamicQuantizeMatMul": "/DynamicQuantizeMatMul",
+    "QuantizeLinear": "/input/QuantizeLinear",
+    "MatMulNBits": "/MatMulNBits",
+}
+
+
+def expected_projections(task: str, n_layers: int) -> list[str]:
+    """Every projection of every layer, then the head's (from the task's checkpoint tensors)."""
+    layers = [names.projection(i, part) for i in range(n_layers) for part in names.LAYER_PROJECTIONS]
+    return layers + [HEAD_PROJECTIONS[k] for k in TASKS[task].head_keys]
+
+
+def quantized_projections(model: onnx.ModelProto) -> list[str]:
+    """The projections the rewrite replaced, one entry per emitted quantized node."""
+    return [
+        n.name.removesuffix(suffix)
+        for n in model.graph.node
+        for op, suffix in EMITTED.items()
+        if n.op_type == op and n.name.endswith(suffix)
+    ]
+
+
 @pytest.mark.parametrize(
     "task, mode",
     [
-        ("fill-mask", "int8"),
+        *((task, "int8") for task in sorted(TASKS)),
         ("fill-mask", "int8-static"),
         ("fill-mask", "int4"),
-        ("text-classification", "int8"),
         ("text-classification", "int4"),
         ("token-classification", "int8-static"),
-        ("question-answering", "int8"),
-        ("feature-extraction", "int8"),
     ],
 )
-def test_modes_and_tasks(exported_factory, tmp_path, task, mode):
+def test_every_projection_of_every_task_is_quantized(exported_factory, tmp_path, task, mode):
+    """The quantizer finds each projection by export's names and treats it: none left in float but
+    the classifier (kept on purpose), smoothing folded into norms and earlier weights, not Muls."""
     src = exported_factory(task)
     out = tmp_path / "q"
     manifest = quantize(src, out, mode=mode, **QUIET)
     assert manifest["precision"] == mode and manifest["fidelity"]["gate"]["status"] == "passed"
     assert {"model.onnx", "manifest.json", "config.json", "tokenizer.json"} <= {f.name for f in out.iterdir()}
-    ops = _ops(out)
     n_layers = manifest["config"]["num_hidden_layers"]
-    if mode == "int8":
-        assert ops["DynamicQuantizeMatMul"] >= 4 * n_layers
-    elif mode == "int4":
-        assert ops["MatMulNBits"] >= 4 * n_layers
-    else:
-        assert ops["QuantizeLinear"] >= 4 * n_layers
+    expected = expected_projections(task, n_layers)
+    floats = [names.CLASSIFIER] if names.CLASSIFIER in expected else []
+    q = manifest["quantization"]
+    assert q["float_layers"] == floats
+    assert sorted(q["projections"]) == sorted(expected)
+    assert sorted(quantized_projections(onnx.load(str(out / "model.onnx")))) == sorted(set(expected) - set(floats))
+    assert len(expected) - len(floats) == 4 * n_layers + {"feature-extraction": 0, "fill-mask": 2}.get(task, 1)
+
+    fp32 = onnx.load(str(src / "model.onnx"))
+    absorbers = find_absorbers(fp32, find_projections(fp32, load_initializers(fp32)))
+    for i in range(n_layers):
+        for part in names.LAYER_PROJECTIONS:
+            kind = "columns" if part in (names.ATTN_OUT, names.MLP_OUT) else "norm"
+            if (i, part) == (0, names.ATTN_QKV):
+                kind = "mul"  # layer 0 has no attn_norm: its input is the residual stream itself
+            assert absorbers[names.projection(i, part)].kind == kind, (i, part)
+
+    ops = _ops(out)
     ref_ops = _ops(src)
     for op in ("MultiHeadAttention", "GroupQueryAttention", "Attention"):
         assert ops[op] == ref_ops[op]  # attention products stay float
