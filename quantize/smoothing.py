@@ -73,13 +73,13 @@ def collect_stats(
     seed: int = 0,
 ) -> dict[str, ActivationStats]:
     """Run the fp32 model on the calibration batches and record every projection's input."""
-    names = list(dict.fromkeys(p.x for p in projections))
-    sess = session_with_outputs(model, names)
+    inputs = list(dict.fromkeys(p.x for p in projections))
+    sess = session_with_outputs(model, inputs)
     rng = np.random.default_rng(seed)
     stats: dict[str, ActivationStats] = {}
     for b, batch in enumerate(batches, 1):
         progress(f"calibrating: batch {b}/{len(batches)}")
-        values = dict(zip(names, sess.run(names, batch.feeds()), strict=True))
+        values = dict(zip(inputs, sess.run(inputs, batch.feeds()), strict=True))
         for p in projections:
             x = values[p.x].reshape(-1, p.k).astype(np.float32)
             st = stats.setdefault(p.name, ActivationStats(np.zeros(p.k, dtype=np.float32)))

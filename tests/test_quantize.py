@@ -16,7 +16,7 @@ from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize import weights
-from modernbert_edge.quantize.calibration import read_texts
+from modernbert_edge.quantize.calibration import Batch, read_texts
 from modernbert_edge.quantize.projections import find_absorbers, find_projections, load_initializers
 from modernbert_edge.quantize.quantizer import quantize
 from modernbert_edge.quantize.smoothing import ERROR_TARGET, ActivationStats, choose_smoothing
@@ -156,7 +156,7 @@ def test_gate_fails_and_force_writes(exported_factory, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "forced" / "manifest.json").read_text())["fidelity"]["cosine_worst"] < 0.99
 
 
-def _final_hidden(model: onnx.ModelProto, batches) -> np.ndarray:  # noqa: ANN001
+def _final_hidden(model: onnx.ModelProto, batches: list[Batch]) -> np.ndarray:
     """(tokens, D) the final hidden state of every real token (the graph keeps them unpadded)."""
     from modernbert_edge.quantize.smoothing import session_with_outputs
 
