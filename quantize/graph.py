@@ -39,12 +39,11 @@ class ProjectionPlan:
 
     projection: Projection
     keep_float: bool = False  # left as the fp32 MatMul/Gemm; the fields below then do not apply
-    scale: np.ndarray | None = None  # smoothing s (K,): x / s, diag(s) W (folded, or smooth_mul)
+    scale: np.ndarray | None = None  # smoothing s (K,): x / s, diag(s) W (folded, or an explicit Mul)
     split: np.ndarray | None = None  # input channels multiplied in float beside the int8 MatMul
     float_columns: np.ndarray | None = None  # output columns computed in float (int8 modes)
     act_range: tuple[float, float] | None = None  # int8-static: the input's calibrated (min, max)
     per_token: bool = False  # int8: one activation scale per token around DynamicQuantizeMatMul
-    smooth_mul: np.ndarray | None = None  # set by `rewrite`: 1/s for an explicit Mul, where s did not fold
 
 
 @dataclass(frozen=True)
@@ -123,14 +122,13 @@ def rewrite(model: onnx.ModelProto, inits: dict[str, np.ndarray], plan: QuantPla
             r.nodes.append(node)
         else:
             p = pp.projection
-            step = replace(pp, smooth_mul=muls.get(p.name))
             shared = table_q if p.weight == table else None
             if shared is not None and table_o is not None:
-                _emit_split_decoder(r, node, p, table_q, table_o, step)
+                _emit_split_decoder(r, node, p, table_q, table_o, pp)
             elif pp.split is not None and shared is None and not p.transposed and mode != "int4":
-                _emit_split(r, node, p, mode, step)
+                _emit_split(r, node, p, mode, pp)
             else:
-                _emit_projection(r, node, p, mode, step, shared)
+                _emit_projection(r, node, p, mode, pp, muls.get(p.name), shared)
     used = _used_names(r.nodes)
     # (np.ascontiguousarray would turn 0-d constants, such as a Gather index, into 1-d ones)
     initializers = [numpy_helper.from_array(np.array(v, order="C"), k) for k, v in r.inits.items() if k in used]
@@ -227,7 +225,7 @@ def _emit_split_decoder(
     yo = r.node("Gemm", [xo, vals], f"{p.name}/outliers/Gemm", transB=1)
     xi = r.node("Mul", [x, r.const(f"{p.name}/inlier_mask", keep)], f"{p.name}/inliers/Mul")
     stub = helper.make_node("Gemm", [xi, p.weight, *node.input[2:]], [f"{p.name}/inliers/output_0"], name=p.node)
-    _emit_projection(r, stub, p, "int8", replace(plan, smooth_mul=None, float_columns=None), table_q)
+    _emit_projection(r, stub, p, "int8", replace(plan, float_columns=None), None, table_q)
     r.node("Add", [stub.output[0], yo], f"{p.name}/outliers/Add", output=out)
 
 
@@ -256,7 +254,7 @@ def _emit_split(
     r.inits[f"{p.weight}_inliers"] = w * keep[:, None]
     inner = Projection(p.name, p.node, f"{p.weight}_inliers", xi, p.k, p.n, False)
     stub = helper.make_node("MatMul", [xi, inner.weight], [f"{p.name}/inliers/output_0"], name=p.node)
-    _emit_projection(r, stub, inner, mode, replace(plan, smooth_mul=None))
+    _emit_projection(r, stub, inner, mode, plan)
     r.node("Add", [stub.output[0], yo], f"{p.name}/outliers/Add", output=out)
 
 
@@ -266,13 +264,15 @@ def _emit_projection(
     p: Projection,
     mode: str,
     plan: ProjectionPlan,
+    inv_s: np.ndarray | None = None,
     shared: tuple[str, str] | None = None,
 ) -> None:
-    """One projection; `shared` is the int8 table (q, scale) when its weight is the tied table.
+    """One projection; `inv_s` is 1/s for an explicit smoothing Mul (where s did not fold), `shared`
+    the int8 table (q, scale) when its weight is the tied table.
 
     With plan.float_columns: y = int8(x) (those columns zero) + (x @ W[:, cols]) @ one-hot
     """
-    inv_s, cols = plan.smooth_mul, plan.float_columns
+    cols = plan.float_columns
     if cols is not None and shared is None and not p.transposed:
         w = p.weight_kn(r.inits)
         src = node.input[0]
@@ -288,7 +288,7 @@ def _emit_projection(
         r.inits[f"{p.weight}_int8_columns"] = w0
         inner = Projection(p.name, p.node, f"{p.weight}_int8_columns", src, p.k, p.n, False)
         stub = helper.make_node("MatMul", [src, inner.weight], [f"{p.name}/int8_columns/output_0"], name=p.node)
-        _emit_projection(r, stub, inner, mode, replace(plan, smooth_mul=None, float_columns=None))
+        _emit_projection(r, stub, inner, mode, replace(plan, float_columns=None))
         r.node("Add", [stub.output[0], yo], f"{p.name}/float_columns/Add", output=node.output[0])
         return
     x, out = node.input[0], node.output[0]
