@@ -79,21 +79,6 @@ def plan_smoothing(
     return choices, stats
 
 
-def build(
-    model: onnx.ModelProto,
-    inits: dict[str, np.ndarray],
-    projections: Sequence[Projection],
-    mode: str,
-    keep_float: set[str],
-    choices: dict[str, Choice],
-    stats: dict[str, ActivationStats],
-) -> tuple[qg.QuantPlan, onnx.ModelProto]:
-    """The plan (every projection's treatment, from its smoothing choice) and the quantized graph it
-    gives, leaving the `keep_float` projections in fp32."""
-    plan = make_plan(model, inits, projections, mode, keep_float, choices, stats)
-    return plan, qg.rewrite(model, inits, plan)
-
-
 def make_plan(
     model: onnx.ModelProto,
     inits: dict[str, np.ndarray],
@@ -221,7 +206,8 @@ def quantize(
     ranked = sorted((n for n in choices if n not in floats), key=lambda n: -choices[n].error_worst)
     attempt_floats = set(floats)
     for attempt in range(len(steps) + 1):
-        plan, qmodel = build(model, inits, projections, mode, attempt_floats, choices, stats)
+        plan = make_plan(model, inits, projections, mode, attempt_floats, choices, stats)
+        qmodel = qg.rewrite(model, inits, plan)
         report = compare_models(model, qmodel, task, data, progress=log)
         if report["cosine_worst"] >= min_cosine or attempt == len(steps):
             break
