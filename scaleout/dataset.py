@@ -94,7 +94,14 @@ def embed(
     """The dataset with `embedding` (fixed-size float32 list) and `error` columns added."""
     options = {"pooling": pooling, "normalize": normalize}
     return _map(
-        dataset, model_dir, "feature-extraction", options, column, workers, threads_per_worker, rows_per_call,
+        dataset,
+        model_dir,
+        "feature-extraction",
+        options,
+        column,
+        workers,
+        threads_per_worker,
+        rows_per_call,
         oversubscribe,
     )
 
@@ -113,7 +120,14 @@ def classify(
     """The dataset with `label`, `score` (and `labels` when top_k is given) and `error` columns added."""
     options = {} if top_k is None else {"top_k": top_k}
     return _map(
-        dataset, model_dir, "text-classification", options, column, workers, threads_per_worker, rows_per_call,
+        dataset,
+        model_dir,
+        "text-classification",
+        options,
+        column,
+        workers,
+        threads_per_worker,
+        rows_per_call,
         oversubscribe,
     )
 
@@ -133,6 +147,13 @@ def tag(
     """The dataset with `entities` (a list of spans per row) and `error` columns added."""
     options = {"aggregation": aggregation, "ignore_labels": tuple(ignore_labels)}
     return _map(
-        dataset, model_dir, "token-classification", options, column, workers, threads_per_worker, rows_per_call,
+        dataset,
+        model_dir,
+        "token-classification",
+        options,
+        column,
+        workers,
+        threads_per_worker,
+        rows_per_call,
         oversubscribe,
     )

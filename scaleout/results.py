@@ -89,9 +89,13 @@ def run_values(model, values: Sequence[object], task: str, options: dict, stats:
             "score": pa.array([t["score"] if t else None for t in top], types["score"]),
         }
         if "labels" in types:
-            columns["labels"] = pa.array([None if e else r for r, e in zip(results, errors, strict=True)], types["labels"])
+            columns["labels"] = pa.array(
+                [None if e else r for r, e in zip(results, errors, strict=True)], types["labels"]
+            )
     else:
-        columns = {"entities": pa.array([None if e else r for r, e in zip(results, errors, strict=True)], types["entities"])}
+        columns = {
+            "entities": pa.array([None if e else r for r, e in zip(results, errors, strict=True)], types["entities"])
+        }
     columns["error"] = pa.array(errors, pa.string())
     stats.rows += len(results)
     stats.failed += len(results) - len(ok)
