@@ -73,7 +73,7 @@ def run_values(model, values: Sequence[object], task: str, options: dict, stats:
     t1 = time.perf_counter()
     errors = [f"text {r.reason}" if isinstance(r, InputError) else None for r in results]
     ok = [i for i, e in enumerate(errors) if e is None]
-    tokens, truncated = _count_tokens(model, [values[i] for i in ok])
+    tokens, truncated = count_tokens(model, [values[i] for i in ok])
     types = result_type(task, model.info.hidden_size, options)
     mask = pa.array([e is not None for e in errors])
     if task == "feature-extraction":
@@ -106,7 +106,7 @@ def run_values(model, values: Sequence[object], task: str, options: dict, stats:
     return columns
 
 
-def _count_tokens(model, texts: list[str]) -> tuple[int, int]:  # noqa: ANN001
+def count_tokens(model, texts: list[str]) -> tuple[int, int]:  # noqa: ANN001
     """(tokens the model ran, rows truncated), from the model's own tokenizer."""
     from modernbert_edge.runtime.errors import TruncationWarning
 
