@@ -76,6 +76,7 @@ def run_values(model, values: Sequence[object], task: str, options: dict, stats:
     tokens, truncated = count_tokens(model, [values[i] for i in ok])
     types = result_type(task, model.info.hidden_size, options)
     mask = pa.array([e is not None for e in errors])
+    kept = [None if e else r for r, e in zip(results, errors, strict=True)]  # error rows: null
     if task == "feature-extraction":
         flat = np.zeros((len(results), model.info.hidden_size), np.float32)  # (n, hidden); error rows stay 0
         for i in ok:
@@ -83,19 +84,15 @@ def run_values(model, values: Sequence[object], task: str, options: dict, stats:
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), type=types["embedding"], mask=mask)
         columns = {"embedding": embedding}
     elif task == "text-classification":
-        top = [r[0] if e is None and r else None for r, e in zip(results, errors, strict=True)]
+        top = [r[0] if r else None for r in kept]
         columns = {
             "label": pa.array([t["label"] if t else None for t in top], types["label"]),
             "score": pa.array([t["score"] if t else None for t in top], types["score"]),
         }
         if "labels" in types:
-            columns["labels"] = pa.array(
-                [None if e else r for r, e in zip(results, errors, strict=True)], types["labels"]
-            )
+            columns["labels"] = pa.array(kept, types["labels"])
     else:
-        columns = {
-            "entities": pa.array([None if e else r for r, e in zip(results, errors, strict=True)], types["entities"])
-        }
+        columns = {"entities": pa.array(kept, types["entities"])}
     columns["error"] = pa.array(errors, pa.string())
     stats.rows += len(results)
     stats.failed += len(results) - len(ok)

@@ -224,3 +224,26 @@ def test_cli_registers_batch_without_importing_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "ray" not in out and "pyarrow" not in out
+
+
+@pytest.mark.parametrize("aggregation", ["simple", "none"])
+def test_entities_as_arrow_equal_in_process(exported_factory, aggregation):
+    from modernbert_edge.ray.results import Stats, run_values
+
+    model = modernbert_edge.load(exported_factory("token-classification"))
+    texts = ["alice works at acme corp in berlin", None, "bob in new york city since march", "  "]
+    stats = Stats()
+    columns = run_values(model, texts, "token-classification", {"aggregation": aggregation}, stats)
+    expected = model.tag([texts[0], texts[2]], aggregation=aggregation)
+    got = columns["entities"].to_pylist()
+    assert [got[0], got[2]] == [
+        [{**e, "score": pytest.approx(e["score"], abs=1e-6)} for e in entities] for entities in expected
+    ]
+    assert got[1] is None and got[3] is None
+    assert columns["error"].to_pylist() == [
+        None,
+        "text is not a string (got NoneType).",
+        None,
+        "text is empty (or only whitespace).",
+    ]
+    assert stats.rows == 4 and stats.failed == 2 and stats.tokens > 10
