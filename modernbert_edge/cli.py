@@ -64,6 +64,10 @@ def _register_all() -> None:
     register("run", runtime_commands.run_cmd)
     register("info", runtime_commands.info_cmd)
 
+    from modernbert_edge.ray import commands as ray_commands
+
+    register("batch", ray_commands.batch_cmd)
+
     from modernbert_edge import demo
 
     register("demo", demo.demo_cmd)

@@ -1,0 +1,62 @@
+"""CLI command of the Ray scale-out: `mbedge batch` (Ray and onnxruntime are imported when it runs)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def batch_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")],
+    input_path: Annotated[
+        str, typer.Argument(metavar="INPUT", help="Parquet, JSONL or CSV: a file, a folder or a glob (quoted).")
+    ],
+    output: Annotated[Path, typer.Argument(help="Folder for the Parquet shards (a rerun finishes what is missing).")],
+    column: Annotated[str, typer.Option(help="The text column (JSONL: field).")] = "text",
+    id_column: Annotated[
+        str | None, typer.Option(help="Column copied to the output to identify rows (default: 'id' if present).")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Check the folder's task (or 'embed' on any folder).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Model actors (default: CPUs // threads).")] = None,
+    threads_per_worker: Annotated[int | None, typer.Option(help="ONNX Runtime threads per actor (default 2).")] = None,
+    oversubscribe: Annotated[
+        bool, typer.Option(help="Allow workers × threads above the cluster's CPUs (default: refused).")
+    ] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Join this Ray cluster (e.g. auto, ray://head:10001); default: start one here.")
+    ] = None,
+    shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = 4096,
+    top_k: Annotated[int | None, typer.Option(help="Classification: also write the top_k labels as `labels`.")] = None,
+    pooling: Annotated[str | None, typer.Option(help="Embeddings: mean (default) or cls.")] = None,
+    normalize: Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default on).")] = None,
+    aggregation: Annotated[
+        str | None, typer.Option(help="Entities: none, simple (default), first, average, max.")
+    ] = None,
+) -> None:
+    """Run a model folder over a corpus on Ray; write Parquet shards with the ids and results.
+
+    A bad row (empty, not text, not JSON) becomes a row with an `error`, counted in the summary; the
+    job still succeeds. Rerun the same command after a crash to finish the missing shards.
+    """
+    from modernbert_edge.ray.batch import run_batch
+
+    given = {"top_k": top_k, "pooling": pooling, "normalize": normalize, "aggregation": aggregation}
+    options = {k: v for k, v in given.items() if v is not None}
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines; ours say more
+    run_batch(
+        model_dir,
+        input_path,
+        output,
+        column=column,
+        id_column=id_column,
+        task=task,
+        options=options,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        shard_rows=shard_rows,
+        ray_address=ray_address,
+        oversubscribe=oversubscribe,
+    )
