@@ -64,6 +64,11 @@ def _register_all() -> None:
     register("run", runtime_commands.run_cmd)
     register("info", runtime_commands.info_cmd)
 
+    from modernbert_edge.serve import commands as serve_commands
+
+    register("serve", serve_commands.serve_cmd)
+    register("loadtest", serve_commands.loadtest_cmd)
+
     from modernbert_edge import demo
 
     register("demo", demo.demo_cmd)
