@@ -157,7 +157,7 @@ def count_tokens(model: object, inputs: list, pair: bool, truncate: bool, field_
         if isinstance(e, InputTooLongError) and truncate:
             total += model.max_length
         elif isinstance(e, InputTooLongError):
-            raise ApiError(413, f'"{field_name}[{i}]" {e.reason.rstrip(".")}; or send "truncate": true.')
+            raise ApiError(413, f'"{field_name}[{i}]" {e.reason} Send "truncate": true to cut it.')
         elif isinstance(e, InputError):
             raise ApiError(400, f'"{field_name}[{i}]" {e.reason}')
         else:

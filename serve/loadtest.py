@@ -49,8 +49,12 @@ class Client:
         """Each text's tokens as the server counts them (special tokens included)."""
         conn, counts = self.connection(), []
         try:
-            for start in range(0, len(texts), 32):
-                status, data, _ = self.post(conn, "/tokenize", {"inputs": list(texts[start : start + 32])})
+            conn.request("GET", "/info", headers=self.headers)
+            response = conn.getresponse()
+            info = json.loads(response.read()) if response.status == 200 else {}
+            step = int(info.get("max_client_batch_size", 1))
+            for start in range(0, len(texts), step):
+                status, data, _ = self.post(conn, "/tokenize", {"inputs": list(texts[start : start + step])})
                 if status != 200:
                     raise UserError(f"the server's /tokenize answered {status}: {data[:200]!r}.")
                 counts += [len(t) for t in json.loads(data)]
