@@ -187,7 +187,9 @@ async def run_task(
     tokens = await asyncio.to_thread(count_tokens, model, inputs, pair, truncate, field_name)
     batcher: Batcher = state.batchers[name]
     if tokens > batcher.max_queue_tokens:
-        raise ApiError(413, f"the request has {tokens} tokens, more than the server's queue holds ({batcher.max_queue_tokens}).")
+        raise ApiError(
+            413, f"the request has {tokens} tokens, more than the server's queue holds ({batcher.max_queue_tokens})."
+        )
     try:
         job = batcher.submit(task, inputs, options, tokens)
     except QueueFull as e:
@@ -225,7 +227,9 @@ async def embed(request: Request, state: State, body: dict) -> Response:
     if get(body, "prompt_name", str) is not None:
         raise ApiError(400, 'this server has no prompts: "prompt_name" must be null.')
     options = {"normalize": normalize}
-    _, rows, _ = await run_task(request, state, body.get("model"), "feature-extraction", inputs, options, truncate, "inputs")
+    _, rows, _ = await run_task(
+        request, state, body.get("model"), "feature-extraction", inputs, options, truncate, "inputs"
+    )
     return JSONResponse(np.stack(rows).tolist())
 
 
@@ -267,7 +271,9 @@ async def predict(request: Request, state: State, body: dict) -> Response:
         raise ApiError(400, '"raw_scores" is not supported: scores are softmax (or sigmoid) as the model defines.')
     options = {"top_k": positive(body, "top_k", None)}
     truncate = get(body, "truncate", bool, False)
-    _, rows, _ = await run_task(request, state, body.get("model"), "text-classification", inputs, options, truncate, "inputs")
+    _, rows, _ = await run_task(
+        request, state, body.get("model"), "text-classification", inputs, options, truncate, "inputs"
+    )
     return JSONResponse(_one_or_many(rows, single))
 
 
@@ -417,7 +423,9 @@ def create_app(models: dict, settings: Settings) -> Starlette:
         buckets=(16, 64, 256, 1024, 2048, 4096, 8192, 16384, 65536),
     )  # fmt: skip
     tokens_total = Counter("mbedge_tokens", "Tokens run through the model.", ["model"], registry=registry)
-    tokens_rate = Gauge("mbedge_tokens_per_second", "Tokens per second of the last batch.", ["model"], registry=registry)
+    tokens_rate = Gauge(
+        "mbedge_tokens_per_second", "Tokens per second of the last batch.", ["model"], registry=registry
+    )
     queue_tokens = Gauge("mbedge_queue_tokens", "Tokens waiting in the queue.", ["model"], registry=registry)
     queue_jobs = Gauge("mbedge_queue_requests", "Requests waiting in the queue.", ["model"], registry=registry)
 
@@ -436,7 +444,9 @@ def create_app(models: dict, settings: Settings) -> Starlette:
     async def lifespan(app: Starlette):  # noqa: ANN202
         warnings.filterwarnings("ignore", category=TruncationWarning)  # truncate: true asked for it
         for name, model in models.items():
-            b = Batcher(model, name, settings.batch_tokens, settings.max_wait_ms / 1000, settings.max_queue_tokens, on_batch)
+            b = Batcher(
+                model, name, settings.batch_tokens, settings.max_wait_ms / 1000, settings.max_queue_tokens, on_batch
+            )
             b.start()
             state.batchers[name] = b
             queue_tokens.labels(name).set_function(lambda b=b: b.queued_tokens)
@@ -501,7 +511,9 @@ def create_app(models: dict, settings: Settings) -> Starlette:
             requests.labels(route, str(status[0])).inc()
             latency.labels(route).observe(seconds)
             client = scope.get("client") or ("-", 0)
-            access_log.info('%s:%s "%s %s" %d %.1fms', client[0], client[1], scope["method"], path, status[0], 1000 * seconds)
+            access_log.info(
+                '%s:%s "%s %s" %d %.1fms', client[0], client[1], scope["method"], path, status[0], 1000 * seconds
+            )
 
     routes = [Route(p, dispatch, methods=["POST"]) for p in POST_ROUTES]
     routes += [Route(p, dispatch, methods=["GET"]) for p in ("/health", "/info", "/metrics")]

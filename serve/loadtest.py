@@ -31,7 +31,9 @@ class Client:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme != "http" or parts.hostname not in LOCAL_HOSTS:
-            raise UserError(f"the load test only targets a server on this machine (http://127.0.0.1:PORT), got {url!r}.")
+            raise UserError(
+                f"the load test only targets a server on this machine (http://127.0.0.1:PORT), got {url!r}."
+            )
         self.host, self.port, self.timeout = parts.hostname, parts.port or 80, timeout
         self.headers = {"Content-Type": "application/json"}
         if api_key:
@@ -179,23 +181,34 @@ def run(
     import shlex
     import sys
 
-    from modernbert_edge.bench.report import machine
-
     if route not in ROUTES:
         raise UserError(f"--route must be one of {', '.join(ROUTES)}, got {route!r}.")
-    rows = [
-        run_level(client, texts, c, max_requests, max_seconds, route, inputs_per_request, backoff) for c in levels
-    ]
+    rows = [run_level(client, texts, c, max_requests, max_seconds, route, inputs_per_request, backoff) for c in levels]
+    command = "mbedge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results = summary_results(client, texts, rows, command, route, inputs_per_request)
+    results["settings"].update(max_requests=max_requests, max_seconds=max_seconds)
+    return results
+
+
+def summary_results(
+    client: Client,
+    texts: Sequence[tuple[str, int]],
+    rows: list[dict],
+    command: str,
+    route: str = "embed",
+    inputs_per_request: int = 1,
+) -> dict:
+    """The results dict of levels already run: command, machine, settings, levels."""
+    from modernbert_edge.bench.report import machine
+
     lengths = [t for _, t in texts]
     return {
-        "command": "mbedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": command,
         "machine": machine(0),
         "settings": {
             "server": f"http://{client.host}:{client.port}",
             "route": ROUTES[route],
             "inputs_per_request": inputs_per_request,
-            "max_requests": max_requests,
-            "max_seconds": max_seconds,
             "texts": len(texts),
             "tokens_min": min(lengths),
             "tokens_max": max(lengths),
@@ -211,20 +224,31 @@ def markdown(results: dict) -> str:
         "# mbedge loadtest",
         "",
         f"Server {s['server']}, route {s['route']}, {s['inputs_per_request']} text(s) per request, {s['texts']} texts "
-        f"of {s['tokens_min']}–{s['tokens_max']} tokens (mean {s['tokens_mean']}); at most {s['max_requests']} "
-        f"requests and {s['max_seconds']} s per level.",
+        f"of {s['tokens_min']}–{s['tokens_max']} tokens (mean {s['tokens_mean']})"
+        + (
+            f"; at most {s['max_requests']} requests and {s['max_seconds']} s per level."
+            if "max_requests" in s
+            else "."
+        ),
+        "",
+        f"Command: `{results['command']}`",
         "",
         "| clients | requests | ok | errors | requests/s | tokens/s | p50 ms | p95 ms | p99 ms | max ms |",
         "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["levels"]:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "none"
+        name = f"{r['name']}: " if r.get("name") else ""
         out.append(
-            f"| {r['concurrency']} | {r['requests']} | {r['ok']} | {errors} | {r['requests_per_s']} | "
+            f"| {name}{r['concurrency']} | {r['requests']} | {r['ok']} | {errors} | {r['requests_per_s']} | "
             f"{r['tokens_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['max_ms']} |"
         )
-    for line in results.get("targets", []):
-        out.append(f"- {line}")
+    if results.get("offline"):
+        o = results["offline"]
+        out += ["", f"Offline: embed(all texts) in one call {o['tokens_per_s']} tokens/s; "
+                f"direct embed([text]) median {o['direct_p50_ms']} ms."]  # fmt: skip
+    if results.get("targets"):
+        out += [""] + [f"- {line}" for line in results["targets"]]
     return "\n".join(out) + "\n"
 
 

@@ -174,8 +174,10 @@ def test_concurrent_clients_get_the_serial_answers(server) -> None:
 @pytest.mark.filterwarnings("ignore::modernbert_edge.runtime.TruncationWarning")
 def test_bad_requests(server, offline) -> None:
     def check(path: str, body: object, status: int, words: str, **kwargs) -> None:
-        r = server.post(path, body, **kwargs) if not isinstance(body, bytes) else httpx.post(
-            server.url + path, content=body, timeout=10
+        r = (
+            server.post(path, body, **kwargs)
+            if not isinstance(body, bytes)
+            else httpx.post(server.url + path, content=body, timeout=10)
         )
         assert r.status_code == status, r.text
         error = r.json()["error"]
