@@ -68,6 +68,11 @@ def _register_all() -> None:
 
     register("batch", ray_commands.batch_cmd)
 
+    from modernbert_edge.serve import commands as serve_commands
+
+    register("serve", serve_commands.serve_cmd)
+    register("loadtest", serve_commands.loadtest_cmd)
+
     from modernbert_edge import demo
 
     register("demo", demo.demo_cmd)

@@ -1,0 +1,113 @@
+"""CLI commands of the server: `mbedge serve` and `mbedge loadtest` (uvicorn and starlette are
+imported inside the command bodies, so `mbedge --help` needs neither)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from modernbert_edge.errors import UserError
+
+EXTRA = 'install the serve extra: pip install "modernbert-edge[serve]"'
+
+
+def parse_models(specs: list[str]) -> dict[str, Path]:
+    """{name: folder} from MODEL_DIR or NAME=DIR arguments; a folder's name is its default name."""
+    models: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or "/" in name:
+            name, folder = Path(spec).resolve().name, spec
+        if name in models:
+            raise UserError(f"two models are named {name!r}: name them with NAME=DIR.")
+        models[name] = Path(folder)
+    return models
+
+
+def serve_cmd(
+    models: Annotated[list[str], typer.Argument(help="Model folders, each MODEL_DIR or NAME=MODEL_DIR.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    threads: Annotated[int | None, typer.Option(help="Intra-op threads per model (default: physical cores).")] = None,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch the scheduler forms.")] = 8192,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a lone request waits for others to batch with.")] = 2.0,
+    max_queue_tokens: Annotated[int, typer.Option(help="Tokens a model's queue holds; beyond it: 429.")] = 65536,
+    max_input_length: Annotated[
+        int | None, typer.Option(help="Longest input in tokens (default and upper bound: the model's).")
+    ] = None,
+    max_client_batch_size: Annotated[int, typer.Option(help="Inputs one request may send; beyond it: 413.")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond it: 413.")] = 2 << 20,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="MBEDGE_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /health).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve model folders over HTTP (TEI and OpenAI routes), batching requests across clients."""
+    try:
+        import uvicorn
+
+        from modernbert_edge.serve.app import Settings, create_app
+    except ImportError as e:
+        raise UserError(f"mbedge serve needs {e.name}: {EXTRA}.") from None
+    import modernbert_edge
+
+    if min(batch_tokens, max_queue_tokens, max_client_batch_size, max_body_bytes) < 1 or max_wait_ms < 0:
+        raise UserError("--batch-tokens, --max-queue-tokens, --max-client-batch-size and --max-body-bytes must be "
+                        "at least 1, and --max-wait-ms at least 0.")  # fmt: skip
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise UserError(f"--log-level must be debug, info, warning or error, got {log_level!r}.")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    loaded = {}
+    for name, folder in parse_models(models).items():
+        model = modernbert_edge.load(folder, threads=threads, max_length=max_input_length)
+        if model.tokenizer is None:
+            raise UserError(f"{folder} has no tokenizer.json, so it cannot serve text.")
+        loaded[name] = model
+        logging.getLogger("mbedge.serve").info("loaded %s: %s (%s, %s)", name, folder, model.task, model.info.precision)
+    settings = Settings(batch_tokens, max_wait_ms, max_queue_tokens, max_client_batch_size, max_body_bytes, api_key)
+    app = create_app(loaded, settings)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    server = uvicorn.Server(config)
+    # uvicorn stops gracefully on SIGTERM (no new connections, in-flight requests finish), then raises
+    # the signal again: with this handler in place that ends in exit code 0, not a kill.
+    signal.signal(signal.SIGTERM, lambda *_: logging.getLogger("mbedge.serve").info("stopped on SIGTERM"))
+    server.run()
+    if not server.started:
+        raise UserError(f"the server could not start on {host}:{port} (is the port in use?).")
+
+
+def loadtest_cmd(
+    url: Annotated[str, typer.Argument(help="The server, on this machine: http://127.0.0.1:PORT")],
+    concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of closed-loop clients.")] = "1,8,32",
+    requests: Annotated[int, typer.Option(help="Requests per concurrency level (at most).")] = 500,
+    seconds: Annotated[float, typer.Option(help="Seconds per concurrency level (at most).")] = 30.0,
+    route: Annotated[str, typer.Option(help="embed (TEI /embed) or openai (/v1/embeddings).")] = "embed",
+    inputs_per_request: Annotated[int, typer.Option(help="Texts per request.")] = 1,
+    min_tokens: Annotated[int, typer.Option(help="Shortest text, in the server's tokens.")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Longest text, in the server's tokens.")] = 512,
+    texts: Annotated[int, typer.Option(help="Distinct texts the clients cycle through.")] = 256,
+    backoff_ms: Annotated[float, typer.Option(help="A client's pause after a 429.")] = 50.0,
+    api_key: Annotated[str | None, typer.Option(envvar="MBEDGE_API_KEY", help="Bearer token.")] = None,
+    out: Annotated[Path, typer.Option(help="Where loadtest.json, loadtest.md (and loadtest.png) go.")] = Path(
+        "loadtest-results"
+    ),
+) -> None:
+    """Closed-loop clients against a local server: requests/s, tokens/s, p50/p95/p99 latency, errors."""
+    from modernbert_edge.serve import loadtest
+
+    levels = [int(c) for c in concurrency.split(",") if c.strip()] if concurrency.strip() else []
+    if not levels or min(levels) < 1 or requests < 1 or seconds <= 0 or inputs_per_request < 1:
+        raise UserError("--concurrency needs numbers >= 1; --requests, --seconds and --inputs-per-request > 0.")
+    if not 1 <= min_tokens <= max_tokens:
+        raise UserError(f"--min-tokens and --max-tokens must satisfy 1 <= min <= max, got {min_tokens}, {max_tokens}.")
+    client = loadtest.Client(url, api_key)
+    pool = loadtest.make_texts(texts, min_tokens, max_tokens, client.count_tokens)
+    results = loadtest.run(client, pool, levels, requests, seconds, route, inputs_per_request, backoff_ms / 1000)
+    files = loadtest.write_outputs(results, out)
+    typer.echo(loadtest.markdown(results))
+    typer.echo("wrote " + ", ".join(str(p) for p in files))
