@@ -64,9 +64,10 @@ def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, ato
     if not reference_available():
         log("notice: torch/transformers are not installed; skipping the PyTorch parity check.")
         return {"status": "skipped", "reason": "torch/transformers not installed"}
-    import onnxruntime as ort
     import torch
     import transformers
+
+    from modernbert_edge.runtime.session import create_session
 
     spec = TASKS[task]
     atol = spec.atol if atol is None else atol
@@ -80,9 +81,7 @@ def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, ato
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the optional mask_positions input draws a warning by design
-    session = ort.InferenceSession(str(Path(model_dir) / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    session = create_session(Path(model_dir) / MODEL_FILE)
     names = [o.name for o in session.get_outputs()]
 
     cases, worst, scale = [], dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)

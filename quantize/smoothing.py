@@ -53,9 +53,9 @@ class ActivationStats:
         return float(np.median(np.abs(rows).max(axis=1) / np.maximum(rms, 1e-30)))
 
 
-def session_with_outputs(model: onnx.ModelProto, names: Sequence[str], threads: int = 0):  # noqa: ANN201
+def session_with_outputs(model: onnx.ModelProto, names: Sequence[str], threads: int = 0):
     """An ONNX Runtime session of `model` that also returns the tensors `names` (model not changed)."""
-    import onnxruntime as ort
+    from modernbert_edge.runtime.session import create_session
 
     extra = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names]
     model.graph.output.extend(extra)
@@ -64,10 +64,7 @@ def session_with_outputs(model: onnx.ModelProto, names: Sequence[str], threads: 
     finally:
         for _ in extra:
             model.graph.output.pop()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return create_session(data, threads)
 
 
 def collect_stats(
