@@ -10,7 +10,6 @@ from tokenizers import Tokenizer
 
 ASSET = Path(__file__).resolve().parents[1] / "modernbert_edge" / "assets" / "modernbert-mini"
 MAX_BYTES = 30 * 1024 * 1024
-MIN_TOP1 = 0.15  # masked-token top-1 on standard-library docstrings; a random model scores ~0
 
 
 @pytest.fixture(scope="module")
@@ -31,23 +30,6 @@ def test_folder_has_the_checkpoint_files() -> None:
 
 def test_safetensors_is_small() -> None:
     assert (ASSET / "model.safetensors").stat().st_size <= MAX_BYTES
-
-
-def test_pytorch_predicts_masked_tokens(tok: Tokenizer, config: dict, masked_accuracy) -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    model = transformers.ModernBertForMaskedLM.from_pretrained(ASSET).eval()
-
-    def predict(ids, mask, positions):
-        with torch.no_grad():
-            logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
-        return logits.reshape(-1, logits.shape[-1])[torch.from_numpy(positions)].numpy()  # (M, V)
-
-    def encode(texts):
-        return [e.ids for e in tok.encode_batch(texts)]
-
-    accuracy = masked_accuracy(encode, predict, config["pad_token_id"], tok.token_to_id("[MASK]"))
-    assert accuracy >= MIN_TOP1  # trained weights: a random model scores ~0
 
 
 def test_tokenizer_wraps_in_cls_sep(tok: Tokenizer, config: dict) -> None:
