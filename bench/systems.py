@@ -144,37 +144,22 @@ def trace_export(checkpoint: Path, job: str, out_file: Path, log: Log) -> str:
     wrapped = _Wrapped.make(model, job)
     ids = torch.randint(5, min(model.config.vocab_size, 500), (2, 64))
     mask = torch.ones_like(ids)
-    names = ["input_ids", "attention_mask"]
     output = "last_hidden_state" if job == "embeddings" else "logits"
+    args = dict(model=wrapped, args=(ids, mask), f=str(out_file), input_names=["input_ids", "attention_mask"])
+    args["output_names"] = [output]
     if importlib.util.find_spec("onnxscript") is not None:
         try:
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-            torch.onnx.export(
-                wrapped,
-                (ids, mask),
-                str(out_file),
-                dynamo=True,
-                input_names=names,
-                output_names=[output],
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                verbose=False,
-            )
+            shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+            torch.onnx.export(**args, dynamo=True, dynamic_shapes=shapes, verbose=False)
             return "dynamo"
         except Exception as e:  # fall back to the TorchScript exporter, and say so
             log(f"  torch.onnx.export(dynamo=True) failed ({type(e).__name__}: {str(e)[:200]}); using dynamo=False")
             for stale in out_file.parent.glob("*"):
                 stale.unlink()
     axes = {0: "batch", 1: "sequence"}
-    torch.onnx.export(
-        wrapped,
-        (ids, mask),
-        str(out_file),
-        dynamo=False,
-        input_names=names,
-        output_names=[output],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, output: axes},
-        opset_version=17,
-    )
+    dynamic = {"input_ids": axes, "attention_mask": axes, output: axes}
+    torch.onnx.export(**args, dynamo=False, dynamic_axes=dynamic, opset_version=17)
     return "torchscript"
 
 
