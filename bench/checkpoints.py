@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 SPECIALS = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]  # ids 0..4
-
-ARCHITECTURES = {
-    "feature-extraction": "ModernBertModel",
-    "fill-mask": "ModernBertForMaskedLM",
-    "text-classification": "ModernBertForSequenceClassification",
-    "token-classification": "ModernBertForTokenClassification",
-    "question-answering": "ModernBertForQuestionAnswering",
-}
 
 SIZES = {
     # vocab is set from the tokenizer for "tiny"
@@ -113,11 +109,14 @@ def make_checkpoint(
     of the layers scale them `outlier_ln_gain` times more, so the activations of the int8
     projections carry outliers of outlier_scale x outlier_ln_gain; the projections that read them
     (Wqkv, Wi) get those input rows divided by the gain, as trained weights are small where their
-    input is large. Without that, the random model is chaotic (1 % weight noise moved tokens to
-    cosines of 0.55-0.74 at a gain of 10) and no quantization could be judged on it.
+    input is large. Without that, the random model is chaotic (a one-off measurement, 2026-11-27:
+    1 % weight noise moved tokens to cosines of 0.55-0.74 at a gain of 10) and no quantization
+    could be judged on it.
     """
     import torch
     import transformers
+
+    from modernbert_edge.export.tasks import TASKS
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,7 @@ def make_checkpoint(
         params.setdefault("label2id", {v: k for k, v in params["id2label"].items()})
     torch.manual_seed(seed)
     config = transformers.ModernBertConfig(**params)
-    model = getattr(transformers, ARCHITECTURES[task])(config).eval()
+    model = getattr(transformers, TASKS[task].architecture)(config).eval()
     if outlier_channels:
         _add_outliers(model, outlier_channels, outlier_scale, outlier_ln_gain, seed)
     model.save_pretrained(out_dir)
@@ -147,7 +146,7 @@ def make_checkpoint(
     return out_dir
 
 
-def _add_outliers(model, n: int, scale: float, ln_gain: float, seed: int) -> None:  # noqa: ANN001
+def _add_outliers(model: torch.nn.Module, n: int, scale: float, ln_gain: float, seed: int) -> None:
     import torch
 
     base = model.model if hasattr(model, "model") else model
@@ -172,9 +171,11 @@ def _add_outliers(model, n: int, scale: float, ln_gain: float, seed: int) -> Non
 def main() -> None:
     import argparse
 
+    from modernbert_edge.export.tasks import TASKS
+
     parser = argparse.ArgumentParser(description="Save a random ModernBERT checkpoint with a small tokenizer.")
     parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--task", default="fill-mask", choices=sorted(ARCHITECTURES))
+    parser.add_argument("--task", default="fill-mask", choices=sorted(TASKS))
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
     parser.add_argument("--flat-config", action="store_true", help="write the older flat config.json format")
     parser.add_argument("--outlier-channels", type=int, default=0, help="residual channels made large (stress)")

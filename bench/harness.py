@@ -28,12 +28,12 @@ import numpy as np
 
 from modernbert_edge.bench import systems as sysmod
 from modernbert_edge.bench.lowerbound import HEAD_NOTE, write_gemm_graph
+from modernbert_edge.bench.timing import cosines, interleave, mixed_lengths, summarize
 from modernbert_edge.errors import UserError
 
 Log = Callable[[str], None]
 
 JOBS = ("embeddings", "fill-mask", "classification")
-DEFAULT_SHAPES = "1x128,8x128,1x512,1x2048,1x8192,mixed"
 MIXED_TEXTS, MIXED_MIN, MIXED_MAX, MIXED_SEED = 64, 16, 1000, 1234
 MIXED_BATCH_ROWS = 8  # input-order batches of the mixed job, for every system but ours' token-budget plan
 PADDED = "ours-int8-padded"  # ours-int8 fed the mixed batch in input order, padded
@@ -112,7 +112,7 @@ def make_rows(shape: Shape, tokens: Tokens, fill_mask: bool, seed: int = 0) -> t
     position. Returns the rows and the mask positions."""
     rng = np.random.default_rng(seed)
     if shape.label == "mixed":
-        lengths = np.random.default_rng(MIXED_SEED).integers(MIXED_MIN, MIXED_MAX + 1, size=MIXED_TEXTS).tolist()
+        lengths = mixed_lengths(MIXED_TEXTS, MIXED_MIN, MIXED_MAX, MIXED_SEED)
     else:
         lengths = [shape.seq] * shape.batch
     low = 5 if tokens.vocab > 10 else 0
@@ -183,8 +183,7 @@ class Worker:
 def fidelity(job: str, out: np.ndarray, ref: np.ndarray) -> dict:
     """Agreement of a system's outputs with PyTorch's, per row."""
     if job == "embeddings":
-        a, b = out.astype(np.float64), ref.astype(np.float64)
-        cos = (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+        cos = cosines(out, ref)
         return {"metric": "cosine", "mean": float(cos.mean()), "worst": float(cos.min())}
     if job == "fill-mask":
         agree = (out == ref).astype(np.float64)
@@ -208,7 +207,7 @@ def _job_checkpoint(job: str, job_dir: Path, checkpoint: Path | None, size: str,
     if checkpoint is None:
         return sysmod.make_source_checkpoint(job_dir, job, size, log)
     archs = json.loads((checkpoint / "config.json").read_text()).get("architectures") or []
-    if job == "embeddings" or sysmod.JOB_ARCHITECTURES[job] in archs:
+    if job == "embeddings" or sysmod.architecture(job) in archs:
         return checkpoint
     return None
 
@@ -254,15 +253,15 @@ def run_bench(
         job_dir = source / job
         ckpt = _job_checkpoint(job, job_dir, checkpoint, size, log)
         if ckpt is None:
-            notes.append(f"{job} skipped: {checkpoint} has no {sysmod.JOB_ARCHITECTURES[job]} head.")
-            log(f"skip {job}: the checkpoint has no {sysmod.JOB_ARCHITECTURES[job]} head")
+            notes.append(f"{job} skipped: {checkpoint} has no {sysmod.architecture(job)} head.")
+            log(f"skip {job}: the checkpoint has no {sysmod.architecture(job)} head")
             continue
         log(f"[{job}] prepare in {job_dir}")
         paths: dict[str, tuple[str, Path, float]] = {}  # system -> (kind, path to load, size MB)
         for s in available:
             try:
                 folder = sysmod.prepare(s, ckpt, job, job_dir, log)
-            except Exception as e:  # noqa: BLE001 - one system's failure is a row, not the end of the run
+            except Exception as e:  # one system's failure is a row, not the end of the run
                 notes.append(f"{job}: {s} could not be prepared ({type(e).__name__}: {str(e)[:300]}).")
                 log(f"  {s} failed to prepare: {type(e).__name__}: {str(e)[:300]}")
                 continue
@@ -332,11 +331,13 @@ def _run_shape(
         spec = {"kind": kind, "path": str(path), "job": job, "threads": threads, "pad_token_id": tokens.pad}
         if kind == "gemm":
             spec["dims"] = dims
+        if kind == "torch":
+            spec["architecture"] = sysmod.architecture(job)
         try:
             w = Worker(name, spec)
             workers[name] = w
             _, row["load_s"], row["import_s"] = w.recv(READY_TIMEOUT_S)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             row["error"] = f"load failed: {e}"
             log(f"  {name}: load failed: {e}")
     outputs: dict[str, np.ndarray] = {}
@@ -349,7 +350,7 @@ def _run_shape(
                 if out is not None:
                     outputs[name] = out
                 log(f"  {name}: warm-up {seconds * 1e3:.0f} ms")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 results[name]["error"] = f"run failed: {e}"
                 log(f"  {name}: run failed: {e}")
         live = [n for n in live if results[n]["error"] is None]
@@ -358,20 +359,21 @@ def _run_shape(
             results[n]["times_s"] = [results[n]["first_s"]]
             results[n]["note"] = f"warm-up took over {max_seconds:.0f} s: timed once (the warm-up run)"
         timed = [n for n in live if n not in slow]
-        for r in range(repeats):
-            order = timed[r % len(timed) :] + timed[: r % len(timed)] if timed else []
-            for name in order:
-                if results[name]["error"]:
-                    continue
-                try:
-                    results[name]["times_s"].append(workers[name].call("run", cases[name], False)[1])
-                except Exception as e:  # noqa: BLE001
-                    results[name]["error"] = f"run failed: {e}"
-            log(f"  round {r + 1}/{repeats} done")
+
+        def run(name: str) -> float | None:
+            try:
+                return workers[name].call("run", cases[name], False)[1]
+            except Exception as e:
+                results[name]["error"] = f"run failed: {e}"
+                return None
+
+        times = interleave(timed, repeats, run, on_round=lambda r: log(f"  round {r + 1}/{repeats} done"))
+        for name in timed:
+            results[name]["times_s"] = times[name]
         for name in live:
             try:
                 results[name]["peak_rss_mb"] = round(workers[name].call("rss")[1], 1)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 results[name]["error"] = results[name]["error"] or f"rss failed: {e}"
     finally:
         for w in workers.values():
@@ -382,12 +384,11 @@ def _run_shape(
 def _finish(job: str, row: dict, out: np.ndarray | None, ref: np.ndarray | None, ref_row: dict | None) -> dict:
     times = row["times_s"]
     if times and not row["error"]:
-        med = float(np.median(times))
-        row["median_ms"] = round(med * 1e3, 2)
-        row["p90_ms"] = round(float(np.percentile(times, 90)) * 1e3, 2)
-        row["tokens_per_s"] = round(row["tokens"] / med, 1)
+        stats = summarize(times)
+        row["median_ms"], row["p90_ms"] = round(stats["median_ms"], 2), round(stats["p90_ms"], 2)
+        row["tokens_per_s"] = round(row["tokens"] / (stats["median_ms"] / 1e3), 1)
         if ref_row and ref_row.get("times_s") and not ref_row["error"]:
-            row["speedup_vs_pytorch"] = round(float(np.median(ref_row["times_s"])) / med, 3)
+            row["speedup_vs_pytorch"] = round(summarize(ref_row["times_s"])["median_ms"] / stats["median_ms"], 3)
     if out is not None and ref is not None and row["system"] != "pytorch":
         row["fidelity"] = fidelity(job, out, ref)
     elif row["system"] == "pytorch" and out is not None:

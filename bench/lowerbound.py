@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from modernbert_edge.export.builder import MS_DOMAIN
+
 HEAD_NOTE = {
     "embeddings": "no head",
     "fill-mask": "head dense + decoder on the masked rows (one per text)",
@@ -40,7 +42,7 @@ def _gemm(nodes: list, inits: list, x: str, k: int, n: int, name: str, rng: np.r
             [x, f"{name}.weight", f"{name}.scale", f"{name}.zero_point"],
             [out],
             name=f"{name}/DynamicQuantizeMatMul",
-            domain="com.microsoft",
+            domain=MS_DOMAIN,
         )
     )
     return out
@@ -78,7 +80,7 @@ def gemm_graph(dims: dict, job: str, seed: int = 0) -> onnx.ModelProto:
         inputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["masked", d]))
         outputs.append(helper.make_tensor_value_info(h, TensorProto.FLOAT, ["masked", dims["vocab_size"]]))
     graph = helper.make_graph(nodes, f"int8 GEMMs of a {layers}-layer ModernBERT ({job})", inputs, outputs, inits)
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)]
     return helper.make_model(graph, opset_imports=opsets, producer_name="modernbert-edge bench")
 
 

@@ -125,7 +125,7 @@ def _ratio(a: dict | None, b: dict | None, key: str = "median_ms") -> float | No
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
-    """Issue 5's targets, each met / not met / not measured, with the measured ratio."""
+    """The benchmark's targets, each met / NOT met / not measured, with the measured ratio."""
     targets: list[dict] = []
 
     def add(name: str, value: float | None, goal: float, unit: str = "×", extra: str = "", op: str = ">=") -> None:

@@ -5,7 +5,7 @@
                        /trace-int8      quantize_dynamic(QInt8, per_channel) of trace-fp32
                        /optimum-int8    optimum-cli export onnx + onnxruntime quantize (when installed)
                        /ours-fp32       mbedge export (validate=False)
-                       /ours-int8, -int4  mbedge quantize, when quantize/ is importable
+                       /ours-int8, -int4  mbedge quantize
                        /gemm-int8.onnx  the lower-bound graph (lowerbound.py)
 
 A folder is built into a temporary sibling and renamed when complete, so an interrupted prepare
@@ -23,21 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from modernbert_edge.bench.timing import quantize_dynamic_baseline
 from modernbert_edge.errors import UserError
 
 Log = Callable[[str], None]
 
 JOB_TASKS = {"embeddings": "feature-extraction", "fill-mask": "fill-mask", "classification": "text-classification"}
-AUTO_CLASSES = {
-    "embeddings": "AutoModel",
-    "fill-mask": "AutoModelForMaskedLM",
-    "classification": "AutoModelForSequenceClassification",
-}
-JOB_ARCHITECTURES = {
-    "embeddings": "ModernBertModel",
-    "fill-mask": "ModernBertForMaskedLM",
-    "classification": "ModernBertForSequenceClassification",
-}
+
+
+def architecture(job: str) -> str:
+    """The transformers class of a job's checkpoint (export's task table is the one source)."""
+    from modernbert_edge.export.tasks import TASKS
+
+    return TASKS[JOB_TASKS[job]].architecture
 
 
 @dataclass(frozen=True)
@@ -59,14 +57,6 @@ SYSTEMS: dict[str, System] = {
         System("ours-int4", "ours", "modernbert-edge int4"),
     )
 }
-DEFAULT_SYSTEMS = ("pytorch", "trace-fp32", "trace-int8", "optimum-int8", "ours-fp32", "ours-int8", "ours-int4")
-
-
-def quantize_available() -> bool:
-    try:
-        return importlib.util.find_spec("modernbert_edge.quantize.quantizer") is not None
-    except ImportError:
-        return False
 
 
 def optimum_available() -> bool:
@@ -80,8 +70,6 @@ def unavailable_reason(system: str) -> str | None:
     """Why a system cannot run in this environment, or None."""
     if system == "optimum-int8" and not optimum_available():
         return "optimum[onnxruntime] is not installed"
-    if system in ("ours-int8", "ours-int4") and not quantize_available():
-        return "modernbert_edge.quantize.quantizer is not importable"
     return None
 
 
@@ -121,7 +109,7 @@ def make_source_checkpoint(job_dir: Path, job: str, size: str, log: Log) -> Path
     from modernbert_edge.bench.checkpoints import make_checkpoint
 
     def fill(tmp: Path) -> None:
-        log(f"  random {size} checkpoint ({JOB_ARCHITECTURES[job]})")
+        log(f"  random {size} checkpoint ({architecture(job)})")
         make_checkpoint(tmp, JOB_TASKS[job], size=size)
 
     return _build(job_dir / "checkpoint", fill)
@@ -131,7 +119,7 @@ class _Wrapped:
     """transformers model -> forward(input_ids, attention_mask) returning the job's one output tensor."""
 
     @staticmethod
-    def make(model, job: str):  # noqa: ANN001, ANN205
+    def make(model, job: str):
         import torch
 
         class Wrapped(torch.nn.Module):
@@ -139,7 +127,7 @@ class _Wrapped:
                 super().__init__()
                 self.model = model
 
-            def forward(self, input_ids, attention_mask):  # noqa: ANN001, ANN202
+            def forward(self, input_ids, attention_mask):
                 out = self.model(input_ids=input_ids, attention_mask=attention_mask)
                 return out.last_hidden_state if job == "embeddings" else out.logits
 
@@ -152,41 +140,26 @@ def trace_export(checkpoint: Path, job: str, out_file: Path, log: Log) -> str:
     import torch
     import transformers
 
-    model = getattr(transformers, AUTO_CLASSES[job]).from_pretrained(checkpoint, attn_implementation="sdpa").eval()
+    model = getattr(transformers, architecture(job)).from_pretrained(checkpoint, attn_implementation="sdpa").eval()
     wrapped = _Wrapped.make(model, job)
     ids = torch.randint(5, min(model.config.vocab_size, 500), (2, 64))
     mask = torch.ones_like(ids)
-    names = ["input_ids", "attention_mask"]
     output = "last_hidden_state" if job == "embeddings" else "logits"
+    args = dict(model=wrapped, args=(ids, mask), f=str(out_file), input_names=["input_ids", "attention_mask"])
+    args["output_names"] = [output]
     if importlib.util.find_spec("onnxscript") is not None:
         try:
             batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-            torch.onnx.export(
-                wrapped,
-                (ids, mask),
-                str(out_file),
-                dynamo=True,
-                input_names=names,
-                output_names=[output],
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                verbose=False,
-            )
+            shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+            torch.onnx.export(**args, dynamo=True, dynamic_shapes=shapes, verbose=False)
             return "dynamo"
-        except Exception as e:  # noqa: BLE001 - fall back to the TorchScript exporter, and say so
+        except Exception as e:  # fall back to the TorchScript exporter, and say so
             log(f"  torch.onnx.export(dynamo=True) failed ({type(e).__name__}: {str(e)[:200]}); using dynamo=False")
             for stale in out_file.parent.glob("*"):
                 stale.unlink()
     axes = {0: "batch", 1: "sequence"}
-    torch.onnx.export(
-        wrapped,
-        (ids, mask),
-        str(out_file),
-        dynamo=False,
-        input_names=names,
-        output_names=[output],
-        dynamic_axes={"input_ids": axes, "attention_mask": axes, output: axes},
-        opset_version=17,
-    )
+    dynamic = {"input_ids": axes, "attention_mask": axes, output: axes}
+    torch.onnx.export(**args, dynamo=False, dynamic_axes=dynamic, opset_version=17)
     return "torchscript"
 
 
@@ -203,17 +176,8 @@ def _trace_int8(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
     src = _trace_fp32(checkpoint, job, job_dir, log)
 
     def fill(tmp: Path) -> None:
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         log("  quantize_dynamic QInt8 per-channel (trace-int8)")
-        quantize_dynamic(
-            str(_onnx_file(src)),
-            str(tmp / "model.onnx"),
-            weight_type=QuantType.QInt8,
-            per_channel=True,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        quantize_dynamic_baseline(_onnx_file(src), tmp / "model.onnx")
 
     return _build(job_dir / "trace-int8", fill)
 
@@ -221,10 +185,9 @@ def _trace_int8(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
 def _optimum_int8(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
     def fill(tmp: Path) -> None:
         log("  optimum-cli export onnx + onnxruntime quantize --avx512_vnni (optimum-int8)")
-        task = {"embeddings": "feature-extraction", "fill-mask": "fill-mask", "classification": "text-classification"}
         fp32 = tmp / "fp32"
         run = [
-            "optimum-cli", "export", "onnx", "--model", str(checkpoint), "--task", task[job], str(fp32),
+            "optimum-cli", "export", "onnx", "--model", str(checkpoint), "--task", JOB_TASKS[job], str(fp32),
         ]  # fmt: skip
         subprocess.run(run, check=True, capture_output=True, text=True)
         quant = ["optimum-cli", "onnxruntime", "quantize", "--onnx_model", str(fp32), "--avx512_vnni", "-o", str(tmp)]

@@ -11,7 +11,7 @@ work). Outputs, one row per input row in input order, are what fidelity needs: t
 last hidden state (embeddings), the top-1 token id at the masked position (fill-mask), or the
 logits (classification).
 
-Kinds: "torch" (transformers, SDPA), "onnx" (a plain InferenceSession on a .onnx file), "ours"
+Kinds: "torch" (transformers, SDPA), "onnx" (a .onnx file in a plain session), "ours"
 (this project's runtime), "gemm" (the int8-GEMM-only lower-bound graph of lowerbound.py).
 """
 
@@ -20,54 +20,26 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
+from modernbert_edge.bench.timing import clock, peak_rss_mb
 from modernbert_edge.runtime.batching import pad
+from modernbert_edge.runtime.session import create_session
+from modernbert_edge.runtime.tasks import pool
 
 GEMM_CHUNK = 2048  # the GEMM-only graph runs on at most this many tokens per call
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size (VmHWM), in MB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    import sys
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-
-
-def ort_session(path: str | Path, threads: int):  # noqa: ANN201
-    """The bench's plain session: CPU provider, ORT_ENABLE_ALL, `threads` intra-op threads, no spinning."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 # ── the model callables: (ids, mask) -> the job's raw output array ────────────────────────────────
 
 
-def _load_torch(path: str, job: str, threads: int) -> tuple[Callable, int]:
+def _load_torch(path: str, job: str, architecture: str, threads: int) -> tuple[Callable, int]:
     import torch
     import transformers
 
-    from modernbert_edge.bench.systems import AUTO_CLASSES
-
     torch.set_num_threads(threads)
-    model = getattr(transformers, AUTO_CLASSES[job]).from_pretrained(path, attn_implementation="sdpa").eval()
+    model = getattr(transformers, architecture).from_pretrained(path, attn_implementation="sdpa").eval()
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -79,7 +51,7 @@ def _load_torch(path: str, job: str, threads: int) -> tuple[Callable, int]:
 
 
 def _load_onnx(path: str, threads: int, pad: int) -> tuple[Callable, int]:
-    session = ort_session(path, threads)
+    session = create_session(path, threads)
     output = session.get_outputs()[0].name
 
     def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -110,8 +82,7 @@ def _load_ours(path: str, threads: int) -> tuple[Callable, int, Callable]:
 def extract(job: str, out: np.ndarray, mask: np.ndarray, mask_pos: np.ndarray | None) -> np.ndarray:
     """Per row: mean-pooled hidden state (embeddings), top-1 id at the mask (fill-mask), logits."""
     if job == "embeddings":  # (B, S, D) -> (B, D)
-        m = mask[..., None].astype(np.float32)
-        return (out * m).sum(1) / np.maximum(m.sum(1), 1)
+        return pool(out, mask, "mean")
     if job == "fill-mask":  # (B, S, V) or, at the masked positions only, (B, V) -> (B,)
         return (out if out.ndim == 2 else out[np.arange(len(out)), mask_pos]).argmax(-1)
     return np.asarray(out, dtype=np.float32)  # (B, labels)
@@ -126,13 +97,13 @@ class Runner:
         kind, path, threads = spec["kind"], spec["path"], spec["threads"]
         self.plan = None
         if kind == "torch":
-            self.call, self.pad = _load_torch(path, self.job, threads)
+            self.call, self.pad = _load_torch(path, self.job, spec["architecture"], threads)
         elif kind == "onnx":
             self.call, self.pad = _load_onnx(path, threads, spec.get("pad_token_id", 0))
         elif kind == "ours":
             self.call, self.pad, self.plan = _load_ours(path, threads)
         elif kind == "gemm":
-            self.session = ort_session(path, threads)  # built by lowerbound.write_gemm_graph
+            self.session = create_session(path, threads)  # built by lowerbound.write_gemm_graph
         else:
             raise ValueError(f"unknown worker kind {kind!r}")
 
@@ -156,10 +127,12 @@ class Runner:
 
     def run(self, case: dict, prepared: object, keep: bool) -> tuple[float, np.ndarray | None]:
         if self.spec["kind"] == "gemm":
-            t0 = time.perf_counter()
-            for feed in prepared:
-                self.session.run(None, feed)
-            return time.perf_counter() - t0, None
+
+            def run_chunks() -> None:
+                for feed in prepared:
+                    self.session.run(None, feed)
+
+            return clock(run_chunks), None
         rows, mask_pos = case["rows"], case.get("mask_pos")
         results: list = [None] * len(rows)
         if prepared is None:  # budget plan: inside the timed region
@@ -180,7 +153,7 @@ class Runner:
         return elapsed, (np.stack(results) if keep else None)
 
 
-def serve(conn, spec: dict) -> None:  # noqa: ANN001
+def serve(conn, spec: dict) -> None:
     """The worker process's main loop (see the module docstring)."""
     threads = str(spec["threads"])
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
@@ -195,7 +168,7 @@ def serve(conn, spec: dict) -> None:  # noqa: ANN001
         t1 = time.perf_counter()
         runner = Runner(spec)
         conn.send(("ready", time.perf_counter() - t1, t1 - t0))
-    except Exception as e:  # noqa: BLE001 - reported to the coordinator, which records the failure
+    except Exception as e:  # reported to the coordinator, which records the failure
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     prepared: dict[str, object] = {}
@@ -219,5 +192,5 @@ def serve(conn, spec: dict) -> None:  # noqa: ANN001
                 prepared = {case["label"]: runner.prepare(case)}
             seconds, outputs = runner.run(case, prepared[case["label"]], keep)
             conn.send(("done", seconds, outputs))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             conn.send(("error", f"{type(e).__name__}: {e}"))

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
+from modernbert_edge.bench.timing import summarize, time_calls
 from modernbert_edge.errors import UserError
 
 BUNDLED = Path(__file__).parent / "assets" / "modernbert-mini"
@@ -38,16 +38,6 @@ def bundled_checkpoint() -> Path:
     if not (BUNDLED / "model.safetensors").is_file():
         raise UserError(f"the bundled checkpoint is missing from {BUNDLED}; reinstall modernbert-edge.")
     return BUNDLED
-
-
-def _timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of fn() in ms."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def _torch_fill_mask(checkpoint: Path, texts: list[str]) -> Callable[[], object] | None:
@@ -122,9 +112,7 @@ def run_demo(
         torch_call = _torch_fill_mask(src, texts)
         if torch_call is not None:
             calls["pytorch"] = torch_call
-        for call in calls.values():  # warm up
-            call()
-        ms = {name: _timed(call, repeats=5) for name, call in calls.items()}
+        ms = {name: summarize(t)["median_ms"] for name, t in time_calls(calls, repeats=5).items()}
         line = ", ".join(f"{name} {v:.1f} ms" for name, v in ms.items())
         ratio = ms["fp32"] / ms["int8"]
         extra = f"; int8 is {ms['pytorch'] / ms['int8']:.1f}x PyTorch" if "pytorch" in ms else ""

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.runtime.batching import pad
 
 BUILTIN_TEXTS = (
     "The quick brown fox jumps over the lazy dog near the river bank.",
@@ -124,13 +125,7 @@ def batches(seqs: list[np.ndarray], pad_id: int, batch_size: int = BATCH_SIZE) -
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = []
     for start in range(0, len(order), batch_size):
-        rows = [seqs[i] for i in order[start : start + batch_size]]
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, seq in enumerate(rows):
-            ids[r, : len(seq)], mask[r, : len(seq)] = seq, 1
-        out.append(Batch(ids, mask))
+        out.append(Batch(*pad([seqs[i] for i in order[start : start + batch_size]], pad_id)))
     joined = np.concatenate(seqs)[:MAX_LENGTH]
     if len(joined) > max(len(s) for s in seqs):
         out.append(Batch(joined[None, :], np.ones((1, len(joined)), dtype=np.int64)))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from modernbert_edge.bench.timing import cosines as _cosines
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize.calibration import Batch, CalibrationSet
@@ -52,12 +53,6 @@ def masked_batches(batches: Sequence[Batch], mask_id: int | None, seed: int = 0)
             ids[picked] = mask_id
         out.append((Batch(ids, mask), picked))
     return out
-
-
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.sum(a * b, axis=1) / np.maximum(den, 1e-30)
 
 
 def _head_metrics(task: str, outs_a: dict, outs_b: dict, batch: Batch, picked: np.ndarray) -> dict[str, list]:

@@ -14,17 +14,19 @@ import argparse
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
+
+from modernbert_edge.runtime.session import create_session
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = ROOT / "modernbert_edge" / "assets" / "modernbert-mini"
 
 
-def _train_module():  # noqa: ANN202
+def _train_module() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("train_mini", ROOT / "scripts" / "train_mini.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["train_mini"] = module
@@ -32,7 +34,7 @@ def _train_module():  # noqa: ANN202
     return module
 
 
-def heldout_batches(tm, corpus: Path, seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001
+def heldout_batches(tm: types.ModuleType, corpus: Path, seq_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(masked ids (B, T), labels (B, T)) as train_mini.evaluate builds them."""
     from tokenizers import Tokenizer
 
@@ -49,9 +51,7 @@ def heldout_batches(tm, corpus: Path, seq_len: int) -> list[tuple[np.ndarray, np
 
 
 def onnx_accuracy(folder: Path, batches: list, ignore: int) -> float:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    session = create_session(folder / "model.onnx")
     correct = total = 0
     for masked, labels in batches:
         picked = labels.reshape(-1) != ignore

@@ -1,59 +1,40 @@
-"""Measure this project's quantization against plain `quantize_dynamic` of the same fp32 graph.
+"""This project's quantization against plain `quantize_dynamic` of the same fp32 graph.
 
-    python -m modernbert_edge.quantize.measure FP32_DIR WORK_DIR [--modes int8,int4] [--shapes 8x128,1x512]
+    python -m modernbert_edge.bench.quantization FP32_DIR WORK_DIR [--modes int8,int4] [--shapes 8x128,1x512]
 
 For each variant: file size, fidelity to fp32 (the quantize report: token cosine mean / worst,
-head agreement), and latency with the same session options (2 threads, ORT_ENABLE_ALL),
-repeats interleaved across variants so that a noisy shared machine hits them alike.
-Prints a markdown table; `measure()` returns the rows for the benchmark to reuse.
+head agreement), and latency in the runtime's sessions (2 threads), timed with the bench's
+interleaved rounds (timing.py). Prints a markdown table (the README's quantization table).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
+from modernbert_edge.bench.timing import quantize_dynamic_baseline, summarize, time_calls
 from modernbert_edge.manifest import MODEL_FILE
+from modernbert_edge.runtime.session import create_session
 
 
-def plain_dynamic(fp32_dir: Path, out_file: Path) -> Path:
-    """onnxruntime.quantization.quantize_dynamic(QInt8, per_channel) of the fp32 graph."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(fp32_dir / MODEL_FILE),
-        str(out_file),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    return out_file
-
-
-def _session(path: Path, threads: int):  # noqa: ANN202
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def _has_mask_positions(session: ort.InferenceSession) -> bool:
+    return any(i.name == "mask_positions" for i in session.get_overridable_initializers())
 
 
 def time_variants(
     files: dict[str, Path], shapes: list[tuple[int, int]], vocab: int, repeats: int = 5, threads: int = 2
 ) -> dict[str, dict[str, float]]:
-    """Median ms per (variant, shape), runs interleaved: v1 v2 v3 v1 v2 v3 ...
+    """Median ms per (variant, shape), the variants interleaved in each round (timing.time_calls).
 
     Fill-mask graphs are timed as the runtime runs them: one [MASK] per text, decoded through the
     graph's mask_positions input (model.onnx's full-vocabulary logits are never computed there)."""
-    sessions = {k: _session(f, threads) for k, f in files.items()}
+    sessions = {k: create_session(f, threads) for k, f in files.items()}
     rng = np.random.default_rng(0)
     result: dict[str, dict[str, float]] = {k: {} for k in files}
     for b, s in shapes:
@@ -62,20 +43,14 @@ def time_variants(
             "attention_mask": np.ones((b, s), dtype=np.int64),
         }
         masked = dict(feeds, mask_positions=np.arange(b, dtype=np.int64) * s + s // 2)
-        runs = {
-            k: (sess, masked if any(i.name == "mask_positions" for i in sess.get_overridable_initializers()) else feeds)
+
+        calls = {
+            k: functools.partial(sess.run, None, masked if _has_mask_positions(sess) else feeds)
             for k, sess in sessions.items()
         }
-        times: dict[str, list[float]] = {k: [] for k in files}
-        for sess, f in runs.values():  # warm-up
-            sess.run(None, f)
-        for _ in range(repeats):
-            for k, (sess, f) in runs.items():
-                t0 = time.perf_counter()
-                sess.run(None, f)
-                times[k].append(1000 * (time.perf_counter() - t0))
+        times = time_calls(calls, repeats)
         for k in files:
-            result[k][f"{b}x{s}"] = float(np.median(times[k]))
+            result[k][f"{b}x{s}"] = summarize(times[k])["median_ms"]
     return result
 
 
@@ -86,8 +61,9 @@ def measure(
     shapes: list[tuple[int, int]],
     repeats: int = 5,
     calibration: str | None = None,
-    log=lambda m: print(m, file=sys.stderr),  # noqa: ANN001
+    log=lambda m: print(m, file=sys.stderr),
 ) -> list[dict]:
+    """The table's rows: fp32, plain quantize_dynamic and this project's `modes`, quantized into `work`."""
     from modernbert_edge.quantize.fidelity import compare_models, load_model
     from modernbert_edge.quantize.quantizer import load_data, quantize
 
@@ -96,7 +72,7 @@ def measure(
     data = load_data(fp32_dir, manifest, calibration)
     files = {"fp32": fp32_dir / MODEL_FILE}
     log("plain quantize_dynamic ...")
-    files["quantize_dynamic"] = plain_dynamic(fp32_dir, work / "plain_dynamic.onnx")
+    files["quantize_dynamic"] = quantize_dynamic_baseline(fp32_dir / MODEL_FILE, work / "plain_dynamic.onnx")
     for mode in modes:
         out = work / f"ours-{mode}"
         quantize(fp32_dir, out, mode=mode, calibration=calibration, force=True, overwrite=True, log=log)
