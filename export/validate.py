@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export.checkpoint import find_weight_files
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import MODEL_FILE
@@ -64,9 +65,12 @@ def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, ato
     if not reference_available():
         log("notice: torch/transformers are not installed; skipping the PyTorch parity check.")
         return {"status": "skipped", "reason": "torch/transformers not installed"}
-    import onnxruntime as ort
     import torch
     import transformers
+
+    from modernbert_edge.runtime.session import create_session
+
+    find_weight_files(Path(checkpoint))  # safetensors only: nothing is ever unpickled
 
     spec = TASKS[task]
     atol = spec.atol if atol is None else atol
@@ -76,13 +80,13 @@ def validate_export(checkpoint: Path, model_dir: Path, task: str, log=print, ato
     transformers.logging.set_verbosity_error()  # a head checkpoint's encoder: the head keys are expected extras
     transformers.logging.disable_progress_bar()
     try:
-        ref_model = model_cls.from_pretrained(str(checkpoint), attn_implementation="sdpa").eval().float()
+        ref_model = (
+            model_cls.from_pretrained(str(checkpoint), attn_implementation="sdpa", use_safetensors=True).eval().float()
+        )
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the optional mask_positions input draws a warning by design
-    session = ort.InferenceSession(str(Path(model_dir) / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    session = create_session(Path(model_dir) / MODEL_FILE)
     names = [o.name for o in session.get_outputs()]
 
     cases, worst, scale = [], dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
