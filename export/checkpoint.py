@@ -123,8 +123,11 @@ class Weights:
             )
         begin, end = info["data_offsets"]
         dtype = _DTYPES[info["dtype"]]
-        data = np.memmap(path, dtype=np.uint8, mode="r", offset=start + begin, shape=(end - begin,))
-        arr = np.frombuffer(data, dtype=dtype).reshape(shape)
+        if end == begin:  # an empty tensor: nothing to map
+            arr = np.zeros(shape, dtype=dtype)
+        else:
+            data = np.memmap(path, dtype=np.uint8, mode="r", offset=start + begin, shape=(end - begin,))
+            arr = np.frombuffer(data, dtype=dtype).reshape(shape)
         if info["dtype"] == "BF16":
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
         self.used.add(name)

@@ -30,6 +30,7 @@ LIMITS = {  # sizes the checkpoint's tensors are checked against
 MAX_POSITIONS = 1 << 17  # rotary caches are (positions, head_dim / 2) per rope
 MAX_LOCAL_ATTENTION = 1 << 12  # the local band bias is (C, 3C) floats, C >= local_attention / 2
 MAX_LABELS = 1 << 16
+FLAT_THETAS = {"global_rope_theta": 160_000.0, "local_rope_theta": 10_000.0}  # the older format's keys
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,8 @@ def parse_config(raw: dict, path: Path = Path("config.json")) -> ModernBertConfi
 
     layers = raw["num_hidden_layers"]
     layer_types = raw.get("layer_types")
+    every = _int(path, raw, "global_attn_every_n_layers", 3, 1, 1 << 30)  # checked even where layer_types wins
     if layer_types is None:
-        every = _int(path, raw, "global_attn_every_n_layers", 3, 1, 1 << 30)
         layer_types = [LOCAL if i % every else GLOBAL for i in range(layers)]
     if not isinstance(layer_types, list):
         raise _fail(path, f"layer_types must be a list of {GLOBAL!r} / {LOCAL!r}, got {layer_types!r}.")
@@ -159,13 +160,15 @@ def parse_config(raw: dict, path: Path = Path("config.json")) -> ModernBertConfi
     # Newer configs: rope_parameters = {"full_attention": {...}, "sliding_attention": {...}}.
     # Older configs: global_rope_theta / local_rope_theta, plus an optional rope_scaling for both.
     rope_params = _object(path, raw.get("rope_parameters"), "rope_parameters")
+    thetas = {key: _positive(path, raw.get(key, default), key) for key, default in FLAT_THETAS.items()}
+    scaling = _object(path, raw.get("rope_scaling"), "rope_scaling")
     if GLOBAL in rope_params or LOCAL in rope_params:
         g = _rope_entry(path, rope_params.get(GLOBAL), f"rope_parameters.{GLOBAL}", 160_000.0)
         l = _rope_entry(path, rope_params.get(LOCAL), f"rope_parameters.{LOCAL}", 10_000.0)
     else:
-        scaling = _object(path, raw.get("rope_scaling"), "rope_scaling") or rope_params
-        g = _rope_entry(path, {**scaling, "rope_theta": raw.get("global_rope_theta", 160_000.0)}, "rope_scaling", 0)
-        l = _rope_entry(path, {**scaling, "rope_theta": raw.get("local_rope_theta", 10_000.0)}, "rope_scaling", 0)
+        scaling = scaling or rope_params
+        g = _rope_entry(path, {**scaling, "rope_theta": thetas["global_rope_theta"]}, "rope_scaling", 0)
+        l = _rope_entry(path, {**scaling, "rope_theta": thetas["local_rope_theta"]}, "rope_scaling", 0)
 
     for key in ("hidden_activation", "classifier_activation"):
         act = raw.get(key, "gelu")
