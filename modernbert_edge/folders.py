@@ -138,7 +138,7 @@ class OutputFolder:
         self._prepare_parent()
         self.recover_and_clean()
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_dir()):
-            raise UserError(f"{self.path} exists and is not a folder; choose another OUT_DIR.")
+            raise UserError(f"{self.path} exists and is not a folder (a file or a link); choose another OUT_DIR.")
         self.seen = _identity(self.path)  # what --overwrite may replace: the folder there now
         if self.seen is not None and not overwrite:
             raise UserError(f"{self.path} already exists; pass --overwrite to replace it.")
@@ -189,11 +189,10 @@ class OutputFolder:
 
         for path, pid in self._siblings("old"):
             if dead(path, pid):
-                if _identity(self.path) is None:
-                    with contextlib.suppress(OSError):
-                        os.rename(path, self.path)
-                        continue
-                shutil.rmtree(path, ignore_errors=True)
+                try:  # OUT_DIR missing: the run died between its two renames, so the old folder goes back
+                    self._claim_new(path)
+                except (UserError, OSError):  # OUT_DIR holds the newer folder: this one is garbage
+                    shutil.rmtree(path, ignore_errors=True)
         for path, pid in self._siblings("tmp"):
             if dead(path, pid):
                 shutil.rmtree(path, ignore_errors=True)
