@@ -541,3 +541,36 @@ def test_any_safetensors_header_gives_tensors_or_a_user_error(tmp_path, header, 
     for name in weights.names():  # every tensor the reader accepted is readable as declared
         shape = tuple(header[name]["shape"])
         assert weights.get(name, shape).shape == shape
+
+
+_tensor = st.tuples(st.sampled_from(["F32", "F16", "BF16", "I64", "U8"]), st.lists(st.integers(1, 4), max_size=3))
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_tensor, min_size=1, max_size=4), st.integers(0, 3), st.integers(0, 1), st.integers(-9, 9))
+def test_tiled_safetensors_load_exactly_and_any_shifted_offset_is_refused(tmp_path, tensors, which, side, shift):
+    header, offset, values = {}, 0, {}
+    rng = np.random.default_rng(len(tensors))
+    data = b""
+    for i, (dtype, shape) in enumerate(tensors):
+        itemsize = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U8": 1}[dtype]
+        raw = rng.integers(0, 100, size=math.prod(shape) * itemsize, dtype=np.uint8).tobytes()
+        header[f"t{i}"] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        values[f"t{i}"] = raw
+        data, offset = data + raw, offset + len(raw)
+    name = f"t{which % len(tensors)}"
+    header[name]["data_offsets"][side] += shift
+    path = _safetensors(tmp_path / "model.safetensors", header, data)
+    if shift:
+        with pytest.raises(UserError):
+            Weights([path])
+        return
+    weights = Weights([path])
+    for name, (dtype, shape) in zip(header, tensors, strict=True):
+        expected = np.frombuffer(
+            values[name],
+            dtype={"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8, "BF16": np.uint16}[dtype],
+        )
+        if dtype == "BF16":
+            expected = (expected.astype(np.uint32) << 16).view(np.float32)
+        np.testing.assert_array_equal(weights.get(name, tuple(shape)), expected.astype(np.float32).reshape(shape))
