@@ -138,6 +138,16 @@ def test_concurrent_writers_exactly_one_wins(tmp_path):
     assert [s for s in siblings(tmp_path, "out") if ".tmp-" in s] == []
 
 
+def test_two_concurrent_exports_one_wins_one_exits_2(ckpt, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from modernbert_edge.cli import main; main()", "export", str(ckpt), str(out)]
+    procs = [subprocess.Popen([*cmd, "--no-validate"], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    assert [code for code, _ in results] == [0, 2], results
+    assert "Traceback" not in results[1][1] and str(out) in results[1][1]
+    assert (out / "manifest.json").is_file() and [s for s in siblings(tmp_path, "out") if ".tmp-" in s] == []
+
+
 def test_stale_temporaries_of_dead_runs_are_cleaned(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -223,7 +233,8 @@ def test_read_only_filesystem_is_refused_before_the_build(ckpt, tmpfs):
 # ---------------------------------------------------------------- faults: SIGKILL at random points
 
 
-def _run_killed(args: list[str], delay: float) -> None:
+def _run_killed(args: list[str], delay: float) -> bool:
+    """Run `mbedge ARGS` in a subprocess and SIGKILL it after `delay` seconds; whether it was killed."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "from modernbert_edge.cli import main; main()", *args],
         stdout=subprocess.DEVNULL,
@@ -231,9 +242,17 @@ def _run_killed(args: list[str], delay: float) -> None:
     )
     try:
         proc.wait(timeout=delay)
+        return False
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        return True
+
+
+def _timed(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    assert not _run_killed(args, 300)
+    return time.perf_counter() - t0
 
 
 def _complete(folder: Path) -> bool:
@@ -249,40 +268,45 @@ def _age_temporaries(parent: Path, name: str) -> None:
             os.utime(parent / s, (old, old))
 
 
-def test_killed_exports_leave_nothing_or_a_complete_folder(ckpt, tmp_path):
-    rng = random.Random(0)
-    out = tmp_path / "out"
-    bystander = tmp_path / "bystander"
+def _kill_repeatedly(args: list[str], out: Path, runs: int) -> None:
+    """Kill `mbedge ARGS` at random points of a run (alternately with --overwrite of a complete
+    folder); OUT_DIR is always absent or complete, and the source and a bystander are untouched."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    bystander = out.parent / "bystander"
     bystander.mkdir()
     write_file(bystander, "keep.txt", b"keep")
-    for i in range(4):
-        overwrite = i % 2 == 1
-        before = out.exists() and _complete(out) and read_manifest(out)["created"]
-        _run_killed(
-            ["export", str(ckpt), str(out), "--no-validate", *(["--overwrite"] if overwrite else [])],
-            rng.uniform(0.5, 6),
-        )
+    full = _timed([*args, str(out)])  # one uninterrupted run: how long the kill window is
+    assert _complete(out)
+    killed = 0
+    for i in range(runs):
+        overwrite = i % 2 == 0
+        if not overwrite:
+            shutil.rmtree(out, ignore_errors=True)
+        existed = out.exists()
+        delay = rng.uniform(0.05, full)
+        killed += _run_killed([*args, str(out), *(["--overwrite"] if overwrite else [])], delay)
+        context = f"seed {seed}, run {i}, killed after {delay:.2f} s of {full:.2f}"
+        if existed:  # --overwrite: the old or the new folder at every instant, never neither
+            assert out.exists(), context
         if out.exists():
-            assert _complete(out)
-        if before:  # with --overwrite, the old or the new folder: never neither
-            assert out.exists()
-        assert (bystander / "keep.txt").read_bytes() == b"keep"
-        _age_temporaries(tmp_path, "out")
-    shutil.rmtree(out, ignore_errors=True)
-    assert cli("export", ckpt, out, "--no-validate").exit_code == 0  # the next run cleans up
-    assert _complete(out) and [s for s in siblings(tmp_path, "out") if ".tmp-" in s or ".old-" in s] == []
+            assert _complete(out), context
+        assert (bystander / "keep.txt").read_bytes() == b"keep", context
+        _age_temporaries(out.parent, out.name)
+    assert killed, f"seed {seed}: no run was killed before it ended"
+    OutputFolder(out, overwrite=True)  # the next run removes the dead runs' temporaries
+    assert [s for s in siblings(out.parent, out.name) if ".tmp-" in s or ".old-" in s] == []
+
+
+def test_killed_exports_leave_nothing_or_a_complete_folder(ckpt, tmp_path):
+    _kill_repeatedly(["export", str(ckpt), "--no-validate"], tmp_path / "out", runs=4)
+    assert (ckpt / "model.safetensors").is_file()
 
 
 def test_killed_quantize_leaves_nothing_or_a_complete_folder(exported_factory, tmp_path):
     model = exported_factory("fill-mask")
-    out = tmp_path / "q"
-    _run_killed(["quantize", str(model), str(out)], random.Random(1).uniform(2, 8))
-    if out.exists():
-        assert _complete(out)
+    _kill_repeatedly(["quantize", str(model)], tmp_path / "q", runs=2)
     assert read_manifest(model)["precision"] == "fp32" and _complete(model)
-    _age_temporaries(tmp_path, "q")
-    OutputFolder(out, overwrite=True)
-    assert [s for s in siblings(tmp_path, "q") if ".tmp-" in s] == []
 
 
 # ---------------------------------------------------------------- trust boundaries
