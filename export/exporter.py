@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,25 +18,15 @@ import onnx
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import OPSET
-from modernbert_edge.export.checkpoint import load_weights
+from modernbert_edge.export.checkpoint import Weights, find_weight_files
 from modernbert_edge.export.config import read_config
+from modernbert_edge.export.prove import prove_folder
 from modernbert_edge.export.tasks import build_graph, choose_task
+from modernbert_edge.folders import OutputFolder, package_versions
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
 
 FUSED_OPS = ("MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "Gelu", "LayerNormalization")
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
-
-
-def package_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("modernbert-edge", "onnx", "onnxruntime", "numpy", "tokenizers", "torch", "transformers"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return versions
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:
@@ -47,7 +36,17 @@ def resolve_checkpoint(checkpoint: str) -> Path:
         return path
     if path.exists():
         raise UserError(f"{checkpoint} is a file; pass the checkpoint folder that holds config.json.")
-    looks_like_hub_id = checkpoint.count("/") == 1 and not checkpoint.startswith((".", "/", "~"))
+    # A Hub id is "owner/name"; a path with another shape, or whose first part is a local folder
+    # (a typo in ckpts/mymodel), is a local path that does not exist, never a Hub lookup.
+    parts = checkpoint.split("/")
+    looks_like_hub_id = (
+        len(parts) == 2
+        and all(parts)
+        and not checkpoint.startswith((".", "~"))
+        and os.sep not in checkpoint.replace("/", "")
+        and not (os.altsep and os.altsep != "/" and os.altsep in checkpoint)
+        and not Path(parts[0]).exists()
+    )
     if not looks_like_hub_id:
         raise UserError(f"checkpoint folder {checkpoint} does not exist.")
     try:
@@ -92,30 +91,6 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
-def write_atomically(out_dir: Path, overwrite: bool, fill: Callable[[Path], None]) -> None:
-    """Call fill(tmp_dir), then move tmp_dir to out_dir (replacing it only when overwrite)."""
-    out_dir = out_dir.expanduser().absolute()
-    if out_dir.exists() and not overwrite:
-        raise UserError(f"{out_dir} already exists; pass --overwrite to replace it.")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        fill(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time())}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def export(
     checkpoint: str,
     out_dir: str | Path,
@@ -126,13 +101,15 @@ def export(
 ) -> dict:
     """Export a ModernBERT checkpoint folder to an ONNX model folder; returns the manifest."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:  # fail before the (possibly long) build
-        raise UserError(f"{out_dir} already exists; pass --overwrite to replace it.")
     src = resolve_checkpoint(checkpoint)
     cfg, raw_config = read_config(src / "config.json")
     chosen = choose_task(cfg, task)
+    files = find_weight_files(src)
+    # Claimed before the (possibly long) build: refuses a source, an existing OUT_DIR, or a parent
+    # that cannot hold the folder (the fp32 graph is at least as large as the weight files).
+    target = OutputFolder(out_dir, overwrite, sources=[src], need_bytes=sum(f.stat().st_size for f in files))
     t0 = time.perf_counter()
-    weights = load_weights(src)
+    weights = Weights(files)
     model, unused = build_graph(cfg, weights, chosen)
     build_s = time.perf_counter() - t0
     log(f"built {chosen.name} graph: {len(model.graph.node)} nodes, {cfg.num_hidden_layers} layers ({build_s:.1f} s)")
@@ -178,7 +155,8 @@ def export(
         else:
             manifest["validation"] = {"status": "skipped", "reason": "--no-validate"}
         write_manifest(tmp, manifest)
+        prove_folder(tmp, cfg.vocab_size, cfg.max_position_embeddings)
 
-    write_atomically(out_dir, overwrite, fill)
+    target.write(fill)
     log(f"wrote {out_dir}")
     return manifest

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export.checkpoint import find_weight_files
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import MODEL_FILE
@@ -74,6 +75,8 @@ def validate_export(
 
     from modernbert_edge.runtime.session import create_session
 
+    find_weight_files(Path(checkpoint))  # safetensors only: nothing is ever unpickled
+
     spec = TASKS[task]
     atol = spec.atol if atol is None else atol
     cfg, _ = read_config(Path(checkpoint) / "config.json")
@@ -82,7 +85,9 @@ def validate_export(
     transformers.logging.set_verbosity_error()  # a head checkpoint's encoder: the head keys are expected extras
     transformers.logging.disable_progress_bar()
     try:
-        ref_model = model_cls.from_pretrained(str(checkpoint), attn_implementation="sdpa").eval().float()
+        ref_model = (
+            model_cls.from_pretrained(str(checkpoint), attn_implementation="sdpa", use_safetensors=True).eval().float()
+        )
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()

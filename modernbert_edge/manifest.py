@@ -36,8 +36,25 @@ def read_manifest(folder: str | Path) -> dict:
         raise UserError(f"{folder} has no {MANIFEST}: is it a folder written by mbedge export?")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise UserError(f"{path} could not be read ({e}).") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "task" not in manifest:
         raise UserError(f"{path} is not a modernbert-edge manifest (expected format {FORMAT!r}).")
+    if manifest.get("model_file") is None:
+        manifest["model_file"] = MODEL_FILE
+    model_file = manifest["model_file"]
+    if not is_plain_name(model_file):
+        raise UserError(f"{path} names model_file {model_file!r}; it must be a file name inside the folder.")
     return manifest
+
+
+def is_plain_name(name: object) -> bool:
+    """A file name with no folder part: not absolute, no separators, not '.' or '..'."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+        and Path(name).name == name
+    )

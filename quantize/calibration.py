@@ -59,7 +59,7 @@ BUILTIN_TEXTS = (
     "The hotel offers free breakfast, a gym, and a rooftop pool.",
 )
 HELDOUT_EVERY = 5  # every fifth text is held out of the calibration statistics
-MAX_LENGTH = 512
+MAX_LENGTH = 512  # tokens per calibration row, or the model's max_position_embeddings when shorter
 BATCH_SIZE = 8
 
 
@@ -120,13 +120,15 @@ def tokenize(tokenizer_file: Path, texts: list[str], max_length: int) -> tuple[l
     return seqs, mask_id
 
 
-def batches(seqs: list[np.ndarray], pad_id: int, batch_size: int = BATCH_SIZE) -> list[Batch]:
+def batches(
+    seqs: list[np.ndarray], pad_id: int, batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH
+) -> list[Batch]:
     """Right-padded batches of similar lengths, plus one long row of all texts joined (>local window)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     out = []
     for start in range(0, len(order), batch_size):
         out.append(Batch(*pad([seqs[i] for i in order[start : start + batch_size]], pad_id)))
-    joined = np.concatenate(seqs)[:MAX_LENGTH]
+    joined = np.concatenate(seqs)[:max_length]
     if len(joined) > max(len(s) for s in seqs):
         out.append(Batch(joined[None, :], np.ones((1, len(joined)), dtype=np.int64)))
     return out
@@ -140,16 +142,33 @@ def calibration_set(
     source = str(path) if path is not None else "built-in"
     tokenizer_file = Path(model_dir) / "tokenizer.json"
     pad = 0 if pad_id is None else pad_id
+    max_length = min(MAX_LENGTH, max_positions(model_dir))
     if tokenizer_file.is_file():
-        seqs, mask_id = tokenize(tokenizer_file, texts, MAX_LENGTH)
+        seqs, mask_id = tokenize(tokenizer_file, texts, max_length)
     else:
         rng = np.random.default_rng(seed)
         low = min(5, vocab_size - 1)  # leave the usual special-token ids out
-        seqs = [rng.integers(low, vocab_size, size=int(rng.integers(4, 48))) for _ in texts]
+        seqs = [rng.integers(low, vocab_size, size=int(rng.integers(4, 48)))[:max_length] for _ in texts]
         mask_id, source = None, "random token ids"
     seqs = [s for s in seqs if len(s)]
     held = [s for i, s in enumerate(seqs) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1]
     calib = [s for i, s in enumerate(seqs) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
     if not held or not calib:
         raise UserError(f"the calibration texts ({source}) give too few non-empty sequences; give at least 2.")
-    return CalibrationSet(source, len(seqs), tuple(batches(calib, pad)), tuple(batches(held, pad)), mask_id)
+    return CalibrationSet(
+        source,
+        len(seqs),
+        tuple(batches(calib, pad, max_length=max_length)),
+        tuple(batches(held, pad, max_length=max_length)),
+        mask_id,
+    )
+
+
+def max_positions(model_dir: Path) -> int:
+    """The model folder's max_position_embeddings (rotary caches are that long: no row may be longer)."""
+    from modernbert_edge.manifest import read_manifest
+
+    value = (read_manifest(model_dir).get("config") or {}).get("max_position_embeddings")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{model_dir}/manifest.json has no valid max_position_embeddings (got {value!r}).")
+    return value

@@ -40,8 +40,10 @@ def quantize_cmd(
 ) -> None:
     """Quantize a model folder and measure it against fp32 (exit 2, nothing written, below --min-cosine)."""
     _need_onnx()
+    from modernbert_edge.quantize.fidelity import check_min_cosine
     from modernbert_edge.quantize.quantizer import quantize
 
+    check_min_cosine(min_cosine)
     if calibration is not None and not calibration.is_file():
         raise UserError(f"calibration file {calibration} does not exist.")
     manifest = quantize(

@@ -146,9 +146,16 @@ def compare_models(
     }
 
 
+def check_min_cosine(min_cosine: float) -> float:
+    """The gate's threshold: a cosine in (0, 1]."""
+    if not 0 < min_cosine <= 1:  # NaN fails too
+        raise UserError(f"--min-cosine must be a number in (0, 1], got {min_cosine}.")
+    return min_cosine
+
+
 def apply_gate(report: dict, min_cosine: float, force: bool) -> dict:
     """Add the gate's verdict: passed, failed, or failed but forced."""
-    ok = report["cosine_worst"] >= min_cosine
+    ok = report["cosine_worst"] >= check_min_cosine(min_cosine)
     report["gate"] = {
         "min_cosine": min_cosine,
         "status": "passed" if ok else ("forced" if force else "failed"),

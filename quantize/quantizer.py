@@ -169,13 +169,13 @@ def quantize(
 
     Raises UserError, writing nothing, when the worst-token cosine to fp32 is below min_cosine
     (after leaving the worst projections in float, when `fallback`), unless `force`."""
-    from modernbert_edge.export.exporter import package_versions, save_model, write_atomically
+    from modernbert_edge.export.exporter import save_model
+    from modernbert_edge.folders import OutputFolder, package_versions
 
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}.")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise UserError(f"{out_dir} already exists; pass --overwrite to replace it.")
+    target = OutputFolder(out_dir, overwrite, sources=[model_dir])  # claimed before the (long) calibration
     model, manifest = load_model(model_dir)
     if manifest.get("precision", "fp32") != "fp32":
         raise UserError(f"{model_dir} holds a {manifest['precision']} model; quantize the fp32 folder it came from.")
@@ -259,7 +259,7 @@ def quantize(
                 shutil.copy2(model_dir / f, tmp / f)
         write_manifest(tmp, out_manifest)
 
-    write_atomically(out_dir, overwrite, fill)
+    target.write(fill)
     size = sum(f.stat().st_size for f in out_dir.iterdir() if f.name.startswith(MODEL_FILE))
     log(f"wrote {out_dir} ({size / 1e6:.1f} MB model)")
     return out_manifest

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from modernbert_edge.bench.checkpoints import make_checkpoint
+
+# Property-based tests: a small budget by default (CI); HYPOTHESIS_PROFILE=full runs 10,000 inputs each.
+settings.register_profile("ci", max_examples=150, deadline=None)
+settings.register_profile("full", max_examples=10_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

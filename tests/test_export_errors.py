@@ -31,15 +31,21 @@ def rewrite_config(ckpt: Path, **changes) -> None:
     path.write_text(json.dumps(raw))
 
 
-def rewrite_safetensors(path: Path, edit) -> None:  # noqa: ANN001
-    """Edit the header of a safetensors file (rename or reshape tensors) in place."""
+def rewrite_safetensors(path: Path, edit, extra: bytes = b"") -> None:  # noqa: ANN001
+    """Edit the header of a safetensors file (rename or reshape tensors) in place; `extra` is appended to its data."""
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
     edit(header)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :])
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n :] + extra)
+
+
+def read_header(path: Path) -> dict:
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n])
 
 
 def assert_user_error(result, *fragments: str) -> None:  # noqa: ANN001
@@ -111,10 +117,13 @@ def test_missing_tensor_is_named(ckpt, tmp_path):
 
 
 def test_extra_tensor_is_named(ckpt, tmp_path):
-    def add(header):  # noqa: ANN001
-        header["model.layers.0.attn.extra.weight"] = dict(header["model.final_norm.weight"])
+    path = ckpt / "model.safetensors"
+    end = max(v["data_offsets"][1] for k, v in read_header(path).items() if k != "__metadata__")
 
-    rewrite_safetensors(ckpt / "model.safetensors", add)
+    def add(header):  # noqa: ANN001
+        header["model.layers.0.attn.extra.weight"] = {"dtype": "F32", "shape": [4], "data_offsets": [end, end + 16]}
+
+    rewrite_safetensors(path, add, extra=bytes(16))
     assert_user_error(run_export(ckpt, tmp_path / "out"), "does not use", "model.layers.0.attn.extra.weight")
 
 

@@ -247,7 +247,7 @@ def test_cli_quantize_and_compare(exported_factory, tmp_path):
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["compare", str(src), str(tmp_path / "q")])
     assert res.exit_code == 0 and "label agreement" in res.output and "token cosine, worst" in res.output
-    res = runner.invoke(app, ["quantize", str(src), str(tmp_path / "q2"), "--min-cosine", "1.1"])
+    res = runner.invoke(app, ["quantize", str(src), str(tmp_path / "q2"), "--min-cosine", "1"])
     assert res.exit_code == 2 and "below --min-cosine" in res.output
     res = runner.invoke(app, ["quantize", str(tmp_path / "q"), str(tmp_path / "q3")])
     assert res.exit_code == 2 and "fp32" in res.output
