@@ -53,7 +53,7 @@ def create_session(
     name = "the serialized model" if isinstance(model, bytes) else str(model)
     try:
         session = ort.InferenceSession(source, options, providers=[PROVIDER])
-    except Exception as e:  # noqa: BLE001 - ORT raises several types for unreadable models
+    except Exception as e:  # ORT raises several types for unreadable models
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFolderError(
             f"{name} could not be loaded by onnxruntime {ort.__version__} ({first}); "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -356,7 +357,7 @@ def test_run_checks_token_ids(models) -> None:
         model.run(np.ones((1, model.info.max_position_embeddings + 1), np.int64))
 
 
-def _damaged(folder: Path, tmp_path: Path, damage) -> Path:  # noqa: ANN001
+def _damaged(folder: Path, tmp_path: Path, damage: Callable[[Path], object]) -> Path:
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)
     damage(copy)
