@@ -58,6 +58,9 @@ def run_cmd(
         float | None, typer.Option(help="Share of a batch that may be padding: 0 (default) equal lengths only, 1 any.")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: one per core).")] = None,
+    spinning: Annotated[
+        str | None, typer.Option(help="Idle ONNX Runtime threads: off (default: sleep), brief or on (spin).")
+    ] = None,
     truncation: Annotated[str, typer.Option(help="Inputs too long for the model: truncate or error.")] = "truncate",
     max_length: Annotated[int | None, typer.Option(help="Read at most this many tokens per input.")] = None,
     on_error: Annotated[str, typer.Option(help="A bad input: skip (report it, go on) or stop.")] = "skip",
@@ -69,6 +72,7 @@ def run_cmd(
     from modernbert_edge.runtime.inputs import FORMATS, read_inputs
     from modernbert_edge.runtime.model import load
     from modernbert_edge.runtime.numerics import AGGREGATIONS, POOLINGS
+    from modernbert_edge.runtime.session import DEFAULT_SPINNING, SPINNING
     from modernbert_edge.runtime.stream import PROGRESS_ABOVE, Progress, run_items
     from modernbert_edge.runtime.tokenize import TRUNCATION
 
@@ -77,6 +81,7 @@ def run_cmd(
     _choice(aggregation, AGGREGATIONS, "--aggregation")
     _choice(truncation, TRUNCATION, "--truncation")
     _choice(on_error, ON_ERROR, "--on-error")
+    _choice(spinning, SPINNING, "--spinning")
     if texts and input_file is not None:
         raise UserError("pass texts as arguments or with --input, not both.")
     model = load(
@@ -87,6 +92,7 @@ def run_cmd(
         truncation=truncation,
         max_length=max_length,
         max_padding=DEFAULT_MAX_PADDING if max_padding is None else max_padding,
+        spinning=DEFAULT_SPINNING if spinning is None else spinning,
     )
     spec = model.resolve_task(task)
     given = {

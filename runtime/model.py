@@ -36,7 +36,7 @@ from modernbert_edge.runtime.errors import (
 )
 from modernbert_edge.runtime.folder import ModelInfo, check_graph, model_bytes, read_folder
 from modernbert_edge.runtime.postprocess import Batch
-from modernbert_edge.runtime.session import Session
+from modernbert_edge.runtime.session import DEFAULT_SPINNING, Session, spinning_mode
 from modernbert_edge.runtime.tasks import TASKS, Task, find_task
 from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
 
@@ -204,15 +204,15 @@ class Model:
 
         results: list = list(encoded)  # errors stay in place; encodings are replaced by results
         valid = [i for i, e in enumerate(encoded) if not isinstance(e, InputError)]
-        for batch in self.plan([len(encoded[i].ids) for i in valid]):
-            rows = [valid[j] for j in batch]
+        for planned in self.plan([len(encoded[i].ids) for i in valid]):
+            rows = [valid[j] for j in planned]
             encs = [encoded[i] for i in rows]
             ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)  # (B, S) each
             feed = spec.feed(ids, tokenizer) if spec.feed is not None else {}
             feed = {name: value for name, value in feed.items() if name in self._session.optional_inputs}
             out = self._session.run(ids, mask, **feed)
-            post = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, feed)
-            for i, result in zip(rows, spec.post(post, **options), strict=True):
+            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, feed)
+            for i, result in zip(rows, spec.post(batch, **options), strict=True):
                 results[i] = result
             if on_batch is not None:
                 on_batch(len(rows))
@@ -302,7 +302,7 @@ def load(
     truncation: str = "truncate",
     max_length: int | None = None,
     max_padding: float | None = DEFAULT_MAX_PADDING,
-    spinning: bool = False,
+    spinning: bool | str = DEFAULT_SPINNING,
 ) -> Model:
     """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
 
@@ -310,8 +310,10 @@ def load(
     padded tokens and rows of one batch. truncation: "truncate" (warn) or "error" for inputs longer
     than max_length (default and upper bound: the model's max_position_embeddings). max_padding:
     the share of a batch's tokens that may be padding (default 0.0: only equal lengths share a
-    batch, which keeps attention on its mask-free path; None or 1: any, within batch_tokens). spinning: let idle
-    ORT threads spin (faster back-to-back calls, one busy core each in between).
+    batch, which keeps attention on its mask-free path; None or 1: any, within batch_tokens).
+    spinning: what idle ONNX Runtime threads do between ops and calls, "off" (default: they sleep),
+    "brief" or "on" (they spin: faster hand-offs on an idle machine, busy cores between calls); see
+    runtime.session.SPINNING.
     """
     if truncation not in TRUNCATION:
         raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
@@ -319,6 +321,10 @@ def load(
         raise UserError(f"batch_tokens and batch_rows must be >= 1, got {batch_tokens} and {batch_rows}.")
     if max_padding is not None and not 0.0 <= max_padding <= 1.0:
         raise UserError(f"max_padding must be between 0 and 1, got {max_padding}.")
+    try:
+        spinning = spinning_mode(spinning)
+    except ValueError as e:
+        raise UserError(f"{e}.") from None
     info = read_folder(model_dir)
     limit = info.max_position_embeddings
     if max_length is not None:
