@@ -28,8 +28,9 @@ OPTIONAL_INPUTS = ("mask_positions",)  # int64 (M,) flat b * S + s: fill-mask lo
 #   "on"    spin (ONNX Runtime's default): the fastest hand-offs on idle cores, and each pool keeps
 #           its cores busy for a while after every call, slowing whatever runs there next.
 #   "brief" spin at most SPIN_US, then sleep (ONNX Runtime 1.26 and later; earlier ones spin as "on").
-# Default "off": measured with scripts/runtime_overhead.py (base shape, int8, 2 threads, a shared
-# 2-vCPU machine) "on" and "brief" were slower at 1x128 and 8x128, and only "on" burns idle CPU.
+# Default "off", measured with scripts/runtime_overhead.py (base shape, int8, 2 threads, a shared
+# 2-vCPU machine): "on" was up to 1.2x faster at 1x128 when the machine was quiet, and 1.3-2.5x
+# slower at 1x128 and 8x128 when other processes wanted the cores; "brief" fell in between.
 SPIN_US = 1000
 SPINNING = {
     "off": {"session.intra_op.allow_spinning": "0"},

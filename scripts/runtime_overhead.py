@@ -21,16 +21,17 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
-from modernbert_edge.runtime import load
-from modernbert_edge.runtime.session import SPINNING, create_session
+from modernbert_edge.runtime import Model, load
+from modernbert_edge.runtime.session import create_session
 
 GAP_S = 0.1  # idle time before each timed call (longer than a spinning pool keeps spinning)
 
 
-def texts_of_length(model, rows: int, tokens: int) -> list[str]:  # noqa: ANN001 - a runtime Model
+def texts_of_length(model: Model, rows: int, tokens: int) -> list[str]:
     """`rows` different texts that each tokenize to exactly `tokens` tokens (special tokens included)."""
     words = ("alpha", "bravo", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "mike", "a", "b", "c")
 
@@ -52,7 +53,7 @@ def texts_of_length(model, rows: int, tokens: int) -> list[str]:  # noqa: ANN001
     return texts
 
 
-def idle_cpu_s(call) -> float:  # noqa: ANN001 - a callable
+def idle_cpu_s(call: Callable[[], object]) -> float:
     """Process CPU seconds used during one idle second right after `call()`."""
     call()
     start = time.process_time()
@@ -60,7 +61,7 @@ def idle_cpu_s(call) -> float:  # noqa: ANN001 - a callable
     return time.process_time() - start
 
 
-def measure(folder: str, threads: int, rows: int, tokens: int, rounds: int, spinning: str) -> dict[str, float]:
+def measure(folder: str, threads: int, rows: int, tokens: int, rounds: int, spinning: bool | str) -> dict[str, float]:
     """{call: median seconds} for embed, run and plain with one spinning setting, plus idle CPU seconds."""
     model = load(folder, threads=threads, spinning=spinning)
     session = create_session(model.info.model_path, threads, spinning=spinning)
@@ -92,11 +93,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shapes", default="1x128,8x128", help="BxS,BxS,...")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--spinning", default=",".join(SPINNING), help="settings to compare, comma-separated")
+    parser.add_argument("--spinning", default="off,brief,on", help="settings to compare, comma-separated")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "B,S,spinning" measured in this process
     args = parser.parse_args()
     if args.one:
         rows, tokens, spinning = args.one.split(",")
+        spinning = {"off": False, "on": True}.get(spinning, spinning)  # as bools, which every version takes
         result = measure(args.model_dir, args.threads, int(rows), int(tokens), args.rounds, spinning)
         print(json.dumps(result))
         return
