@@ -7,6 +7,12 @@ bench/), mapped into this namespace by pyproject's package-dir.
 from __future__ import annotations
 
 import os as _os
+from typing import TYPE_CHECKING
+
+from modernbert_edge.errors import UserError
+
+if TYPE_CHECKING:
+    from modernbert_edge.runtime.model import Model
 
 __version__ = "0.1.0"
 
@@ -17,10 +23,8 @@ if _os.path.isfile(_os.path.join(_root, "pyproject.toml")) and _os.path.isdir(_o
     if _root not in __path__:
         __path__.append(_root)
 
-from modernbert_edge.errors import UserError  # noqa: E402
 
-
-def load(model_dir: str, threads: int | None = None, **kwargs):  # noqa: ANN201
+def load(model_dir: str, threads: int | None = None, **kwargs: object) -> Model:
     """Load a model folder written by `mbedge export` or `mbedge quantize` (see runtime.Model)."""
     from modernbert_edge.runtime import load as _load
 

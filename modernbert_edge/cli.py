@@ -27,7 +27,7 @@ def user_errors(fn: Callable) -> Callable:
     """Turn UserError (and Ctrl-C) into a one-line message and a non-zero exit code."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return fn(*args, **kwargs)
         except UserError as e:

@@ -1,7 +1,8 @@
 """The torch-free CPU runtime: load a model folder and run its task with ONNX Runtime.
 
 Imports only numpy, onnxruntime and tokenizers (typer in commands.py); never torch,
-transformers, optimum or onnx, and not the exporter.
+transformers, optimum or onnx, and not the exporter. `Model` and `load` are imported on first
+use, so the CLI can read commands.py (for --help) without loading onnxruntime.
 
     import modernbert_edge as mbe
     model = mbe.load("out/fill-mask")
@@ -9,6 +10,8 @@ transformers, optimum or onnx, and not the exporter.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from modernbert_edge.runtime.errors import (
     EmptyInputError,
@@ -20,7 +23,18 @@ from modernbert_edge.runtime.errors import (
     TaskMismatchError,
     TruncationWarning,
 )
-from modernbert_edge.runtime.model import Model, load
+
+if TYPE_CHECKING:
+    from modernbert_edge.runtime.model import Model, load
+
+
+def __getattr__(name: str) -> object:
+    if name in ("Model", "load"):
+        from modernbert_edge.runtime import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "EmptyInputError",

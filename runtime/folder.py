@@ -1,4 +1,5 @@
-"""What a model folder holds: manifest.json, config.json and the model file, read and checked.
+"""What a model folder holds: manifest.json, config.json and the model file, read and checked
+(`read_folder`), then checked against the graph the model file holds (`check_graph`).
 
 Written by `mbedge export` (and `mbedge quantize`, which may name another model file: always use
 manifest["model_file"]). Every problem is a ModelFolderError that names the file and what to do.
@@ -6,14 +7,19 @@ manifest["model_file"]). Every problem is a ModelFolderError that names the file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import MODEL_FILE, read_manifest
 from modernbert_edge.runtime.errors import ModelFolderError
 from modernbert_edge.runtime.tasks import TASKS
+
+if TYPE_CHECKING:
+    from modernbert_edge.runtime.session import Session
 
 CONFIG = "config.json"
 
@@ -109,3 +115,34 @@ def read_folder(model_dir: str | Path) -> ModelInfo:
         cls_token_id=cls if isinstance(cls, int) and 0 <= cls else None,
         manifest=manifest,
     )
+
+
+def check_graph(info: ModelInfo, session: Session) -> ModelInfo:
+    """The graph's outputs are the task's, with the sizes config.json gives; fills id2label if absent."""
+    spec = TASKS[info.task]
+    where = info.model_path
+    if set(session.output_names) != set(info.outputs) or not set(spec.outputs) <= set(session.output_names):
+        raise ModelFolderError(
+            f"{where} has outputs {session.output_names}, but the manifest says {list(info.outputs)} "
+            f"and a {info.task} model needs {list(spec.outputs)}: the folder is inconsistent; export it again."
+        )
+    last = session.output_shapes[spec.outputs[0]][-1]
+    expected = spec.head_size(info)
+    if isinstance(last, int) and expected is not None and last != expected:
+        raise ModelFolderError(
+            f"{where}'s {spec.outputs[0]} output has size {last}, but config.json implies {expected} "
+            "(hidden_size, vocab_size or id2label): the folder is inconsistent; export it again."
+        )
+    if spec.labelled and not info.id2label:
+        if not isinstance(last, int):
+            raise ModelFolderError(
+                f"{info.folder / 'config.json'} has no id2label, and the graph does not say how many labels."
+            )
+        info = dataclasses.replace(info, id2label=tuple(f"LABEL_{i}" for i in range(last)))
+    return info
+
+
+def model_bytes(model_path: Path) -> int:
+    """The model file's size, with its external-data file when it has one."""
+    data = model_path.with_name(model_path.name + ".data")
+    return model_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)

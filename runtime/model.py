@@ -1,8 +1,9 @@
 """Model: a loaded model folder and its tasks, as plain Python and numpy results.
 
     load(folder) ─ read_folder (manifest, config) ─ TextTokenizer (tokenizer.json) ─ Session (model file)
-    task method ─ encode (validate, truncate) ─ plan_batches (sorted, token budget) ─ Session.run
-                ─ post-process per batch ─ results back in input order
+    task method ─ predict: the task's row (tasks.TASKS) ─ encode (validate, truncate) ─ the row's check
+                ─ plan_batches (sorted, token budget) ─ Session.run (with the row's feed)
+                ─ the row's post-processor per batch ─ results back in input order
 
 Each text method takes one text (and returns one result) or a list (and returns a list); `embed`
 always returns a (n, hidden) array. Every input is checked before the model runs: a bad one
@@ -12,13 +13,11 @@ results). Nothing in a Model changes after loading, so threads may share one.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Encoding
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import (
@@ -31,39 +30,16 @@ from modernbert_edge.runtime.batching import (
 from modernbert_edge.runtime.errors import (
     InputError,
     InputTooLongError,
-    MissingMaskError,
     MissingTokenizerError,
     ModelFolderError,
     TaskMismatchError,
 )
-from modernbert_edge.runtime.folder import ModelInfo, read_folder
-from modernbert_edge.runtime.session import Session
-from modernbert_edge.runtime.tasks import (
-    AGGREGATIONS,
-    POOLINGS,
-    TASKS,
-    Task,
-    best_spans,
-    classification_function,
-    entities,
-    find_task,
-    l2_normalize,
-    label_scores,
-    pool,
-    softmax,
-    subword_flags,
-    top_k_indices,
-)
+from modernbert_edge.runtime.folder import ModelInfo, check_graph, model_bytes, read_folder
+from modernbert_edge.runtime.postprocess import Batch
+from modernbert_edge.runtime.session import DEFAULT_SPINNING, Session, spinning_mode
+from modernbert_edge.runtime.tasks import TASKS, Task, find_task
 from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
 
-# Each task's options and their defaults (the keyword arguments of its method).
-OPTIONS: dict[str, dict[str, object]] = {
-    "feature-extraction": {"pooling": "mean", "normalize": True},
-    "fill-mask": {"top_k": 5},
-    "text-classification": {"top_k": None},
-    "token-classification": {"aggregation": "simple", "ignore_labels": ("O",)},
-    "question-answering": {"top_k": 1, "max_answer_len": 15, "align_to_words": True},
-}
 OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: tokens × vocab floats)
 
 
@@ -100,29 +76,36 @@ class Model:
     def __repr__(self) -> str:
         return f"Model({str(self.info.folder)!r}, task={self.task!r}, precision={self.info.precision!r})"
 
-    # ── tasks ───────────────────────────────────────────────────────────────────────────────────
+    # ── tasks: options left at None take the task's defaults (tasks.TASKS) ──────────────────────────
 
-    def embed(self, texts: str | Sequence[str], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
-        """(n, hidden) float32 embeddings: mean over the tokens (or the [CLS] token), L2-normalized."""
+    def embed(
+        self, texts: str | Sequence[str], pooling: str | None = None, normalize: bool | None = None
+    ) -> np.ndarray:
+        """(n, hidden) float32 embeddings: mean over the tokens (pooling "mean") or the [CLS] token ("cls"),
+        L2-normalized unless normalize=False."""
         texts = [texts] if isinstance(texts, str) else list(texts)
-        rows = self.predict(texts, task="feature-extraction", pooling=pooling, normalize=normalize)
+        rows = self.predict(texts, task="feature-extraction", **_given(pooling=pooling, normalize=normalize))
         return np.stack(rows) if rows else np.zeros((0, self.info.hidden_size), np.float32)
 
-    def fill_mask(self, texts: str | Sequence[str], top_k: int = 5) -> list:
-        """For each mask token in a text, its top_k predictions [{score, token, token_str, sequence}]."""
+    def fill_mask(self, texts: str | Sequence[str], top_k: int | None = None) -> list:
+        """For each mask token in a text, its top_k (5) predictions [{score, token, token_str, sequence}]."""
         return self._one_or_many(texts, "fill-mask", top_k=top_k)
 
     def classify(self, texts: str | Sequence[str], top_k: int | None = None) -> list:
-        """[{label, score}] sorted by score (softmax; sigmoid for multi-label models), top_k of them."""
+        """[{label, score}] sorted by score (softmax; sigmoid for multi-label models), top_k of them (all)."""
         return self._one_or_many(texts, "text-classification", top_k=top_k)
 
     def tag(
-        self, texts: str | Sequence[str], aggregation: str = "simple", ignore_labels: Sequence[str] = ("O",)
+        self,
+        texts: str | Sequence[str],
+        aggregation: str | None = None,
+        ignore_labels: Sequence[str] | None = None,
     ) -> list:
         """Entities [{entity_group, score, word, start, end}] as character spans of each text.
 
         aggregation as in Hugging Face's token-classification pipeline: "none" (one per token, key
-        "entity"), "simple" (group adjacent tokens), "first" / "average" / "max" (one label per word).
+        "entity"), "simple" (the default: group adjacent tokens), "first" / "average" / "max" (one label
+        per word). Entities labelled one of ignore_labels (("O",)) are left out.
         """
         return self._one_or_many(texts, "token-classification", aggregation=aggregation, ignore_labels=ignore_labels)
 
@@ -130,14 +113,15 @@ class Model:
         self,
         question: str | Sequence[str],
         context: str | Sequence[str],
-        top_k: int = 1,
-        max_answer_len: int = 15,
-        align_to_words: bool = True,
+        top_k: int | None = None,
+        max_answer_len: int | None = None,
+        align_to_words: bool | None = None,
     ) -> dict | list:
         """The best span of the context, {answer, score, start, end} (a list of top_k when top_k > 1).
 
         A question and a context give one result; lists (or one question for a list of contexts)
-        give a list. Character offsets index the context.
+        give a list. Character offsets index the context, widened to whole words unless
+        align_to_words=False; answers are at most max_answer_len (15) tokens long.
         """
         single = isinstance(question, str) and isinstance(context, str)
         questions = [question] if isinstance(question, str) else list(question)
@@ -149,9 +133,7 @@ class Model:
         results = self.predict(
             list(zip(questions, contexts, strict=True)),
             task="question-answering",
-            top_k=top_k,
-            max_answer_len=max_answer_len,
-            align_to_words=align_to_words,
+            **_given(top_k=top_k, max_answer_len=max_answer_len, align_to_words=align_to_words),
         )
         return results[0] if single else results
 
@@ -209,174 +191,39 @@ class Model:
         spec = self.resolve_task(task)
         if errors not in ("raise", "return"):
             raise UserError(f"errors must be 'raise' or 'return', got {errors!r}.")
-        options = self._options(spec, options)
-        post = getattr(self, f"_post_{spec.method}")
+        options = spec.with_options(options)
         tokenizer = self._need_tokenizer()
-        inputs = list(inputs)
-        if spec.pair:
-            inputs = [_as_pair(x) for x in inputs]
-            encoded = tokenizer.encode_pairs(inputs, self.truncation)
-        else:
-            encoded = tokenizer.encode(inputs, self.truncation)
-        if spec.name == "fill-mask":
-            encoded = [_check_mask(e, i, tokenizer) for i, e in enumerate(encoded)]
+        inputs = [_as_pair(x) for x in inputs] if spec.pair else list(inputs)
+        encode = tokenizer.encode_pairs if spec.pair else tokenizer.encode
+        encoded = encode(inputs, self.truncation)
+        if spec.check is not None:
+            encoded = [e if isinstance(e, InputError) else spec.check(e, i, tokenizer) for i, e in enumerate(encoded)]
         bad = [e for e in encoded if isinstance(e, InputError)]
         if bad and errors == "raise":
             raise bad[0]
 
         results: list = list(encoded)  # errors stay in place; encodings are replaced by results
-        valid = [i for i, e in enumerate(encoded) if isinstance(e, Encoding)]
-        lengths = [len(encoded[i].ids) for i in valid]
-        for batch in self.plan(lengths):
-            rows = [valid[j] for j in batch]
+        valid = [i for i, e in enumerate(encoded) if not isinstance(e, InputError)]
+        for planned in self.plan([len(encoded[i].ids) for i in valid]):
+            rows = [valid[j] for j in planned]
             encs = [encoded[i] for i in rows]
-            ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)
-            out = self._forward(spec, ids, mask)
-            for i, result in zip(rows, post(out, mask, encs, [inputs[i] for i in rows], **options), strict=True):
+            ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)  # (B, S) each
+            feed = spec.feed(ids, tokenizer) if spec.feed is not None else {}
+            feed = {name: value for name, value in feed.items() if name in self._session.optional_inputs}
+            out = self._session.run(ids, mask, **feed)
+            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, feed)
+            for i, result in zip(rows, spec.post(batch, **options), strict=True):
                 results[i] = result
             if on_batch is not None:
                 on_batch(len(rows))
-        return results
-
-    def _forward(self, spec: Task, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-        """One batch through the session. Fill-mask asks for the [MASK] rows only, when the graph can
-        (its mask_positions input), and gets {"mask_positions": (M,) flat b * S + s, "mask_logits": (M, V)}."""
-        if spec.name != "fill-mask":
-            return self._session.run(ids, mask)
-        positions = np.flatnonzero(ids == self.tokenizer.mask_id)  # row-major: b * S + s
-        if self.decodes_masked_rows_only:
-            logits = self._session.run(ids, mask, mask_positions=positions)["logits"][0]  # (M, V)
-        else:
-            logits = self._session.run(ids, mask)["logits"].reshape(-1, self.info.vocab_size)[positions]
-        return {"mask_positions": positions, "mask_logits": logits}
-
-    # ── post-processing, per batch: (outputs, mask, encodings, inputs, options) -> a result per row ──
-
-    def _options(self, spec: Task, given: dict) -> dict:
-        """The task's options: the defaults, updated with `given`, checked."""
-        options = dict(OPTIONS[spec.name])
-        unknown = sorted(set(given) - set(options))
-        if unknown:
-            raise UserError(
-                f"{spec.name} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(options))})."
-            )
-        options.update(given)
-        for key in ("top_k", "max_answer_len"):
-            value = options.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UserError(f"{key} must be a positive integer, got {value!r}.")
-        if options.get("pooling", "mean") not in POOLINGS:
-            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {options['pooling']!r}.")
-        if options.get("aggregation", "simple") not in AGGREGATIONS:
-            raise UserError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {options['aggregation']!r}.")
-        return options
-
-    def _post_embed(self, out: dict, mask: np.ndarray, encs: list, texts: list, pooling: str, normalize: bool) -> list:
-        pooled = pool(out["last_hidden_state"], mask, pooling)  # (B, D)
-        pooled = l2_normalize(pooled) if normalize else pooled
-        return list(pooled.astype(np.float32))
-
-    def _post_fill_mask(self, out: dict, mask: np.ndarray, encs: list[Encoding], texts: list, top_k: int) -> list:
-        tok = self.tokenizer
-        width = mask.shape[1]
-        results = []
-        for b, enc in enumerate(encs):
-            ids = np.asarray(enc.ids)
-            rows = np.flatnonzero(out["mask_positions"] // width == b)  # this text's masks, in order
-            positions = out["mask_positions"][rows] % width
-            probs = softmax(out["mask_logits"][rows].astype(np.float32))  # (masks, V)
-            single = len(positions) == 1  # the pipeline keeps other masks visible in `sequence`
-            per_mask = []
-            for m, position in enumerate(positions):
-                predictions = []
-                for token in top_k_indices(probs[m], top_k):
-                    filled = ids.copy()
-                    filled[position] = token
-                    predictions.append(
-                        {
-                            "score": float(probs[m, token]),
-                            "token": int(token),
-                            "token_str": tok.decode([int(token)], skip_special_tokens=False),
-                            "sequence": tok.decode(filled.tolist(), skip_special_tokens=single),
-                        }
-                    )
-                per_mask.append(predictions)
-            results.append(per_mask)
-        return results
-
-    def _post_classify(self, out: dict, mask: np.ndarray, encs: list, texts: list, top_k: int | None) -> list:
-        logits = out["logits"]  # (B, num_labels)
-        function = classification_function(self.info.problem_type, logits.shape[-1])
-        return [label_scores(row, self.info.id2label, function, top_k) for row in logits]
-
-    def _post_tag(
-        self,
-        out: dict,
-        mask: np.ndarray,
-        encs: list[Encoding],
-        texts: list[str],
-        aggregation: str,
-        ignore_labels: Sequence[str],
-    ) -> list:
-        tok = self.tokenizer
-        results = []
-        for b, (enc, text) in enumerate(zip(encs, texts, strict=True)):
-            scores = softmax(out["logits"][b, : len(enc.ids)].astype(np.float32))  # (S, labels)
-            flags = subword_flags(
-                text, enc.tokens, enc.offsets, [i == tok.unk_id for i in enc.ids], tok.continuing_subword_prefix
-            )
-            results.append(
-                entities(
-                    text,
-                    scores,
-                    enc.offsets,
-                    enc.special_tokens_mask,
-                    flags,
-                    self.info.id2label,
-                    aggregation,
-                    tuple(ignore_labels),
-                )
-            )
-        return results
-
-    def _post_answer(
-        self,
-        out: dict,
-        mask: np.ndarray,
-        encs: list[Encoding],
-        pairs: list[tuple[str, str]],
-        top_k: int,
-        max_answer_len: int,
-        align_to_words: bool,
-    ) -> list:
-        cls_id = self.tokenizer.cls_id if self.tokenizer.cls_id is not None else self.info.cls_token_id
-        results = []
-        for b, (enc, (_, context)) in enumerate(zip(encs, pairs, strict=True)):
-            n = len(enc.ids)
-            allowed = np.array([s == 1 for s in enc.sequence_ids])
-            ids = np.asarray(enc.ids)
-            cls = np.flatnonzero((ids == cls_id) & np.asarray(enc.special_tokens_mask, dtype=bool))
-            spans = best_spans(
-                out["start_logits"][b, :n],
-                out["end_logits"][b, :n],
-                allowed,
-                int(cls[0]) if len(cls) else None,
-                top_k,
-                max_answer_len,
-            )
-            answers = []
-            for s, e, score in spans:
-                start, end = _char_span(enc, s, e, align_to_words)
-                answers.append({"score": score, "start": start, "end": end, "answer": context[start:end]})
-            results.append(answers[0] if top_k == 1 and answers else answers)
         return results
 
     # ── helpers ─────────────────────────────────────────────────────────────────────────────────
 
     def _one_or_many(self, texts: str | Sequence[str], task: str, **options: object) -> list:
         if isinstance(texts, str):
-            return self.predict([texts], task=task, **options)[0]
-        return self.predict(list(texts), task=task, **options)
+            return self.predict([texts], task=task, **_given(**options))[0]
+        return self.predict(list(texts), task=task, **_given(**options))
 
     def resolve_task(self, name: str | None) -> Task:
         """The folder's task; `name` must be it (or feature-extraction, on a graph with hidden states)."""
@@ -431,7 +278,7 @@ class Model:
             "task": self.task,
             "precision": self.info.precision,
             "model_file": self.info.model_path.name,
-            "model_bytes": _model_bytes(self.info.model_path),
+            "model_bytes": model_bytes(self.info.model_path),
             "inputs": list(self._session.input_names),
             "outputs": {name: self._session.output_shapes[name] for name in self._session.output_names},
             "config": dict(m.get("config") or {}),
@@ -455,7 +302,7 @@ def load(
     truncation: str = "truncate",
     max_length: int | None = None,
     max_padding: float | None = DEFAULT_MAX_PADDING,
-    spinning: bool = False,
+    spinning: bool | str = DEFAULT_SPINNING,
 ) -> Model:
     """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
 
@@ -463,8 +310,10 @@ def load(
     padded tokens and rows of one batch. truncation: "truncate" (warn) or "error" for inputs longer
     than max_length (default and upper bound: the model's max_position_embeddings). max_padding:
     the share of a batch's tokens that may be padding (default 0.0: only equal lengths share a
-    batch, which keeps attention on its mask-free path; None or 1: any, within batch_tokens). spinning: let idle
-    ORT threads spin (faster back-to-back calls, one busy core each in between).
+    batch, which keeps attention on its mask-free path; None or 1: any, within batch_tokens).
+    spinning: what idle ONNX Runtime threads do between ops and calls, "off" (default: they sleep),
+    "brief" or "on" (they spin: faster hand-offs on an idle machine, busy cores between calls); see
+    runtime.session.SPINNING.
     """
     if truncation not in TRUNCATION:
         raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
@@ -472,6 +321,10 @@ def load(
         raise UserError(f"batch_tokens and batch_rows must be >= 1, got {batch_tokens} and {batch_rows}.")
     if max_padding is not None and not 0.0 <= max_padding <= 1.0:
         raise UserError(f"max_padding must be between 0 and 1, got {max_padding}.")
+    try:
+        spinning = spinning_mode(spinning)
+    except ValueError as e:
+        raise UserError(f"{e}.") from None
     info = read_folder(model_dir)
     limit = info.max_position_embeddings
     if max_length is not None:
@@ -485,7 +338,7 @@ def load(
             f"vocabulary has {info.vocab_size}: the tokenizer is not this model's."
         )
     session = Session(info.model_path, threads=threads, spinning=spinning)
-    info = _check_graph(info, session)
+    info = check_graph(info, session)
     return Model(
         info,
         session,
@@ -497,37 +350,6 @@ def load(
     )
 
 
-def _check_graph(info: ModelInfo, session: Session) -> ModelInfo:
-    """The graph's outputs are the task's, with the sizes config.json gives; fills id2label if absent."""
-    spec = TASKS[info.task]
-    where = info.model_path
-    if set(session.output_names) != set(info.outputs) or not set(spec.outputs) <= set(session.output_names):
-        raise ModelFolderError(
-            f"{where} has outputs {session.output_names}, but the manifest says {list(info.outputs)} "
-            f"and a {info.task} model needs {list(spec.outputs)}: the folder is inconsistent; export it again."
-        )
-    last = session.output_shapes[spec.outputs[0]][-1]
-    expected = {
-        "feature-extraction": info.hidden_size,
-        "fill-mask": info.vocab_size,
-        "text-classification": len(info.id2label) or None,
-        "token-classification": len(info.id2label) or None,
-        "question-answering": None,
-    }[info.task]
-    if isinstance(last, int) and expected is not None and last != expected:
-        raise ModelFolderError(
-            f"{where}'s {spec.outputs[0]} output has size {last}, but config.json implies {expected} "
-            "(hidden_size, vocab_size or id2label): the folder is inconsistent; export it again."
-        )
-    if spec.labelled and not info.id2label:
-        if not isinstance(last, int):
-            raise ModelFolderError(
-                f"{info.folder / 'config.json'} has no id2label, and the graph does not say how many labels."
-            )
-        info = dataclasses.replace(info, id2label=tuple(f"LABEL_{i}" for i in range(last)))
-    return info
-
-
 def _as_pair(x: object) -> tuple[object, object]:
     if isinstance(x, dict):
         return x.get("question"), x.get("context")
@@ -536,32 +358,6 @@ def _as_pair(x: object) -> tuple[object, object]:
     return x, None  # reported as a missing context
 
 
-def _check_mask(enc: Encoding | InputError, index: int, tok: TextTokenizer) -> Encoding | InputError:
-    if isinstance(enc, InputError) or (tok.mask_id is not None and tok.mask_id in enc.ids):
-        return enc
-    if tok.mask_id is None:
-        return MissingMaskError("cannot be filled: the tokenizer has no mask token.", index)
-    if any(tok.mask_id in o.ids for o in enc.overflowing):
-        return MissingMaskError(
-            f"has its {tok.mask_token} token after the first {tok.max_length} tokens, which is all the model "
-            "reads: it was truncated away.",
-            index,
-        )
-    return MissingMaskError(f"has no {tok.mask_token} token to fill.", index)
-
-
-def _char_span(enc: Encoding, s: int, e: int, align_to_words: bool) -> tuple[int, int]:
-    """Character offsets in the context of tokens s..e; widened to whole words like the HF pipeline."""
-    if align_to_words:
-        try:
-            start_word, end_word = enc.token_to_word(s), enc.token_to_word(e)
-            return enc.word_to_chars(start_word, 1)[0], enc.word_to_chars(end_word, 1)[1]
-        except Exception:  # noqa: BLE001 - tokenizers without word ids: keep token offsets
-            pass
-    return enc.offsets[s][0], enc.offsets[e][1]
-
-
-def _model_bytes(model_path: Path) -> int:
-    """The model file's size, with its external-data file when it has one."""
-    data = model_path.with_name(model_path.name + ".data")
-    return model_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+def _given(**options: object) -> dict[str, object]:
+    """The options a caller set (None: the task's default)."""
+    return {key: value for key, value in options.items() if value is not None}

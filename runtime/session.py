@@ -1,7 +1,7 @@
 """The one place where ONNX Runtime sessions are created (`create_session`) and run (`Session`).
 
-CPU provider, full graph optimization, a chosen intra-op thread count, and no spinning by default:
-on an edge device a spinning thread pool burns a core between bursty calls. Everything in the
+CPU provider, full graph optimization, a chosen intra-op thread count, and no spinning by default
+(SPINNING says why). Everything in the
 project that needs an InferenceSession (runtime, export validation, calibration, benchmarks) gets
 it from `create_session`, which checks that the provider asked for is the one in use. Everything
 that feeds the graph goes through `Session.run`, so a graph with new inputs or outputs changes this
@@ -23,6 +23,31 @@ INPUTS = ("input_ids", "attention_mask")  # int64 (batch, sequence), the graph c
 OPTIONAL_INPUTS = ("mask_positions",)  # int64 (M,) flat b * S + s: fill-mask logits for those rows only
 
 
+# What idle intra-op pool threads do: the `spinning` option (True / False mean "on" / "off").
+#   "off"   sleep at once: no core is busy between calls; every parallel op pays a thread wake-up.
+#   "on"    spin (ONNX Runtime's default): the fastest hand-offs on idle cores, and each pool keeps
+#           its cores busy for a while after every call, slowing whatever runs there next.
+#   "brief" spin at most SPIN_US, then sleep (ONNX Runtime 1.26 and later; earlier ones spin as "on").
+# Default "off", measured with scripts/runtime_overhead.py (base shape, int8, 2 threads, a shared
+# 2-vCPU machine): "on" was up to 1.2x faster at 1x128 when the machine was quiet, and 1.3-2.5x
+# slower at 1x128 and 8x128 when other processes wanted the cores; "brief" fell in between.
+SPIN_US = 1000
+SPINNING = {
+    "off": {"session.intra_op.allow_spinning": "0"},
+    "brief": {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": str(SPIN_US)},
+    "on": {"session.intra_op.allow_spinning": "1"},
+}
+DEFAULT_SPINNING = "off"
+
+
+def spinning_mode(spinning: bool | str) -> str:
+    """A key of SPINNING for a `spinning` option (True / False: "on" / "off"); ValueError otherwise."""
+    mode = ("on" if spinning else "off") if isinstance(spinning, bool) else spinning
+    if mode not in SPINNING:
+        raise ValueError(f"spinning must be one of {', '.join(SPINNING)} (or True / False), got {spinning!r}")
+    return mode
+
+
 LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -32,28 +57,34 @@ LEVELS = {
 
 
 def create_session(
-    model: Path | str | bytes, threads: int | None = None, *, spinning: bool = False, optimization: str = "all"
+    model: Path | str | bytes,
+    threads: int | None = None,
+    *,
+    spinning: bool | str = DEFAULT_SPINNING,
+    optimization: str = "all",
 ) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider for a model file (or serialized bytes).
 
-    threads: intra-op threads (None or 0 = one per physical core); spinning: whether idle pool
-    threads spin (faster back-to-back calls, a busy core between bursts); optimization: one of LEVELS.
+    threads: intra-op threads (None or 0 = one per physical core); spinning: what idle pool threads
+    do, one of SPINNING (True / False: "on" / "off"); optimization: one of LEVELS.
     A file ORT cannot load raises ModelFolderError naming it.
     """
     if threads is not None and threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {threads}")
+    spin = SPINNING[spinning_mode(spinning)]
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[optimization]
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    for key, value in spin.items():
+        options.add_session_config_entry(key, value)
     options.log_severity_level = 3  # errors only: ORT's warnings are not the user's to act on
     source = model if isinstance(model, bytes) else str(model)
     name = "the serialized model" if isinstance(model, bytes) else str(model)
     try:
         session = ort.InferenceSession(source, options, providers=[PROVIDER])
-    except Exception as e:  # noqa: BLE001 - ORT raises several types for unreadable models
+    except Exception as e:  # ORT raises several types for unreadable models
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelFolderError(
             f"{name} could not be loaded by onnxruntime {ort.__version__} ({first}); "
@@ -68,7 +99,7 @@ def create_session(
 class Session:
     """An InferenceSession for one model file; `run` is safe to call from several threads."""
 
-    def __init__(self, model_path: Path, threads: int | None = None, spinning: bool = False) -> None:
+    def __init__(self, model_path: Path, threads: int | None = None, spinning: bool | str = DEFAULT_SPINNING) -> None:
         self._session = create_session(model_path, threads, spinning=spinning)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]

@@ -86,7 +86,7 @@ class TextTokenizer:
             return None
         try:
             tokenizer = Tokenizer.from_file(str(path))
-        except Exception as e:  # noqa: BLE001 - tokenizers raises plain Exception for bad files
+        except Exception as e:  # tokenizers raises plain Exception for bad files
             raise ModelFolderError(f"{path} could not be read by tokenizers ({e}); the file may be corrupt.") from None
         return cls(tokenizer, max_length, _special_tokens(folder))
 

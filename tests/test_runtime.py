@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -356,7 +357,7 @@ def test_run_checks_token_ids(models) -> None:
         model.run(np.ones((1, model.info.max_position_embeddings + 1), np.int64))
 
 
-def _damaged(folder: Path, tmp_path: Path, damage) -> Path:  # noqa: ANN001
+def _damaged(folder: Path, tmp_path: Path, damage: Callable[[Path], object]) -> Path:
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)
     damage(copy)
@@ -420,3 +421,14 @@ def test_threads_sharing_a_model_get_serial_results(models) -> None:
             np.testing.assert_allclose(c, s, atol=1e-6)
         else:
             assert _same_entities(c, s)
+
+
+@pytest.mark.parametrize(("spinning", "allowed"), [(None, "0"), ("off", "0"), ("brief", "1"), ("on", "1"), (True, "1")])
+def test_spinning_reaches_the_session(models, spinning, allowed) -> None:
+    folder, default = models["feature-extraction"]
+    model = load(folder, **({} if spinning is None else {"spinning": spinning}))
+    options = model._session._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == allowed
+    np.testing.assert_allclose(model.embed(TEXTS), default.embed(TEXTS), atol=1e-6)
+    with pytest.raises(modernbert_edge.UserError, match="spinning must be one of off, brief, on"):
+        load(folder, spinning="fast")

@@ -34,6 +34,11 @@ def test_run_arguments_match_the_api(folders) -> None:
     assert [r["index"] for r in rows] == [0, 1]
     expected = load(folder).embed(["alice works at acme", "bob"], pooling="cls")
     np.testing.assert_allclose([r["embedding"] for r in rows], expected, atol=1e-6)
+    spinning = runner.invoke(
+        app, ["run", str(folder), "alice works at acme", "bob", "--pooling", "cls", "--spinning", "on"]
+    )
+    assert spinning.exit_code == 0, spinning.output
+    np.testing.assert_allclose([r["embedding"] for r in _lines(spinning.stdout)], expected, atol=1e-6)
     shown = runner.invoke(app, ["run", str(folder), "alice", "bob", "--progress"])
     assert "2/2 inputs" in shown.stderr and len(_lines(shown.stdout)) == 2
 
@@ -101,6 +106,7 @@ def test_run_warns_about_truncation_by_line(folders, tmp_path) -> None:
         (["--pooling", "mean", "the [MASK]"], "--pooling does not apply to fill-mask"),
         (["--on-error", "ignore", "the [MASK]"], "--on-error must be one of skip, stop"),
         (["--top-k", "0", "the [MASK]"], "top_k must be a positive integer"),
+        (["--spinning", "fast", "the [MASK]"], "--spinning must be one of off, brief, on"),
     ],
 )
 def test_run_bad_options(folders, args, message) -> None:

@@ -1,0 +1,180 @@
+"""Each task's post-processor: one batch's graph outputs -> one plain-Python result per input.
+
+A post-processor is `post(batch, **options) -> list`, the options being its task's (see tasks.py).
+Fill-mask also has a feed (`mask_positions`: the graph decodes only those rows) and an input check
+(`check_mask`: the text must keep its mask token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tokenizers import Encoding
+
+from modernbert_edge.runtime.errors import InputError, MissingMaskError
+from modernbert_edge.runtime.numerics import (
+    best_spans,
+    classification_function,
+    entities,
+    l2_normalize,
+    label_scores,
+    pool,
+    softmax,
+    subword_flags,
+    top_k_indices,
+)
+
+if TYPE_CHECKING:
+    from modernbert_edge.runtime.folder import ModelInfo
+    from modernbert_edge.runtime.tokenize import TextTokenizer
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch as a post-processor reads it."""
+
+    outputs: dict[str, np.ndarray]  # graph output name -> array
+    ids: np.ndarray  # (B, S) int64, right-padded
+    mask: np.ndarray  # (B, S) int64 attention mask
+    encodings: list[Encoding]  # one per row
+    inputs: list  # the texts (or (question, context) pairs) of the rows
+    info: ModelInfo
+    tokenizer: TextTokenizer
+    feed: dict[str, np.ndarray] = field(default_factory=dict)  # the optional graph inputs that were fed
+
+
+def embed(batch: Batch, pooling: str, normalize: bool) -> list:
+    pooled = pool(batch.outputs["last_hidden_state"], batch.mask, pooling)  # (B, D)
+    pooled = l2_normalize(pooled) if normalize else pooled
+    return list(pooled.astype(np.float32))
+
+
+# ── fill-mask ───────────────────────────────────────────────────────────────────────────────────
+
+
+def mask_positions(ids: np.ndarray, tokenizer: TextTokenizer) -> dict[str, np.ndarray]:
+    """The graph's optional mask_positions input: (M,) flat indices b * S + s of the mask tokens."""
+    return {"mask_positions": np.flatnonzero(ids == tokenizer.mask_id)}  # row-major: b * S + s
+
+
+def check_mask(enc: Encoding, index: int, tok: TextTokenizer) -> Encoding | InputError:
+    """The encoding, or why it cannot be filled (no mask token, or one truncated away)."""
+    if tok.mask_id is not None and tok.mask_id in enc.ids:
+        return enc
+    if tok.mask_id is None:
+        return MissingMaskError("cannot be filled: the tokenizer has no mask token.", index)
+    if any(tok.mask_id in o.ids for o in enc.overflowing):
+        return MissingMaskError(
+            f"has its {tok.mask_token} token after the first {tok.max_length} tokens, which is all the model "
+            "reads: it was truncated away.",
+            index,
+        )
+    return MissingMaskError(f"has no {tok.mask_token} token to fill.", index)
+
+
+def fill_mask(batch: Batch, top_k: int) -> list:
+    tok = batch.tokenizer
+    width = batch.ids.shape[1]
+    flat = mask_positions(batch.ids, tok)["mask_positions"]  # (M,)
+    logits = batch.outputs["logits"]
+    if "mask_positions" in batch.feed:  # the graph decoded those rows only: (1, M, V)
+        logits = logits[0]
+    else:  # (B, S, V)
+        logits = logits.reshape(-1, logits.shape[-1])[flat]
+    results = []
+    for b, enc in enumerate(batch.encodings):
+        ids = np.asarray(enc.ids)
+        rows = np.flatnonzero(flat // width == b)  # this text's masks, in order
+        positions = flat[rows] % width
+        probs = softmax(logits[rows].astype(np.float32))  # (masks, V)
+        single = len(positions) == 1  # the pipeline keeps other masks visible in `sequence`
+        per_mask = []
+        for m, position in enumerate(positions):
+            predictions = []
+            for token in top_k_indices(probs[m], top_k):
+                filled = ids.copy()
+                filled[position] = token
+                predictions.append(
+                    {
+                        "score": float(probs[m, token]),
+                        "token": int(token),
+                        "token_str": tok.decode([int(token)], skip_special_tokens=False),
+                        "sequence": tok.decode(filled.tolist(), skip_special_tokens=single),
+                    }
+                )
+            per_mask.append(predictions)
+        results.append(per_mask)
+    return results
+
+
+# ── labels ──────────────────────────────────────────────────────────────────────────────────────
+
+
+def classify(batch: Batch, top_k: int | None) -> list:
+    logits = batch.outputs["logits"]  # (B, num_labels)
+    function = classification_function(batch.info.problem_type, logits.shape[-1])
+    return [label_scores(row, batch.info.id2label, function, top_k) for row in logits]
+
+
+def tag(batch: Batch, aggregation: str, ignore_labels: Sequence[str]) -> list:
+    tok = batch.tokenizer
+    results = []
+    for b, (enc, text) in enumerate(zip(batch.encodings, batch.inputs, strict=True)):
+        scores = softmax(batch.outputs["logits"][b, : len(enc.ids)].astype(np.float32))  # (S, labels)
+        flags = subword_flags(
+            text, enc.tokens, enc.offsets, [i == tok.unk_id for i in enc.ids], tok.continuing_subword_prefix
+        )
+        results.append(
+            entities(
+                text,
+                scores,
+                enc.offsets,
+                enc.special_tokens_mask,
+                flags,
+                batch.info.id2label,
+                aggregation,
+                tuple(ignore_labels),
+            )
+        )
+    return results
+
+
+# ── question answering ──────────────────────────────────────────────────────────────────────────
+
+
+def answer(batch: Batch, top_k: int, max_answer_len: int, align_to_words: bool) -> list:
+    cls_id = batch.tokenizer.cls_id if batch.tokenizer.cls_id is not None else batch.info.cls_token_id
+    results = []
+    for b, (enc, (_, context)) in enumerate(zip(batch.encodings, batch.inputs, strict=True)):
+        n = len(enc.ids)
+        allowed = np.array([s == 1 for s in enc.sequence_ids])
+        ids = np.asarray(enc.ids)
+        cls = np.flatnonzero((ids == cls_id) & np.asarray(enc.special_tokens_mask, dtype=bool))
+        spans = best_spans(
+            batch.outputs["start_logits"][b, :n],
+            batch.outputs["end_logits"][b, :n],
+            allowed,
+            int(cls[0]) if len(cls) else None,
+            top_k,
+            max_answer_len,
+        )
+        answers = []
+        for s, e, score in spans:
+            start, end = _char_span(enc, s, e, align_to_words)
+            answers.append({"score": score, "start": start, "end": end, "answer": context[start:end]})
+        results.append(answers[0] if top_k == 1 and answers else answers)
+    return results
+
+
+def _char_span(enc: Encoding, s: int, e: int, align_to_words: bool) -> tuple[int, int]:
+    """Character offsets in the context of tokens s..e; widened to whole words like the HF pipeline."""
+    if align_to_words:
+        try:
+            start_word, end_word = enc.token_to_word(s), enc.token_to_word(e)
+            return enc.word_to_chars(start_word, 1)[0], enc.word_to_chars(end_word, 1)[1]
+        except Exception:  # tokenizers without word ids: keep token offsets
+            pass
+    return enc.offsets[s][0], enc.offsets[e][1]
