@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ import onnxruntime as ort
 from modernbert_edge.bench.timing import quantize_dynamic_baseline, summarize, time_calls
 from modernbert_edge.manifest import MODEL_FILE
 from modernbert_edge.runtime.session import create_session
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _has_mask_positions(session: ort.InferenceSession) -> bool:
@@ -61,7 +66,7 @@ def measure(
     shapes: list[tuple[int, int]],
     repeats: int = 5,
     calibration: str | None = None,
-    log=lambda m: print(m, file=sys.stderr),
+    log: Callable[[str], None] = _stderr,
 ) -> list[dict]:
     """The table's rows: fp32, plain quantize_dynamic and this project's `modes`, quantized into `work`."""
     from modernbert_edge.quantize.fidelity import compare_models, load_model

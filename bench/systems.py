@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from modernbert_edge.bench.timing import quantize_dynamic_baseline
 from modernbert_edge.errors import UserError
@@ -119,7 +120,7 @@ class _Wrapped:
     """transformers model -> forward(input_ids, attention_mask) returning the job's one output tensor."""
 
     @staticmethod
-    def make(model, job: str):
+    def make(model: Any, job: str) -> Any:
         import torch
 
         class Wrapped(torch.nn.Module):
@@ -127,7 +128,7 @@ class _Wrapped:
                 super().__init__()
                 self.model = model
 
-            def forward(self, input_ids, attention_mask):
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
                 out = self.model(input_ids=input_ids, attention_mask=attention_mask)
                 return out.last_hidden_state if job == "embeddings" else out.logits
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 
 import numpy as np
 
@@ -153,7 +154,7 @@ class Runner:
         return elapsed, (np.stack(results) if keep else None)
 
 
-def serve(conn, spec: dict) -> None:
+def serve(conn: Connection, spec: dict) -> None:
     """The worker process's main loop (see the module docstring)."""
     threads = str(spec["threads"])
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

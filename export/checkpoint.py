@@ -96,7 +96,7 @@ def _check_entries(path: Path, header: dict, data_bytes: int) -> None:
 class Weights:
     """All tensors of a checkpoint, by name, loaded lazily from memory maps."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path]) -> None:
         self._where: dict[str, tuple[Path, dict, int]] = {}
         for path in files:
             header, start = _read_header(path)

@@ -86,7 +86,9 @@ def cluster_cpus() -> int:
 class ShardWorker:
     """A Ray actor: loads the model folder once, then runs whole shards, writing each one atomically."""
 
-    def __init__(self, model_dir: str, threads: int, task: str, options: dict, column: str, id_column, output: str):  # noqa: ANN001
+    def __init__(
+        self, model_dir: str, threads: int, task: str, options: dict, column: str, id_column: str | None, output: str
+    ) -> None:
         import modernbert_edge
 
         self.model = modernbert_edge.load(model_dir, threads=threads)

@@ -13,8 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modernbert_edge.ray.results import Stats, check_task, run_values
+
+if TYPE_CHECKING:  # ray and pyarrow are imported when a step runs, not with this module
+    import pyarrow as pa
+    from ray.data import Dataset
 
 DEFAULT_ROWS_PER_CALL = 1024  # rows handed to the runtime at once: its length sort works within them
 
@@ -28,7 +33,7 @@ class TaskActor:
         self.model = modernbert_edge.load(model_dir, threads=threads)
         self.task, self.options, self.column = task, options, column
 
-    def __call__(self, table):  # noqa: ANN001, ANN204 - pyarrow.Table in and out
+    def __call__(self, table: pa.Table) -> pa.Table:
         columns = run_values(self.model, table.column(self.column).to_pylist(), self.task, self.options, Stats())
         for name, values in columns.items():
             if name in table.column_names:
@@ -38,7 +43,7 @@ class TaskActor:
 
 
 def _map(
-    dataset,  # noqa: ANN001 - ray.data.Dataset
+    dataset: Dataset,
     model_dir: str | Path,
     task: str,
     options: dict,
@@ -47,7 +52,7 @@ def _map(
     threads_per_worker: int | None,
     rows_per_call: int,
     oversubscribe: bool,
-):  # noqa: ANN202 - ray.data.Dataset
+) -> Dataset:
     import modernbert_edge
     from modernbert_edge.ray.batch import cluster_cpus, import_ray, plan_workers
 
@@ -80,7 +85,7 @@ def _map(
 
 
 def embed(
-    dataset,  # noqa: ANN001 - ray.data.Dataset
+    dataset: Dataset,
     model_dir: str | Path,
     *,
     column: str = "text",
@@ -90,7 +95,7 @@ def embed(
     threads_per_worker: int | None = None,
     rows_per_call: int = DEFAULT_ROWS_PER_CALL,
     oversubscribe: bool = False,
-):  # noqa: ANN201 - ray.data.Dataset
+) -> Dataset:
     """The dataset with `embedding` (fixed-size float32 list) and `error` columns added."""
     options = {"pooling": pooling, "normalize": normalize}
     return _map(
@@ -107,7 +112,7 @@ def embed(
 
 
 def classify(
-    dataset,  # noqa: ANN001 - ray.data.Dataset
+    dataset: Dataset,
     model_dir: str | Path,
     *,
     column: str = "text",
@@ -116,7 +121,7 @@ def classify(
     threads_per_worker: int | None = None,
     rows_per_call: int = DEFAULT_ROWS_PER_CALL,
     oversubscribe: bool = False,
-):  # noqa: ANN201 - ray.data.Dataset
+) -> Dataset:
     """The dataset with `label`, `score` (and `labels` when top_k is given) and `error` columns added."""
     options = {} if top_k is None else {"top_k": top_k}
     return _map(
@@ -133,7 +138,7 @@ def classify(
 
 
 def tag(
-    dataset,  # noqa: ANN001 - ray.data.Dataset
+    dataset: Dataset,
     model_dir: str | Path,
     *,
     column: str = "text",
@@ -143,7 +148,7 @@ def tag(
     threads_per_worker: int | None = None,
     rows_per_call: int = DEFAULT_ROWS_PER_CALL,
     oversubscribe: bool = False,
-):  # noqa: ANN201 - ray.data.Dataset
+) -> Dataset:
     """The dataset with `entities` (a list of spans per row) and `error` columns added."""
     options = {"aggregation": aggregation, "ignore_labels": tuple(ignore_labels)}
     return _map(

@@ -133,7 +133,7 @@ def _columns_and_rows(path: Path, fmt: str) -> tuple[list[str], int]:
 
         try:
             meta = pq.ParquetFile(path).metadata
-        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        except Exception as e:  # pyarrow raises several types for a bad file
             raise UserError(f"{path} is not a readable Parquet file ({e}).") from None
         return list(meta.schema.names), meta.num_rows
     import pyarrow.csv as pcsv
@@ -142,7 +142,7 @@ def _columns_and_rows(path: Path, fmt: str) -> tuple[list[str], int]:
         reader = pcsv.open_csv(path)
         names = list(reader.schema.names)
         return names, sum(batch.num_rows for batch in reader)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UserError(f"{path} is not a readable CSV file ({e}).") from None
 
 

@@ -104,7 +104,7 @@ def main() -> None:
             try:
                 client.count_tokens(["ready?"])
                 break
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 time.sleep(0.2)
         levels = []
 

@@ -195,7 +195,7 @@ class Batcher:
         inputs = [x for job in batch for x in job.inputs]
         try:
             rows = self.model.predict(inputs, task=batch[0].task, errors="return", **batch[0].options)
-        except Exception as e:  # noqa: BLE001 - options every job of the batch shares; each job gets it
+        except Exception as e:  # options every job of the batch shares; each job gets it
             return [e] * len(batch)
         seconds = time.perf_counter() - start
         tokens = sum(job.tokens for job in batch)

@@ -1,0 +1,97 @@
+"""Request checks of `mbedge serve`: the JSON body and its fields, and the error responses.
+
+Every check raises ApiError with a status and one sentence that names the field: 413 beyond the
+size limits, 422 for malformed JSON or a field of the wrong type, 400 for an empty input.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+ERROR_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 413: "Validation", 422: "Validation",
+               429: "Overloaded", 500: "Backend", 503: "Unhealthy"}  # fmt: skip
+
+
+class ApiError(Exception):
+    """A request the server refuses: status, one sentence, extra headers."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+# ── request checks ────────────────────────────────────────────────────────────────────────────────
+
+_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "a list",
+               dict: "an object", type(None): "null"}  # fmt: skip
+
+
+def _kind(value: object) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number"}.get(type(value), _JSON_TYPES.get(type(value), "?"))
+
+
+def get(body: dict, name: str, kind: type | tuple, default: object = None, required: bool = False) -> object:
+    """body[name], checked to be of `kind` (bool is not an int); 422 naming the field otherwise."""
+    if name not in body or body[name] is None:
+        if required:
+            raise ApiError(422, f'the body has no "{name}" field.')
+        return default
+    value = body[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        wanted = " or ".join(_JSON_TYPES[k] for k in kinds)
+        raise ApiError(422, f'"{name}" must be {wanted}, got {_kind(value)}.')
+    return value
+
+
+def texts(body: dict, name: str, limit: int) -> tuple[list[str], bool]:
+    """(the texts, whether one string was given) of a string-or-list field."""
+    value = get(body, name, (str, list), required=True)
+    single = isinstance(value, str)
+    items = [value] if single else value
+    if not items:
+        raise ApiError(400, f'"{name}" is an empty list.')
+    if len(items) > limit:
+        raise ApiError(413, f'"{name}" has {len(items)} inputs, more than the {limit} one request may send.')
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise ApiError(422, f'"{name}[{i}]" must be a string, got {_kind(item)}.')
+    return items, single
+
+
+def positive(body: dict, name: str, default: int | None) -> int | None:
+    value = get(body, name, int, default)
+    if value is not None and value < 1:
+        raise ApiError(422, f'"{name}" must be a positive integer, got {value}.')
+    return value
+
+
+async def read_json(request: Request, limit: int) -> dict:
+    """The body as a JSON object: 413 beyond `limit` bytes, 422 when it is not a JSON object."""
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        raise ApiError(413, f"the body has {int(size)} bytes, more than the {limit} this server accepts.")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise ApiError(413, f"the body is larger than the {limit} bytes this server accepts.")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApiError(422, f"the body is not valid JSON ({getattr(e, 'msg', e)}).") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, f"the body must be a JSON object, got {_kind(body)}.")
+    return body
+
+
+def error_response(path: str, status: int, message: str, headers: dict | None = None) -> Response:
+    if path.startswith("/v1/"):  # OpenAI's error shape
+        kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+        return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers)
+    return JSONResponse({"error": message, "error_type": ERROR_TYPES.get(status, "Error")}, status, headers)
