@@ -18,13 +18,20 @@ from pathlib import Path
 import onnx
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.builder import OPSET
+from modernbert_edge.export.builder import CONTRIB, OPSETS
 from modernbert_edge.export.checkpoint import load_weights
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
 
-FUSED_OPS = ("MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "Gelu", "LayerNormalization")
+FUSED_OPS = (
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "Attention",
+    "RotaryEmbedding",
+    "Gelu",
+    "LayerNormalization",
+)
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
 
 
@@ -123,8 +130,12 @@ def export(
     overwrite: bool = False,
     validate: bool = True,
     log: Callable[[str], None] = print,
+    ops: str = CONTRIB,
 ) -> dict:
-    """Export a ModernBERT checkpoint folder to an ONNX model folder; returns the manifest."""
+    """Export a ModernBERT checkpoint folder to an ONNX model folder; returns the manifest.
+
+    ops: "contrib" (ONNX Runtime's com.microsoft fused ops, the fastest there) or "portable"
+    (standard opset-23 ops only, which OpenVINO also runs)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:  # fail before the (possibly long) build
         raise UserError(f"{out_dir} already exists; pass --overwrite to replace it.")
@@ -133,7 +144,7 @@ def export(
     chosen = choose_task(cfg, task)
     t0 = time.perf_counter()
     weights = load_weights(src)
-    model, unused = build_graph(cfg, weights, chosen)
+    model, unused = build_graph(cfg, weights, chosen, ops)
     build_s = time.perf_counter() - t0
     log(f"built {chosen.name} graph: {len(model.graph.node)} nodes, {cfg.num_hidden_layers} layers ({build_s:.1f} s)")
 
@@ -142,7 +153,8 @@ def export(
         "task": chosen.name,
         "model_file": MODEL_FILE,
         "precision": "fp32",
-        "opset": OPSET,
+        "opset": OPSETS[ops],
+        "ops": ops,
         "inputs": ["input_ids", "attention_mask"],
         "outputs": [name for name, _ in chosen.outputs],
         "fused_ops": fused_op_counts(model),
