@@ -5,8 +5,10 @@
 
 The graph's flavour (Layout.ops) picks the ops, here and nowhere else: contrib emits ONNX Runtime's
 fused com.microsoft MultiHeadAttention / GroupQueryAttention / RotaryEmbedding; portable emits the
-standard opset-23 Attention and RotaryEmbedding. Both have the same structure; an If picks, per
-forward pass, the call that suits the batch (see DESIGN.md, Attention).
+standard opset-23 Attention and RotaryEmbedding. Both have the same structure. In contrib an If
+picks, per forward pass, the call that suits the batch (see DESIGN.md, Attention); portable has no
+If (OpenVINO 2026.4's CPU plugin returns wrong values from these If nodes on dynamic shapes): global
+attention always takes the key mask, local attention is always blocked.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from onnx import GraphProto
 
 from modernbert_edge.export import names
-from modernbert_edge.export.builder import CONTRIB, MS_DOMAIN, GraphBuilder
+from modernbert_edge.export.builder import CONTRIB, MS_DOMAIN, PORTABLE, GraphBuilder
 from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import GLOBAL, ModernBertConfig
 from modernbert_edge.export.layout import Layout, to_padded, to_tokens
@@ -123,6 +125,8 @@ def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, 
     padded rows, slower on short ones, hence the length test (figures in DESIGN.md). Head sizes
     that are not a multiple of GQA_HEAD_MULTIPLE (no `lay.gqa`) keep MHA for every padded batch.
     """
+    if lay.ops == PORTABLE:  # no If (see make_attention): the key mask always, zeros when nothing is padded
+        return attend(g, lay, q, k, v, n, name, key_mask=lay.key_mask)
     unpadded = _mha(g, lay, q, k, v, n, f"{name}/unpadded")
     if lay.gqa is None:
         padded_graph = _mha(g, lay, q, k, v, n, f"{name}/padded", key_mask=lay.key_mask)
@@ -158,6 +162,8 @@ def make_local_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n
     """
     loc = lay.local
     assert loc is not None
+    if lay.ops == PORTABLE:  # no If (see make_attention): blocked at every length
+        return make_blocked_attention(g, lay, q, k, v, n, f"{name}/blocked")
     short = _mha(g, lay, q, k, v, n, f"{name}/short", key_mask=lay.key_mask, band=loc.dense_band)
     long = g.branch()
     out_long = make_blocked_attention(long, lay, q, k, v, n, f"{name}/blocked")

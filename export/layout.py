@@ -55,8 +55,8 @@ class LocalLayout:
     slices: tuple[tuple[str, str], ...]  # (start, end) on axis 1 of the (B, nc + 2, ...) view: prev, own, next
     key_mask: str  # keys of each chunk in the flavour's form (Layout.key_mask): (B * nc, 3C) or (B * nc, 1, 1, 3C)
     band: str  # (1, 1, C, 3C) float additive window bias
-    short: str  # bool scalar: S <= SHORT_LOCAL, where one dense banded MHA call is cheaper
-    dense_band: str  # (1, 1, S', S') window bias, S' = min(S, SHORT_LOCAL): for the short case
+    short: str | None  # bool scalar: S <= SHORT_LOCAL, where one dense banded MHA call is cheaper (contrib)
+    dense_band: str | None  # (1, 1, S', S') window bias, S' = min(S, SHORT_LOCAL): the short case (contrib)
 
 
 @dataclass(frozen=True)
@@ -216,18 +216,7 @@ def make_local_layout(
     band = np.where(np.abs(qi - kj) <= w, 0.0, BAND_MASKED).astype(np.float32)[None, None]
     band_name = g.weight(f"{p}/band_bias", band)
 
-    # Short sequences: one (S', S') band bias, S' = min(S, SHORT_LOCAL) so it stays small when unused.
-    seq_s = g.op("Squeeze", [g.op("Min", [seq, g.const([SHORT_LOCAL])], f"{p}/short_len")], f"{p}/short_len_s")
-    short = g.op("Squeeze", [g.op("LessOrEqual", [seq, g.const([SHORT_LOCAL])], f"{p}/short_cmp")], f"{p}/short")
-    pos = g.op("Range", [g.const(0), seq_s, g.const(1)], f"{p}/pos")
-    dist = g.op(
-        "Abs",
-        [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])], f"{p}/pos_q"), pos], f"{p}/dist_signed")],
-        f"{p}/dist",
-    )
-    near = g.op("LessOrEqual", [dist, g.const(w)], f"{p}/near")
-    dense = g.op("Where", [near, g.const(0.0, np.float32), g.const(BAND_MASKED, np.float32)], f"{p}/dense_band2d")
-    dense = g.op("Unsqueeze", [dense, g.const([0, 1])], f"{p}/dense_band")
+    short, dense = (None, None) if ops == PORTABLE else make_short_band(g, seq, w)
     return LocalLayout(
         chunk=c,
         pads_q=pads_q,
@@ -242,6 +231,24 @@ def make_local_layout(
         short=short,
         dense_band=dense,
     )
+
+
+def make_short_band(g: GraphBuilder, seq: str, w: int) -> tuple[str, str]:
+    """Short sequences: one (S', S') band bias, S' = min(S, SHORT_LOCAL) so it stays small when unused.
+
+    Returns (short: bool scalar S <= SHORT_LOCAL, dense_band (1, 1, S', S'))."""
+    p = f"{names.LAYOUT}/local"
+    seq_s = g.op("Squeeze", [g.op("Min", [seq, g.const([SHORT_LOCAL])], f"{p}/short_len")], f"{p}/short_len_s")
+    short = g.op("Squeeze", [g.op("LessOrEqual", [seq, g.const([SHORT_LOCAL])], f"{p}/short_cmp")], f"{p}/short")
+    pos = g.op("Range", [g.const(0), seq_s, g.const(1)], f"{p}/pos")
+    dist = g.op(
+        "Abs",
+        [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])], f"{p}/pos_q"), pos], f"{p}/dist_signed")],
+        f"{p}/dist",
+    )
+    near = g.op("LessOrEqual", [dist, g.const(w)], f"{p}/near")
+    dense = g.op("Where", [near, g.const(0.0, np.float32), g.const(BAND_MASKED, np.float32)], f"{p}/dense_band2d")
+    return short, g.op("Unsqueeze", [dense, g.const([0, 1])], f"{p}/dense_band")
 
 
 def to_padded(g: GraphBuilder, lay: Layout, x: str, width: int, name: str, zero_pads: bool = True) -> str:
