@@ -22,6 +22,7 @@ import typer
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_PADDING
+from modernbert_edge.runtime.engines import ENGINE_HELP
 from modernbert_edge.runtime.errors import InputError, TruncationWarning
 from modernbert_edge.runtime.model import OPTIONS, Model, load
 from modernbert_edge.runtime.tasks import AGGREGATIONS, POOLINGS, Task
@@ -251,6 +252,7 @@ def run_cmd(
         float | None, typer.Option(help="Share of a batch that may be padding: 0 (default) equal lengths only, 1 any.")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: one per core).")] = None,
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
     truncation: Annotated[str, typer.Option(help="Inputs too long for the model: truncate or error.")] = "truncate",
     max_length: Annotated[int | None, typer.Option(help="Read at most this many tokens per input.")] = None,
     on_error: Annotated[str, typer.Option(help="A bad input: skip (report it, go on) or stop.")] = "skip",
@@ -274,6 +276,7 @@ def run_cmd(
         truncation=truncation,
         max_length=max_length,
         max_padding=DEFAULT_MAX_PADDING if max_padding is None else max_padding,
+        engine=engine,
     )
     spec = model.resolve_task(task)
     given = {
@@ -325,9 +328,10 @@ def _file_items(path: Path, fmt: str, spec: Task, question: str | None) -> Itera
 def info_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
 ) -> None:
     """Load a model folder (checking it) and print what it holds."""
-    info = load(model_dir).describe()
+    info = load(model_dir, engine=engine).describe()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -338,6 +342,7 @@ def info_cmd(
         ("folder", info["folder"]),
         ("task", info["task"]),
         ("precision", info["precision"]),
+        ("engine", info["engine"]),
         ("model file", f"{info['model_file']} ({info['model_bytes'] / 1e6:.1f} MB)"),
         ("inputs", ", ".join(info["inputs"])),
         ("outputs", outputs),

@@ -28,6 +28,7 @@ from modernbert_edge.runtime.batching import (
     pad,
     plan_batches,
 )
+from modernbert_edge.runtime.engines import AUTO, engine_line, open_session
 from modernbert_edge.runtime.errors import (
     InputError,
     InputTooLongError,
@@ -69,6 +70,8 @@ OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: to
 
 class Model:
     """A model folder loaded for CPU inference; create it with `load`."""
+
+    engine = "onnxruntime"  # the engine running the graph (runtime.engines.ENGINES); `load` sets it
 
     def __init__(
         self,
@@ -430,6 +433,7 @@ class Model:
             "folder": str(self.info.folder),
             "task": self.task,
             "precision": self.info.precision,
+            "engine": engine_line(self.info, self.engine),
             "model_file": self.info.model_path.name,
             "model_bytes": _model_bytes(self.info.model_path),
             "inputs": list(self._session.input_names),
@@ -456,6 +460,7 @@ def load(
     max_length: int | None = None,
     max_padding: float | None = DEFAULT_MAX_PADDING,
     spinning: bool = False,
+    engine: str = AUTO,
 ) -> Model:
     """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
 
@@ -464,7 +469,8 @@ def load(
     than max_length (default and upper bound: the model's max_position_embeddings). max_padding:
     the share of a batch's tokens that may be padding (default 0.0: only equal lengths share a
     batch, which keeps attention on its mask-free path; None or 1: any, within batch_tokens). spinning: let idle
-    ORT threads spin (faster back-to-back calls, one busy core each in between).
+    ORT threads spin (faster back-to-back calls, one busy core each in between). engine: "onnxruntime",
+    "openvino" (folders exported with --ops portable) or "auto" (runtime.engines.AUTO_RULE).
     """
     if truncation not in TRUNCATION:
         raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
@@ -484,9 +490,9 @@ def load(
             f"{info.folder}'s tokenizer.json has token ids up to {tokenizer.max_id}, but the model's "
             f"vocabulary has {info.vocab_size}: the tokenizer is not this model's."
         )
-    session = Session(info.model_path, threads=threads, spinning=spinning)
+    session, chosen = open_session(info, engine, threads=threads, spinning=spinning)
     info = _check_graph(info, session)
-    return Model(
+    model = Model(
         info,
         session,
         tokenizer,
@@ -495,6 +501,8 @@ def load(
         truncation=truncation,
         max_padding=max_padding,
     )
+    model.engine = chosen
+    return model
 
 
 def _check_graph(info: ModelInfo, session: Session) -> ModelInfo:
