@@ -1,0 +1,115 @@
+"""The portable graph (`--ops portable`, standard ONNX ops only): parity with PyTorch on ONNX Runtime
+for every task, its structure, and parity on OpenVINO when openvino is installed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from test_export import LENGTHS, assert_close_on_valid, onnx_outputs, padded_batch, torch_outputs
+
+from modernbert_edge.errors import UserError
+from modernbert_edge.export.builder import MS_DOMAIN, node_domains
+from modernbert_edge.export.tasks import TASKS
+from modernbert_edge.manifest import read_manifest
+from modernbert_edge.runtime.engines import openvino_installed
+
+# OpenVINO's default precision on CPUs with AVX512-BF16 is bf16: 8 mantissa bits, so each matmul
+# input is rounded to ~4e-3 relative; through the layers of a tiny model the outputs (of magnitude
+# ~1-4) move by up to ~1e-1. Stated, not tuned: a broken graph (wrong mask, wrong rotary) moves them by ~1.
+BF16_ATOL = 0.1
+
+
+def vocab_of(model_dir) -> int:
+    return json.loads((model_dir / "config.json").read_text())["vocab_size"]
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_task_matches_pytorch_on_onnxruntime(task, exported_factory, checkpoint_factory):
+    """Lengths on both sides of the local window and of a chunk, padded together and alone."""
+    out = exported_factory(task, ops="portable", max_position_embeddings=1024)
+    assert read_manifest(out)["validation"]["status"] == "passed"
+    ids, mask = padded_batch(LENGTHS, vocab_of(out))
+    ours = onnx_outputs(out, ids, mask)
+    ckpt = checkpoint_factory(task, max_position_embeddings=1024)
+    assert_close_on_valid(ours, torch_outputs(ckpt, task, ids, mask), mask)
+    for row in (0, 4, 7):
+        n = LENGTHS[row]
+        alone = onnx_outputs(out, ids[row : row + 1, :n], mask[row : row + 1, :n])
+        for name, value in alone.items():
+            batched = ours[name][row : row + 1]
+            if value.ndim >= 2 and value.shape[1] == n:
+                batched = batched[:, :n]
+            assert np.abs(value - batched).max() <= 1e-5, (name, n)
+
+
+def test_structure_has_standard_ops_only(exported_factory):
+    out = exported_factory("fill-mask", ops="portable", num_hidden_layers=5)
+    model = onnx.load(str(out / "model.onnx"))
+    assert MS_DOMAIN not in node_domains(model.graph)
+    assert {o.domain for o in model.opset_import} == {""} and model.opset_import[0].version == 23
+    ops = [n.op_type for n in model.graph.node]
+    assert "If" not in ops  # see export/attention.py: OpenVINO miscomputes them
+    assert ops.count("Attention") == 5 and ops.count("RotaryEmbedding") == 5
+    assert "Softmax" not in ops and "Erf" not in ops
+    manifest = read_manifest(out)
+    assert manifest["ops"] == "portable" and manifest["opset"] == 23
+    assert manifest["fused_ops"] == {"Attention": 5, "RotaryEmbedding": 5, "Gelu": 6, "LayerNormalization": 12}
+    # The same structure as the contrib graph: the same node names for everything but attention.
+    contrib = onnx.load(str(exported_factory("fill-mask", num_hidden_layers=5) / "model.onnx"))
+    projections = {n.name for n in contrib.graph.node if n.op_type == "MatMul"}
+    assert projections == {n.name for n in model.graph.node if n.op_type == "MatMul"}
+
+
+def test_int8_static_keeps_the_portable_graph_standard(exported_factory, tmp_path):
+    from modernbert_edge.quantize.quantizer import quantize
+
+    out = exported_factory("feature-extraction", ops="portable")
+    quantize(out, tmp_path / "q", mode="int8-static", log=lambda _m: None)
+    model = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    assert MS_DOMAIN not in node_domains(model.graph)
+    assert [o.domain for o in model.opset_import] == [""]
+    assert "QuantizeLinear" in [n.op_type for n in model.graph.node]
+
+
+needs_openvino = pytest.mark.skipif(not openvino_installed(), reason="the openvino extra is not installed")
+
+
+def openvino_outputs(model_dir, ids, mask, precision: str) -> dict[str, np.ndarray]:
+    from modernbert_edge.runtime.engines import OpenVinoSession
+
+    session = OpenVinoSession(model_dir / "model.onnx", config={"INFERENCE_PRECISION_HINT": precision})
+    return session.run(ids, mask)
+
+
+@needs_openvino
+@pytest.mark.parametrize("task", sorted(set(TASKS) - {"fill-mask"}))
+def test_openvino_matches_pytorch(task, exported_factory, checkpoint_factory):
+    """f32 to 1e-4 (the export's tolerance), bf16 to BF16_ATOL, on padded and unpadded batches."""
+    out = exported_factory(task, ops="portable", max_position_embeddings=1024)
+    ckpt = checkpoint_factory(task, max_position_embeddings=1024)
+    for lengths in (LENGTHS, [300], [7]):
+        ids, mask = padded_batch(lengths, vocab_of(out), seed=len(lengths))
+        ref = torch_outputs(ckpt, task, ids, mask)
+        assert_close_on_valid(openvino_outputs(out, ids, mask, "f32"), ref, mask)
+        assert_close_on_valid(openvino_outputs(out, ids, mask, "bf16"), ref, mask, atol=BF16_ATOL)
+
+
+@needs_openvino
+def test_engine_choice(exported_factory):
+    import modernbert_edge as mbe
+
+    portable = exported_factory("feature-extraction", ops="portable")
+    contrib = exported_factory("feature-extraction")
+    model = mbe.load(portable)
+    assert model.engine == "openvino" and model.describe()["engine"].startswith("openvino")
+    assert mbe.load(contrib).engine == "onnxruntime"
+    assert mbe.load(portable, engine="onnxruntime").engine == "onnxruntime"
+    texts = ["a short text", "and a longer one, with a few more words in it"]
+    np.testing.assert_allclose(model.embed(texts), mbe.load(portable, engine="onnxruntime").embed(texts), atol=1e-5)
+    with pytest.raises(UserError, match="--ops portable"):
+        mbe.load(contrib, engine="openvino")
+    with pytest.raises(UserError, match="engine must be one of"):
+        mbe.load(portable, engine="tensorrt")
