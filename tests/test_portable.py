@@ -16,10 +16,11 @@ from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import read_manifest
 from modernbert_edge.runtime.engines import openvino_installed
 
-# OpenVINO's default precision on CPUs with AVX512-BF16 is bf16: 8 mantissa bits, so each matmul
-# input is rounded to ~4e-3 relative; through the layers of a tiny model the outputs (of magnitude
-# ~1-4) move by up to ~1e-1. Stated, not tuned: a broken graph (wrong mask, wrong rotary) moves them by ~1.
-BF16_ATOL = 0.1
+# OpenVINO's default precision on CPUs with AVX512-BF16 is bf16 (8 mantissa bits, ~4e-3 relative per
+# rounding). Measured on these tiny models (outputs of magnitude 1.7-3.6): 1.8e-4 (hidden states) to
+# 1.9e-2 (head logits) from PyTorch fp32. The tolerance is the precision's, not tuned to pass: a wrong
+# mask or rotary moves outputs by ~1.
+BF16_ATOL = 5e-2
 
 
 def vocab_of(model_dir) -> int:
