@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
             for name, fn in calls.items():
                 c = cosines(fn(ids, mask), ref)
                 results["fidelity"][name] = {"cosine_worst": float(c.min()), "cosine_mean": float(c.mean())}
-        times = time_calls({name: (lambda fn=fn: fn(ids, mask)) for name, fn in calls.items()}, args.repeats)
+        feed = {name: (lambda fn=fn, ids=ids, mask=mask: fn(ids, mask)) for name, fn in calls.items()}
+        times = time_calls(feed, args.repeats)
         results["shapes"][shape] = {name: summarize(t)["median_ms"] for name, t in times.items()}
         print(f"{shape} (load {os.getloadavg()[0]:.1f})", flush=True)
         for name, ms in results["shapes"][shape].items():

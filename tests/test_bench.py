@@ -162,3 +162,19 @@ def test_quantization_table(exported_factory, tmp_path):
     assert all(r["ms"]["2x16"] > 0 for r in rows)
     table = quantization.format_rows(rows, [(2, 16)]).splitlines()
     assert len(table) == 2 + 3 and "(1.00×)" in table[3]  # the plain baseline against itself
+
+
+def test_bench_peers_pytorch_int8_and_openvino(tmp_path):
+    """The two peers' systems run, and their fidelity is measured (skipped without openvino)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("openvino")
+    out = tmp_path / "out"
+    args = ["bench", "--size", "tiny", "--jobs", "embeddings", "--shapes", "2x48", "--repeats", "1"]
+    args += ["--systems", "pytorch,pytorch-int8,ours-openvino-int8", "--no-lower-bound"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--work", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    rows = {r["system"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert set(rows) == {"pytorch", "pytorch-int8", "ours-openvino-int8"}
+    assert all(r["error"] is None and r["median_ms"] > 0 for r in rows.values()), rows
+    assert rows["ours-openvino-int8"]["fidelity"]["worst"] > 0.99  # int8 weights and activations, f32 elsewhere
+    assert rows["pytorch-int8"]["fidelity"]["worst"] > 0.9

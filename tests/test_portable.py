@@ -27,15 +27,27 @@ def vocab_of(model_dir) -> int:
     return json.loads((model_dir / "config.json").read_text())["vocab_size"]
 
 
+needs_openvino = pytest.mark.skipif(not openvino_installed(), reason="the openvino extra is not installed")
+
+
+def openvino_outputs(model_dir, ids, mask, precision: str) -> dict[str, np.ndarray]:
+    from modernbert_edge.runtime.engines import OpenVinoSession
+
+    session = OpenVinoSession(model_dir / "model.onnx", config={"INFERENCE_PRECISION_HINT": precision})
+    return session.run(ids, mask)
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
-def test_every_task_matches_pytorch_on_onnxruntime(task, exported_factory, checkpoint_factory):
-    """Lengths on both sides of the local window and of a chunk, padded together and alone."""
+def test_every_task_matches_pytorch(task, exported_factory, checkpoint_factory):
+    """On onnxruntime: lengths on both sides of the local window and of a chunk, padded together and
+    alone, to 1e-4. On OpenVINO (when installed; fill-mask aside, see runtime/engines.py): the same
+    padded batch at f32 to 1e-4 and at bf16 to BF16_ATOL."""
     out = exported_factory(task, ops="portable", max_position_embeddings=1024)
     assert read_manifest(out)["validation"]["status"] == "passed"
     ids, mask = padded_batch(LENGTHS, vocab_of(out))
+    ref = torch_outputs(checkpoint_factory(task, max_position_embeddings=1024), task, ids, mask)
     ours = onnx_outputs(out, ids, mask)
-    ckpt = checkpoint_factory(task, max_position_embeddings=1024)
-    assert_close_on_valid(ours, torch_outputs(ckpt, task, ids, mask), mask)
+    assert_close_on_valid(ours, ref, mask)
     for row in (0, 4, 7):
         n = LENGTHS[row]
         alone = onnx_outputs(out, ids[row : row + 1, :n], mask[row : row + 1, :n])
@@ -44,6 +56,9 @@ def test_every_task_matches_pytorch_on_onnxruntime(task, exported_factory, check
             if value.ndim >= 2 and value.shape[1] == n:
                 batched = batched[:, :n]
             assert np.abs(value - batched).max() <= 1e-5, (name, n)
+    if openvino_installed() and task != "fill-mask":
+        assert_close_on_valid(openvino_outputs(out, ids, mask, "f32"), ref, mask)
+        assert_close_on_valid(openvino_outputs(out, ids, mask, "bf16"), ref, mask, atol=BF16_ATOL)
 
 
 def test_structure_has_standard_ops_only(exported_factory):
@@ -75,25 +90,14 @@ def test_int8_static_keeps_the_portable_graph_standard(exported_factory, tmp_pat
     assert "QuantizeLinear" in [n.op_type for n in model.graph.node]
 
 
-needs_openvino = pytest.mark.skipif(not openvino_installed(), reason="the openvino extra is not installed")
-
-
-def openvino_outputs(model_dir, ids, mask, precision: str) -> dict[str, np.ndarray]:
-    from modernbert_edge.runtime.engines import OpenVinoSession
-
-    session = OpenVinoSession(model_dir / "model.onnx", config={"INFERENCE_PRECISION_HINT": precision})
-    return session.run(ids, mask)
-
-
 @needs_openvino
-@pytest.mark.parametrize("task", sorted(set(TASKS) - {"fill-mask"}))
-def test_openvino_matches_pytorch(task, exported_factory, checkpoint_factory):
-    """f32 to 1e-4 (the export's tolerance), bf16 to BF16_ATOL, on padded and unpadded batches."""
-    out = exported_factory(task, ops="portable", max_position_embeddings=1024)
-    ckpt = checkpoint_factory(task, max_position_embeddings=1024)
-    for lengths in (LENGTHS, [300], [7]):
+def test_openvino_matches_pytorch_unpadded(exported_factory, checkpoint_factory):
+    """Batches with no padding, short (one chunk) and long (several), at f32 and bf16."""
+    out = exported_factory("feature-extraction", ops="portable", max_position_embeddings=1024)
+    ckpt = checkpoint_factory("feature-extraction", max_position_embeddings=1024)
+    for lengths in ([300], [7, 7]):
         ids, mask = padded_batch(lengths, vocab_of(out), seed=len(lengths))
-        ref = torch_outputs(ckpt, task, ids, mask)
+        ref = torch_outputs(ckpt, "feature-extraction", ids, mask)
         assert_close_on_valid(openvino_outputs(out, ids, mask, "f32"), ref, mask)
         assert_close_on_valid(openvino_outputs(out, ids, mask, "bf16"), ref, mask, atol=BF16_ATOL)
 
