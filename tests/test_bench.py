@@ -164,17 +164,28 @@ def test_quantization_table(exported_factory, tmp_path):
     assert len(table) == 2 + 3 and "(1.00×)" in table[3]  # the plain baseline against itself
 
 
-def test_bench_peers_pytorch_int8_and_openvino(tmp_path):
-    """The two peers' systems run, and their fidelity is measured (skipped without openvino)."""
+def test_peer_worker_kinds(exported_factory, checkpoint_factory):
+    """pytorch-int8 (torch.ao dynamic) and the runtime on OpenVINO, as the bench's workers run them."""
     pytest.importorskip("torch")
     pytest.importorskip("openvino")
-    out = tmp_path / "out"
-    args = ["bench", "--size", "tiny", "--jobs", "embeddings", "--shapes", "2x48", "--repeats", "1"]
-    args += ["--systems", "pytorch,pytorch-int8,ours-openvino-int8", "--no-lower-bound"]
-    result = CliRunner().invoke(app, [*args, "--out", str(out), "--work", str(tmp_path / "work")])
-    assert result.exit_code == 0, result.output
-    rows = {r["system"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
-    assert set(rows) == {"pytorch", "pytorch-int8", "ours-openvino-int8"}
-    assert all(r["error"] is None and r["median_ms"] > 0 for r in rows.values()), rows
-    assert rows["ours-openvino-int8"]["fidelity"]["worst"] > 0.99  # int8 weights and activations, f32 elsewhere
-    assert rows["pytorch-int8"]["fidelity"]["worst"] > 0.9
+    from modernbert_edge.bench import systems as sysmod
+    from modernbert_edge.bench.worker import Runner
+
+    assert sysmod.SYSTEMS["pytorch-int8"].kind == "torch-int8"
+    assert sysmod.SYSTEMS["ours-openvino-int8"].kind == "openvino"
+    assert sysmod.unavailable_reason("ours-openvino-int8") is None
+    rows = np.random.default_rng(0).integers(5, 400, size=(2, 48)).tolist()
+    case = {"label": "2x48", "rows": rows, "mask_pos": None, "batching": "fixed", "batch_rows": 2}
+    outputs = {}
+    for kind, path in (
+        ("torch", checkpoint_factory("feature-extraction")),
+        ("torch-int8", checkpoint_factory("feature-extraction")),
+        ("openvino", exported_factory("feature-extraction", ops="portable")),
+    ):
+        spec = {"kind": kind, "path": str(path), "job": "embeddings", "threads": 1, "architecture": "ModernBertModel"}
+        runner = Runner(spec)
+        seconds, outputs[kind] = runner.run(case, runner.prepare(case), keep=True)
+        assert seconds > 0 and outputs[kind].shape == (2, 64)
+    assert timing.cosines(outputs["openvino"], outputs["torch"]).min() > 0.99999  # fp32 graph at f32
+    assert timing.cosines(outputs["torch-int8"], outputs["torch"]).min() > 0.9
+    assert not np.allclose(outputs["torch-int8"], outputs["torch"], atol=1e-6)  # it did quantize
