@@ -97,7 +97,7 @@ class OpenVinoSession:
     """The model file compiled by OpenVINO's CPU plugin; `run` is safe to call from several threads
     (one infer request per thread)."""
 
-    def __init__(self, model_path: Path, threads: int | None = None, config: dict | None = None) -> None:
+    def __init__(self, model_path: Path | bytes, threads: int | None = None, config: dict | None = None) -> None:
         import openvino as ov
 
         if threads is not None and threads < 0:
@@ -106,8 +106,11 @@ class OpenVinoSession:
         if threads:
             settings["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
+        source = (model_path, b"") if isinstance(model_path, bytes) else (str(model_path),)
+        if isinstance(model_path, bytes):
+            model_path = "the serialized model"
         try:
-            self._compiled = core.compile_model(core.read_model(str(model_path)), "CPU", settings)
+            self._compiled = core.compile_model(core.read_model(*source), "CPU", settings)
         except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError for unreadable or unconvertible models
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelFolderError(

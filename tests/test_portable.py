@@ -80,14 +80,20 @@ def test_structure_has_standard_ops_only(exported_factory):
 
 
 def test_int8_static_keeps_the_portable_graph_standard(exported_factory, tmp_path):
+    """And its fidelity gate runs on the engine that will run it (OpenVINO, when installed)."""
     from modernbert_edge.quantize.quantizer import quantize
 
     out = exported_factory("feature-extraction", ops="portable")
-    quantize(out, tmp_path / "q", mode="int8-static", log=lambda _m: None)
+    engine = "openvino" if openvino_installed() else "onnxruntime"
+    manifest = quantize(out, tmp_path / "q", mode="int8-static", engine=engine, log=lambda _m: None)
+    assert manifest["fidelity"]["engine"] == engine and manifest["fidelity"]["gate"]["status"] == "passed"
     model = onnx.load(str(tmp_path / "q" / "model.onnx"))
     assert MS_DOMAIN not in node_domains(model.graph)
     assert [o.domain for o in model.opset_import] == [""]
     assert "QuantizeLinear" in [n.op_type for n in model.graph.node]
+    with pytest.raises(UserError, match="int8-static of a folder exported with --ops portable"):
+        quantize(out, tmp_path / "q8", mode="int8", engine="openvino", log=lambda _m: None)
+    assert not (tmp_path / "q8").exists()
 
 
 @needs_openvino
