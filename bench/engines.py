@@ -45,9 +45,11 @@ def make_call(folder: Path, engine: str, hint: str | None, threads: int) -> Call
 
         session = create_session(folder / MODEL_FILE, threads)
         return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    from modernbert_edge.runtime.engines import OPENVINO_CONFIG, OpenVinoSession
+    from modernbert_edge.runtime.engines import OpenVinoSession
 
-    session = OpenVinoSession(folder / MODEL_FILE, threads, {**OPENVINO_CONFIG, "INFERENCE_PRECISION_HINT": hint})
+    session = OpenVinoSession(
+        folder / MODEL_FILE, threads, {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+    )
     name = session.output_names[0]
     return lambda ids, mask: session.run(ids, mask)[name]
 

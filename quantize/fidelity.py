@@ -159,9 +159,9 @@ class _OpenVinoOutputs:
     """model_b on OpenVINO, answering run(None, feeds) with its outputs in graph order, as ORT does."""
 
     def __init__(self, model: bytes, threads: int) -> None:
-        from modernbert_edge.runtime.engines import OpenVinoSession
+        from modernbert_edge.runtime.engines import OPENVINO_CONFIGS, OpenVinoSession
 
-        self._session = OpenVinoSession(model, threads or None)
+        self._session = OpenVinoSession(model, threads or None, OPENVINO_CONFIGS["int8-static"])  # as the runtime
 
     def run(self, _names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return list(self._session.run(feeds["input_ids"], feeds["attention_mask"]).values())

@@ -26,10 +26,19 @@ from modernbert_edge.runtime.session import INPUTS, Session
 ONNXRUNTIME, OPENVINO, AUTO = "onnxruntime", "openvino", "auto"
 ENGINES = (AUTO, ONNXRUNTIME, OPENVINO)
 OPENVINO_PRECISIONS = ("fp32", "int8-static")  # what a portable folder holds in standard ops only
-# f32: the exported graph's precision (parity <= 1e-4). OpenVINO's default on CPUs with AVX512-BF16
-# is bf16, which is not the graph's precision; the runtime never picks it implicitly.
-OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-AUTO_RULE = "openvino when it is installed and can run the folder (portable ops, fp32 or int8-static), else onnxruntime"
+# OpenVINO's CPU plugin, per folder precision. fp32 folders run at f32: the exported graph's precision
+# (parity <= 1e-4). int8-static folders run at OpenVINO's default precision (bf16 between the int8
+# matmuls on CPUs with AVX512-BF16 or AMX, f32 elsewhere); the fidelity gate of
+# `mbedge quantize --engine openvino` measures exactly this configuration.
+OPENVINO_CONFIGS = {
+    "fp32": {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+    "int8-static": {"PERFORMANCE_HINT": "LATENCY"},
+}
+# Measured with bench/engines.py (ModernBERT-base shape, 2 threads, three interleaved runs on a shared
+# Zen 4 machine; README, Engines): OpenVINO on an int8-static folder ran 1.0-1.6x faster than
+# onnxruntime on the same file from 8 x 128 to 1 x 2048 (0.7-1.4x at 1 x 128); on an fp32 folder at
+# f32 it was not consistently faster (0.6-1.2x). Hence:
+AUTO_RULE = "openvino for int8-static folders exported with --ops portable when openvino is installed, else onnxruntime"
 
 ENGINE_HELP = "auto, onnxruntime, or openvino (folders exported with --ops portable)."
 
@@ -37,11 +46,12 @@ ENGINE_HELP = "auto, onnxruntime, or openvino (folders exported with --ops porta
 def engine_line(info: ModelInfo, engine: str) -> str:
     """What runs the folder and why, for `mbedge info`: 'openvino (auto: ...)'."""
     if engine == OPENVINO:
-        return f"{OPENVINO} (CPU plugin, {OPENVINO_CONFIG['INFERENCE_PRECISION_HINT']})"
+        hint = OPENVINO_CONFIGS[info.precision].get("INFERENCE_PRECISION_HINT", "its default precision")
+        return f"{OPENVINO} (CPU plugin at {hint}; auto: {AUTO_RULE})"
     if not openvino_installed():
         return f"{ONNXRUNTIME} (openvino is not installed)"
     reason = openvino_blocker(info)
-    return f"{ONNXRUNTIME} (OpenVINO cannot run it: {reason})" if reason else ONNXRUNTIME
+    return f"{ONNXRUNTIME} ({f'OpenVINO cannot run it: {reason}' if reason else f'auto: {AUTO_RULE}'})"
 
 
 class EngineMissingError(UserError):
@@ -71,7 +81,8 @@ def choose_engine(info: ModelInfo, engine: str) -> str:
     if engine not in ENGINES:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
     if engine == AUTO:
-        return OPENVINO if openvino_installed() and openvino_blocker(info) is None else ONNXRUNTIME
+        runs_it = openvino_installed() and openvino_blocker(info) is None
+        return OPENVINO if runs_it and info.precision == "int8-static" else ONNXRUNTIME
     if engine == OPENVINO:
         if not openvino_installed():
             raise EngineMissingError(
@@ -89,7 +100,7 @@ def open_session(
     """A session for the folder's model file on the chosen engine, and that engine's name."""
     chosen = choose_engine(info, engine)
     if chosen == OPENVINO:
-        return OpenVinoSession(info.model_path, threads), chosen
+        return OpenVinoSession(info.model_path, threads, OPENVINO_CONFIGS[info.precision]), chosen
     return Session(info.model_path, threads=threads, spinning=spinning), chosen
 
 
@@ -102,7 +113,7 @@ class OpenVinoSession:
 
         if threads is not None and threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {threads}")
-        settings = dict(OPENVINO_CONFIG if config is None else config)
+        settings = dict(OPENVINO_CONFIGS["fp32"] if config is None else config)
         if threads:
             settings["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
