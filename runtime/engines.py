@@ -37,7 +37,7 @@ OPENVINO_CONFIGS = {
 # Measured with bench/engines.py (ModernBERT-base shape, 2 threads, three interleaved runs on a shared
 # Zen 4 machine; README, Engines): OpenVINO on an int8-static folder ran 1.0-1.6x faster than
 # onnxruntime on the same file from 8 x 128 to 1 x 2048 (0.7-1.4x at 1 x 128); on an fp32 folder at
-# f32 it was not consistently faster (0.6-1.2x). Hence:
+# f32 it was not consistently faster (0.6-1.3x). Hence:
 AUTO_RULE = "openvino for int8-static folders exported with --ops portable when openvino is installed, else onnxruntime"
 
 ENGINE_HELP = "auto, onnxruntime, or openvino (folders exported with --ops portable)."
