@@ -221,7 +221,9 @@ def _ours_export(ops: str) -> Callable[[Path, str, Path, Log], Path]:
 _ours_fp32 = _ours_export("contrib")
 
 
-def _ours_quantized(mode: str, ops: str = "contrib", name: str = "") -> Callable[[Path, str, Path, Log], Path]:
+def _ours_quantized(
+    mode: str, ops: str = "contrib", name: str = "", engine: str = "onnxruntime"
+) -> Callable[[Path, str, Path, Log], Path]:
     def build(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
         src = _ours_export(ops)(checkpoint, job, job_dir, log)
         out = job_dir / (name or f"ours-{mode}")
@@ -230,7 +232,7 @@ def _ours_quantized(mode: str, ops: str = "contrib", name: str = "") -> Callable
 
             log(f"  mbedge quantize --mode {mode} ({out.name})")
             # force: the bench measures fidelity to PyTorch itself; a random checkpoint may miss the gate
-            quantize(src, out, mode=mode, force=True, log=lambda m: log(f"    {m}"))
+            quantize(src, out, mode=mode, force=True, engine=engine, log=lambda m: log(f"    {m}"))
         return out
 
     return build
@@ -245,7 +247,7 @@ BUILDERS: dict[str, Callable[[Path, str, Path, Log], Path]] = {
     "ours-fp32": _ours_fp32,
     "ours-int8": _ours_quantized("int8"),
     "ours-int4": _ours_quantized("int4"),
-    "ours-openvino-int8": _ours_quantized("int8-static", "portable", "ours-openvino-int8"),
+    "ours-openvino-int8": _ours_quantized("int8-static", "portable", "ours-openvino-int8", "openvino"),
 }
 
 
