@@ -34,10 +34,10 @@ def bench_cmd(
     systems: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: pytorch, trace-fp32, trace-int8, optimum-int8, ours-fp32, ours-int8, ours-int4 "
-            "(unavailable ones are skipped with a note)."
+            help="Comma-separated: pytorch, pytorch-int8, trace-fp32, trace-int8, optimum-int8, ours-fp32, "
+            "ours-int8, ours-int4, ours-openvino-int8 (unavailable ones are skipped with a note)."
         ),
-    ] = "pytorch,trace-fp32,trace-int8,optimum-int8,ours-fp32,ours-int8,ours-int4",
+    ] = "pytorch,pytorch-int8,trace-fp32,trace-int8,optimum-int8,ours-fp32,ours-int8,ours-int4,ours-openvino-int8",
     repeats: Annotated[int, typer.Option(help="Timed rounds per shape, after one warm-up run.")] = 5,
     threads: Annotated[int, typer.Option(help="Threads per system (ORT intra-op, torch.set_num_threads).")] = 2,
     out: Annotated[Path, typer.Option(help="Where results.json, results.md and chart.png go.")] = Path("bench-results"),

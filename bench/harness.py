@@ -285,7 +285,7 @@ def run_bench(
 
 
 def _case(job: str, shape: Shape, name: str, kind: str, rows: list, positions: list) -> dict:
-    budget = shape.label == "mixed" and kind == "ours" and name != PADDED
+    budget = shape.label == "mixed" and kind in ("ours", "openvino") and name != PADDED
     return {
         "label": shape.label,
         "rows": rows,
@@ -331,7 +331,7 @@ def _run_shape(
         spec = {"kind": kind, "path": str(path), "job": job, "threads": threads, "pad_token_id": tokens.pad}
         if kind == "gemm":
             spec["dims"] = dims
-        if kind == "torch":
+        if kind in ("torch", "torch-int8"):
             spec["architecture"] = sysmod.architecture(job)
         try:
             w = Worker(name, spec)

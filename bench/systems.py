@@ -6,6 +6,8 @@
                        /optimum-int8    optimum-cli export onnx + onnxruntime quantize (when installed)
                        /ours-fp32       mbedge export (validate=False)
                        /ours-int8, -int4  mbedge quantize
+                       /ours-portable   mbedge export --ops portable (validate=False)
+                       /ours-openvino-int8  mbedge quantize --mode int8-static of ours-portable, run on OpenVINO
                        /gemm-int8.onnx  the lower-bound graph (lowerbound.py)
 
 A folder is built into a temporary sibling and renamed when complete, so an interrupted prepare
@@ -42,7 +44,7 @@ def architecture(job: str) -> str:
 @dataclass(frozen=True)
 class System:
     name: str
-    kind: str  # worker kind: torch, onnx, ours
+    kind: str  # worker kind: torch, torch-int8, onnx, ours, openvino (ours on the OpenVINO engine)
     label: str  # how the tables name it
 
 
@@ -50,12 +52,14 @@ SYSTEMS: dict[str, System] = {
     s.name: s
     for s in (
         System("pytorch", "torch", "PyTorch eager (SDPA)"),
+        System("pytorch-int8", "torch-int8", "PyTorch int8 (torch.ao dynamic, nn.Linear)"),
         System("trace-fp32", "onnx", "torch.onnx.export fp32"),
         System("trace-int8", "onnx", "torch.onnx.export + quantize_dynamic int8"),
         System("optimum-int8", "onnx", "optimum export + quantize int8"),
         System("ours-fp32", "ours", "modernbert-edge fp32"),
         System("ours-int8", "ours", "modernbert-edge int8"),
         System("ours-int4", "ours", "modernbert-edge int4"),
+        System("ours-openvino-int8", "openvino", "modernbert-edge int8-static (portable) on OpenVINO"),
     )
 }
 
@@ -71,6 +75,8 @@ def unavailable_reason(system: str) -> str | None:
     """Why a system cannot run in this environment, or None."""
     if system == "optimum-int8" and not optimum_available():
         return "optimum[onnxruntime] is not installed"
+    if SYSTEMS[system].kind == "openvino" and importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'modernbert-edge[openvino]')"
     return None
 
 
@@ -198,26 +204,36 @@ def _optimum_int8(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
     return _build(job_dir / "optimum-int8", fill)
 
 
-def _ours_fp32(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
-    out = job_dir / "ours-fp32"
-    if not out.exists():
-        from modernbert_edge.export.exporter import export
+def _ours_export(ops: str) -> Callable[[Path, str, Path, Log], Path]:
+    name = "ours-fp32" if ops == "contrib" else f"ours-{ops}"
 
-        log("  mbedge export (ours-fp32)")
-        export(str(checkpoint), out, task=JOB_TASKS[job], validate=False, log=lambda m: log(f"    {m}"))
-    return out
-
-
-def _ours_quantized(mode: str) -> Callable[[Path, str, Path, Log], Path]:
     def build(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
-        src = _ours_fp32(checkpoint, job, job_dir, log)
-        out = job_dir / f"ours-{mode}"
+        out = job_dir / name
+        if not out.exists():
+            from modernbert_edge.export.exporter import export
+
+            log(f"  mbedge export --ops {ops} ({name})")
+            export(str(checkpoint), out, task=JOB_TASKS[job], validate=False, ops=ops, log=lambda m: log(f"    {m}"))
+        return out
+
+    return build
+
+
+_ours_fp32 = _ours_export("contrib")
+
+
+def _ours_quantized(
+    mode: str, ops: str = "contrib", name: str = "", engine: str = "onnxruntime"
+) -> Callable[[Path, str, Path, Log], Path]:
+    def build(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
+        src = _ours_export(ops)(checkpoint, job, job_dir, log)
+        out = job_dir / (name or f"ours-{mode}")
         if not out.exists():
             from modernbert_edge.quantize.quantizer import quantize
 
-            log(f"  mbedge quantize --mode {mode} (ours-{mode})")
+            log(f"  mbedge quantize --mode {mode} ({out.name})")
             # force: the bench measures fidelity to PyTorch itself; a random checkpoint may miss the gate
-            quantize(src, out, mode=mode, force=True, log=lambda m: log(f"    {m}"))
+            quantize(src, out, mode=mode, force=True, engine=engine, log=lambda m: log(f"    {m}"))
         return out
 
     return build
@@ -225,18 +241,20 @@ def _ours_quantized(mode: str) -> Callable[[Path, str, Path, Log], Path]:
 
 BUILDERS: dict[str, Callable[[Path, str, Path, Log], Path]] = {
     "pytorch": lambda checkpoint, job, job_dir, log: checkpoint,
+    "pytorch-int8": lambda checkpoint, job, job_dir, log: checkpoint,
     "trace-fp32": _trace_fp32,
     "trace-int8": _trace_int8,
     "optimum-int8": _optimum_int8,
     "ours-fp32": _ours_fp32,
     "ours-int8": _ours_quantized("int8"),
     "ours-int4": _ours_quantized("int4"),
+    "ours-openvino-int8": _ours_quantized("int8-static", "portable", "ours-openvino-int8", "openvino"),
 }
 
 
 def model_path(system: str, folder: Path) -> Path:
     """What the worker loads: the checkpoint or model folder for torch/ours, the .onnx file otherwise."""
-    return folder if SYSTEMS[system].kind in ("torch", "ours") else _onnx_file(folder)
+    return folder if SYSTEMS[system].kind in ("torch", "torch-int8", "ours", "openvino") else _onnx_file(folder)
 
 
 def prepare(system: str, checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:

@@ -11,8 +11,9 @@ work). Outputs, one row per input row in input order, are what fidelity needs: t
 last hidden state (embeddings), the top-1 token id at the masked position (fill-mask), or the
 logits (classification).
 
-Kinds: "torch" (transformers, SDPA), "onnx" (a .onnx file in a plain session), "ours"
-(this project's runtime), "gemm" (the int8-GEMM-only lower-bound graph of lowerbound.py).
+Kinds: "torch" (transformers, SDPA), "torch-int8" (the same with torch.ao dynamic int8 nn.Linear),
+"onnx" (a .onnx file in a plain session), "ours" (this project's runtime), "openvino" (the runtime
+on its OpenVINO engine), "gemm" (the int8-GEMM-only lower-bound graph of lowerbound.py).
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ GEMM_CHUNK = 2048  # the GEMM-only graph runs on at most this many tokens per ca
 # ── the model callables: (ids, mask) -> the job's raw output array ────────────────────────────────
 
 
-def _load_torch(path: str, job: str, architecture: str, threads: int) -> tuple[Callable, int]:
+def _load_torch(path: str, job: str, architecture: str, threads: int, int8: bool = False) -> tuple[Callable, int]:
     import torch
     import transformers
 
     torch.set_num_threads(threads)
     model = getattr(transformers, architecture).from_pretrained(path, attn_implementation="sdpa").eval()
+    if int8:  # what PyTorch users reach for: int8 weights, activations quantized per call
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
 
     def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -61,11 +64,11 @@ def _load_onnx(path: str, threads: int, pad: int) -> tuple[Callable, int]:
     return call, pad
 
 
-def _load_ours(path: str, threads: int) -> tuple[Callable, int, Callable]:
+def _load_ours(path: str, threads: int, engine: str = "onnxruntime") -> tuple[Callable, int, Callable]:
     """This project's runtime: its session, its batch plan, and fill-mask through mask_positions."""
     from modernbert_edge.runtime import load
 
-    model = load(path, threads=threads)
+    model = load(path, threads=threads, engine=engine)
     name = model.info.outputs[0]
 
     def call(ids: np.ndarray, mask: np.ndarray, pos: np.ndarray | None = None) -> np.ndarray:
@@ -97,12 +100,14 @@ class Runner:
         self.job = spec["job"]
         kind, path, threads = spec["kind"], spec["path"], spec["threads"]
         self.plan = None
-        if kind == "torch":
-            self.call, self.pad = _load_torch(path, self.job, spec["architecture"], threads)
+        if kind in ("torch", "torch-int8"):
+            self.call, self.pad = _load_torch(path, self.job, spec["architecture"], threads, kind == "torch-int8")
         elif kind == "onnx":
             self.call, self.pad = _load_onnx(path, threads, spec.get("pad_token_id", 0))
-        elif kind == "ours":
-            self.call, self.pad, self.plan = _load_ours(path, threads)
+        elif kind in ("ours", "openvino"):
+            self.call, self.pad, self.plan = _load_ours(
+                path, threads, "openvino" if kind == "openvino" else "onnxruntime"
+            )
         elif kind == "gemm":
             self.session = create_session(path, threads)  # built by lowerbound.write_gemm_graph
         else:
@@ -145,7 +150,7 @@ class Runner:
             t0 = time.perf_counter()
         for b, ids, mask in fed:
             pos = None if mask_pos is None else np.asarray([mask_pos[i] for i in b])
-            out = self.call(ids, mask, pos) if self.spec["kind"] == "ours" else self.call(ids, mask)
+            out = self.call(ids, mask, pos) if self.spec["kind"] in ("ours", "openvino") else self.call(ids, mask)
             if keep:
                 for i, r in zip(b, extract(self.job, out, mask, pos), strict=True):
                     results[i] = r
@@ -161,7 +166,7 @@ def serve(conn: Connection, spec: dict) -> None:
         os.environ[var] = threads
     try:
         t0 = time.perf_counter()
-        if spec["kind"] == "torch":  # imports are timed apart from loading the model
+        if spec["kind"] in ("torch", "torch-int8"):  # imports are timed apart from loading the model
             import torch  # noqa: F401
             import transformers  # noqa: F401
         else:

@@ -3,8 +3,12 @@
 (1, T, D) ─ Wqkv ─ to_padded (B, S, 3D) ─ Split(qk | v) ─ RotaryEmbedding(qk as 2N heads) ─ Split(q | k)
           ─ global: make_global_attention | local: make_local_attention ─ (B, S, D) ─ to_tokens ─ Wo ─ (1, T, D)
 
-Every variant is an ONNX Runtime fused op (com.microsoft MultiHeadAttention or GroupQueryAttention);
-an If picks, per forward pass, the call that suits the batch (see DESIGN.md, Attention).
+The graph's flavour (Layout.ops) picks the ops, here and nowhere else: contrib emits ONNX Runtime's
+fused com.microsoft MultiHeadAttention / GroupQueryAttention / RotaryEmbedding; portable emits the
+standard opset-23 Attention and RotaryEmbedding. Both have the same structure. In contrib an If
+picks, per forward pass, the call that suits the batch (see DESIGN.md, Attention); portable has no
+If (OpenVINO 2026.4's CPU plugin returns wrong values from these If nodes on dynamic shapes): global
+attention always takes the key mask, local attention is always blocked.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import numpy as np
 from onnx import GraphProto
 
 from modernbert_edge.export import names
-from modernbert_edge.export.builder import MS_DOMAIN, GraphBuilder
+from modernbert_edge.export.builder import CONTRIB, MS_DOMAIN, PORTABLE, GraphBuilder
 from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import GLOBAL, ModernBertConfig
 from modernbert_edge.export.layout import Layout, to_padded, to_tokens
@@ -59,13 +63,12 @@ def make_attention(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layo
     qkv = to_padded(g, lay, qkv, 3 * d, f"{name}/qkv_padded", zero_pads=False)  # (B, S, 3D)
     qk, v = g.op("Split", [qkv, g.const([2 * d, d])], f"{name}/Split", outputs=2, axis=-1)  # (B, S, 2D), (B, S, D)
     cos, sin = _rotary_names(layer_type)
+    if lay.ops == CONTRIB:  # positions from a (1,) offset
+        rotary_inputs, domain = [qk, g.const([0]), cos, sin], MS_DOMAIN
+    else:  # RotaryEmbedding-23: explicit (B, S) position_ids
+        rotary_inputs, domain = [qk, cos, sin, lay.positions], ""
     qk = g.op(
-        "RotaryEmbedding",
-        [qk, g.const([0]), cos, sin],
-        f"{name}/RotaryEmbedding",
-        domain=MS_DOMAIN,
-        num_heads=2 * n,
-        interleaved=0,
+        "RotaryEmbedding", rotary_inputs, f"{name}/RotaryEmbedding", domain=domain, num_heads=2 * n, interleaved=0
     )
     q, k = g.op("Split", [qk, g.const([d, d])], f"{name}/Split_qk", outputs=2, axis=-1)  # (B, S, D) each
     if layer_type == GLOBAL:
@@ -76,10 +79,37 @@ def make_attention(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layo
     return make_linear(g, w, o, f"{key}.Wo", d, d, cfg.attention_bias, names.projection(i, names.ATTN_OUT))
 
 
-def _mha(g: GraphBuilder, q: str, k: str, v: str, extra: list[str], n: int, name: str) -> GraphProto:
-    """An If branch holding one MultiHeadAttention(q, k, v, *extra) node."""
+def attend(
+    g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str, key_mask: str = "", band: str = ""
+) -> str:
+    """One attention call, (R, Sq, D), (R, T, D), (R, T, D) -> (R, Sq, D), in the graph's flavour.
+
+    key_mask: the keys each row may use, in the flavour's form (Layout.key_mask); band: a
+    (1, 1, Sq, T) additive bias. Neither: plain attention (the mask-free fast path of both ops).
+        contrib:  MultiHeadAttention(q, k, v, key_padding_mask, attention_bias)
+        portable: Attention(q, k, v, attn_mask = band + key bias, broadcast to (R, 1, Sq, T))
+    """
+    if lay.ops == CONTRIB:
+        extra = ["", key_mask, band] if band else ["", key_mask] if key_mask else []
+        return g.op(
+            "MultiHeadAttention", [q, k, v, *extra], f"{name}/MultiHeadAttention", domain=MS_DOMAIN, num_heads=n
+        )
+    mask = []
+    if band and key_mask:
+        mask = [g.op("Add", [band, key_mask], f"{name}/attn_mask")]  # (R, 1, Sq, T)
+    elif key_mask:  # ORT's Attention wants the query axis in the mask: (R, 1, 1, T) -> (R, 1, Sq, 1 -> T)
+        sq = g.op("Shape", [q], f"{name}/q_len", start=1, end=2)
+        shape = g.op("Concat", [g.const([1, 1]), sq, g.const([1])], f"{name}/mask_shape", axis=0)
+        mask = [g.op("Expand", [key_mask, shape], f"{name}/attn_mask")]
+    elif band:
+        mask = [band]
+    return g.op("Attention", [q, k, v, *mask], f"{name}/Attention", q_num_heads=n, kv_num_heads=n)
+
+
+def _mha(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n: int, name: str, **masks: str) -> GraphProto:
+    """An If branch holding one attention call (`attend`)."""
     sub = g.branch()
-    out = sub.op("MultiHeadAttention", [q, k, v, *extra], f"{name}/MultiHeadAttention", domain=MS_DOMAIN, num_heads=n)
+    out = attend(sub, lay, q, k, v, n, name, **masks)
     return sub.subgraph(name.replace("/", "_"), out)
 
 
@@ -95,9 +125,11 @@ def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, 
     padded rows, slower on short ones, hence the length test (figures in DESIGN.md). Head sizes
     that are not a multiple of GQA_HEAD_MULTIPLE (no `lay.gqa`) keep MHA for every padded batch.
     """
-    unpadded = _mha(g, q, k, v, [], n, f"{name}/unpadded")
+    if lay.ops == PORTABLE:  # no If (see make_attention): the key mask always, zeros when nothing is padded
+        return attend(g, lay, q, k, v, n, name, key_mask=lay.key_mask)
+    unpadded = _mha(g, lay, q, k, v, n, f"{name}/unpadded")
     if lay.gqa is None:
-        padded_graph = _mha(g, q, k, v, ["", lay.key_mask], n, f"{name}/padded")
+        padded_graph = _mha(g, lay, q, k, v, n, f"{name}/padded", key_mask=lay.key_mask)
         return g.op("If", [lay.unpadded], f"{name}/If", then_branch=unpadded, else_branch=padded_graph)
     gqa = g.branch()
     out = gqa.op(
@@ -116,7 +148,7 @@ def make_global_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, 
         [lay.gqa.use],
         f"{name}/padded/If",
         then_branch=gqa.subgraph(f"{name}/padded_long".replace("/", "_"), out),
-        else_branch=_mha(g, q, k, v, ["", lay.key_mask], n, f"{name}/padded"),
+        else_branch=_mha(g, lay, q, k, v, n, f"{name}/padded", key_mask=lay.key_mask),
     )
     padded_graph = padded.subgraph(f"{name}/padded_outer".replace("/", "_"), out_padded)
     return g.op("If", [lay.unpadded], f"{name}/If", then_branch=unpadded, else_branch=padded_graph)
@@ -130,7 +162,9 @@ def make_local_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str, n
     """
     loc = lay.local
     assert loc is not None
-    short = _mha(g, q, k, v, ["", lay.key_mask, loc.dense_band], n, f"{name}/short")
+    if lay.ops == PORTABLE:  # no If (see make_attention): blocked at every length
+        return make_blocked_attention(g, lay, q, k, v, n, f"{name}/blocked")
+    short = _mha(g, lay, q, k, v, n, f"{name}/short", key_mask=lay.key_mask, band=loc.dense_band)
     long = g.branch()
     out_long = make_blocked_attention(long, lay, q, k, v, n, f"{name}/blocked")
     blocked = long.subgraph(f"{name}/blocked".replace("/", "_"), out_long)
@@ -142,7 +176,7 @@ def make_blocked_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str,
 
     q (B, S, D) ─ Pad ─ Reshape (B*nc, C, D) ────────────────────────────┐
     k (B, S, D) ─ Pad ─ Reshape (B, nc+2, C, D) ─ Slices prev|own|next ─ Concat ─ (B*nc, 3C, D)
-    v  likewise                                                           ├─ MHA(+band, key_mask) ─ (B, S', D) ─ Slice S
+    v  likewise                                                           ├─ attend ─ (B, S', D) ─ Slice S
     """
     loc = lay.local
     assert loc is not None
@@ -158,12 +192,6 @@ def make_blocked_attention(g: GraphBuilder, lay: Layout, q: str, k: str, v: str,
         t = g.op("Concat", parts, f"{name}/{tag}/Concat", axis=2)  # (B, nc, 3C, D)
         return g.op("Reshape", [t, loc.shape_kv], f"{name}/{tag}/Reshape")  # (B * nc, 3C, D)
 
-    o = g.op(
-        "MultiHeadAttention",
-        [q, blocks(k, "k"), blocks(v, "v"), "", loc.key_mask, loc.band],
-        f"{name}/MultiHeadAttention",
-        domain=MS_DOMAIN,
-        num_heads=n,
-    )  # (B * nc, C, D)
+    o = attend(g, lay, q, blocks(k, "k"), blocks(v, "v"), n, name, key_mask=loc.key_mask, band=loc.band)  # (B*nc, C, D)
     o = g.op("Reshape", [o, loc.shape_out], f"{name}/out/Reshape")  # (B, S', D)
     return g.op("Slice", [o, g.const([0]), lay.seq, g.const([1])], f"{name}/out/Slice")

@@ -13,14 +13,21 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 20  # Gelu-20 and LayerNormalization-17 are emitted directly
 MS_DOMAIN = "com.microsoft"
+# The two flavours of graph: the same structure, attention and rotary from different op sets.
+#   contrib:  com.microsoft MultiHeadAttention / GroupQueryAttention / RotaryEmbedding (ONNX Runtime's fastest)
+#   portable: standard ONNX only (opset-23 Attention and RotaryEmbedding), for any engine (OpenVINO)
+CONTRIB, PORTABLE = "contrib", "portable"
+OPS = (CONTRIB, PORTABLE)
+OPSETS = {CONTRIB: 20, PORTABLE: 23}  # contrib: Gelu-20 and LayerNormalization-17 are emitted directly
+OPSET = OPSETS[CONTRIB]
 
 
 class GraphBuilder:
     """Collects nodes and initializers; `finish` turns them into a ModelProto."""
 
-    def __init__(self) -> None:
+    def __init__(self, opset: int = OPSET) -> None:
+        self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.optional_inputs: list[onnx.ValueInfoProto] = []
@@ -41,7 +48,7 @@ class GraphBuilder:
 
     def branch(self) -> GraphBuilder:
         """A builder for an If branch: its own nodes, the parent's initializers (outer scope)."""
-        sub = GraphBuilder()
+        sub = GraphBuilder(self.opset)
         sub.initializers = self.initializers
         return sub
 
@@ -92,13 +99,27 @@ class GraphBuilder:
             initializer=list(self.initializers.values()),
             doc_string=doc,
         )
+        opsets = [helper.make_opsetid("", self.opset)]
+        if MS_DOMAIN in node_domains(graph):
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
         model = helper.make_model(
             graph,
-            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+            opset_imports=opsets,
             producer_name="modernbert-edge",
         )
         model.ir_version = 10
         return model
+
+
+def node_domains(graph: onnx.GraphProto) -> set[str]:
+    """The op domains of a graph's nodes, If branches included ('' for standard ONNX)."""
+    domains = set()
+    for node in graph.node:
+        domains.add(node.domain)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                domains |= node_domains(a.g)
+    return domains
 
 
 def tensor_info(name: str, elem_type: int, shape: list[str | int]) -> onnx.ValueInfoProto:

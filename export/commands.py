@@ -26,6 +26,13 @@ def export_cmd(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
     validate: Annotated[bool, typer.Option(help="Check the graph against PyTorch after export.")] = True,
+    ops: Annotated[
+        str,
+        typer.Option(
+            help="contrib: ONNX Runtime's fused com.microsoft ops (fastest there); "
+            "portable: standard ONNX opset-23 ops only, for other engines (OpenVINO)."
+        ),
+    ] = "contrib",
 ) -> None:
     """Build a fused-op ONNX graph from a ModernBERT checkpoint, checked against PyTorch."""
     try:
@@ -34,7 +41,7 @@ def export_cmd(
         raise UserError(
             f"exporting needs the export extra ({e.name} is missing): pip install 'modernbert-edge[export]'."
         ) from None
-    manifest = export(checkpoint, out_dir, task=task, overwrite=overwrite, validate=validate, log=_log)
+    manifest = export(checkpoint, out_dir, task=task, overwrite=overwrite, validate=validate, log=_log, ops=ops)
     typer.echo(f"{manifest['task']}: {out_dir / manifest['model_file']}")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.builder import OPSET
+from modernbert_edge.export.builder import CONTRIB, OPSETS
 from modernbert_edge.export.checkpoint import Weights, find_weight_files
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.prove import prove_folder
@@ -25,7 +25,14 @@ from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.folders import OutputFolder, package_versions
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
 
-FUSED_OPS = ("MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "Gelu", "LayerNormalization")
+FUSED_OPS = (
+    "MultiHeadAttention",
+    "GroupQueryAttention",
+    "Attention",
+    "RotaryEmbedding",
+    "Gelu",
+    "LayerNormalization",
+)
 EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
 
 
@@ -98,8 +105,12 @@ def export(
     overwrite: bool = False,
     validate: bool = True,
     log: Callable[[str], None] = print,
+    ops: str = CONTRIB,
 ) -> dict:
-    """Export a ModernBERT checkpoint folder to an ONNX model folder; returns the manifest."""
+    """Export a ModernBERT checkpoint folder to an ONNX model folder; returns the manifest.
+
+    ops: "contrib" (ONNX Runtime's com.microsoft fused ops, the fastest there) or "portable"
+    (standard opset-23 ops only, which OpenVINO also runs)."""
     out_dir = Path(out_dir)
     src = resolve_checkpoint(checkpoint)
     cfg, raw_config = read_config(src / "config.json")
@@ -110,7 +121,7 @@ def export(
     target = OutputFolder(out_dir, overwrite, sources=[src], need_bytes=sum(f.stat().st_size for f in files))
     t0 = time.perf_counter()
     weights = Weights(files)
-    model, unused = build_graph(cfg, weights, chosen)
+    model, unused = build_graph(cfg, weights, chosen, ops)
     build_s = time.perf_counter() - t0
     log(f"built {chosen.name} graph: {len(model.graph.node)} nodes, {cfg.num_hidden_layers} layers ({build_s:.1f} s)")
 
@@ -119,7 +130,8 @@ def export(
         "task": chosen.name,
         "model_file": MODEL_FILE,
         "precision": "fp32",
-        "opset": OPSET,
+        "opset": OPSETS[ops],
+        "ops": ops,
         "inputs": ["input_ids", "attention_mask"],
         "outputs": [name for name, _ in chosen.outputs],
         "fused_ops": fused_op_counts(model),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from modernbert_edge.export import names
-from modernbert_edge.export.builder import FLOAT, INT64, GraphBuilder, tensor_info
+from modernbert_edge.export.builder import CONTRIB, FLOAT, INT64, PORTABLE, GraphBuilder, tensor_info
 from modernbert_edge.export.config import GLOBAL, LOCAL, ModernBertConfig
 
 BAND_MASKED = -1e9  # additive bias for keys outside the local window (exp underflows to exactly 0)
@@ -53,10 +53,10 @@ class LocalLayout:
     shape_kv: str  # (B * nc, 3C, D)
     shape_out: str  # (B, S', D)
     slices: tuple[tuple[str, str], ...]  # (start, end) on axis 1 of the (B, nc + 2, ...) view: prev, own, next
-    key_mask: str  # (B * nc, 3C) int32
+    key_mask: str  # keys of each chunk in the flavour's form (Layout.key_mask): (B * nc, 3C) or (B * nc, 1, 1, 3C)
     band: str  # (1, 1, C, 3C) float additive window bias
-    short: str  # bool scalar: S <= SHORT_LOCAL, where one dense banded MHA call is cheaper
-    dense_band: str  # (1, 1, S', S') window bias, S' = min(S, SHORT_LOCAL): for the short case
+    short: str | None  # bool scalar: S <= SHORT_LOCAL, where one dense banded MHA call is cheaper (contrib)
+    dense_band: str | None  # (1, 1, S', S') window bias, S' = min(S, SHORT_LOCAL): the short case (contrib)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,11 @@ class Layout:
     batch: str  # (1,) int64 B
     seq: str  # (1,) int64 S
     flat: str  # (1,) int64 B*S
-    key_mask: str  # (B, S) int32 attention_mask, for global attention
+    ops: str  # the graph's flavour (builder.OPS): which attention and rotary ops the layers emit
+    # keys to attend, in the flavour's form: contrib (B, S) int32 attention_mask (MultiHeadAttention's
+    # key_padding_mask); portable (B, 1, 1, S) float additive bias, 0 or BAND_MASKED (Attention's attn_mask)
+    key_mask: str
+    positions: str | None  # (B, S) int64 0 .. S-1: RotaryEmbedding-23's position_ids (portable only)
     unpadded: str  # bool scalar: T == B * S (no padding anywhere), selects mask-free attention
     mask_f: str  # (B, S, 1) float attention_mask, for mean pooling and zeroing padded outputs
     local: LocalLayout | None  # None: the model has no local layers
@@ -81,7 +85,7 @@ def shape_of(g: GraphBuilder, parts: list[str], name: str) -> str:
     return g.op("Concat", parts, name, axis=0)
 
 
-def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
+def make_layout(g: GraphBuilder, cfg: ModernBertConfig, ops: str = CONTRIB) -> Layout:
     """Token indices, batch dims and masks derived from attention_mask.
 
     attention_mask (B, S) ─ Reshape(-1) ─ NonZero (1, T) ─ Reshape ─ tokens (T,) / scatter_idx (T, 1)
@@ -97,13 +101,18 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
     tokens = g.op("Reshape", [nz, g.const([-1])], f"{p}/tokens")
     scatter_idx = g.op("Reshape", [nz, g.const([-1, 1])], f"{p}/scatter_idx")
     row_of = g.op("Sub", [g.op("CumSum", [mask_flat, g.const(0)], f"{p}/CumSum"), g.const(1)], f"{p}/row_of")
-    key_mask = g.op("Cast", ["attention_mask"], f"{p}/key_mask", to=6)  # int32
+    key_mask_i32 = g.op("Cast", ["attention_mask"], f"{p}/key_mask", to=6)  # int32
+    key_mask, positions = key_mask_i32, None
+    if ops == PORTABLE:
+        key_mask = key_bias(g, key_mask_i32, f"{p}/key_bias")  # (B, 1, 1, S)
+        pos = g.op("Range", [g.const(0), g.op("Squeeze", [seq], f"{p}/seq_s"), g.const(1)], f"{p}/positions_1d")
+        positions = g.op("Expand", [pos, shape_of(g, [batch, seq], f"{p}/shape_bs")], f"{p}/positions")  # (B, S)
     mask_f = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT)
     n_tokens = g.op("Shape", [tokens], f"{p}/n_tokens")
     unpadded = g.op("Squeeze", [g.op("Equal", [n_tokens, flat], f"{p}/Equal")], f"{p}/unpadded")
-    local = make_local_layout(g, cfg, batch, seq, key_mask) if LOCAL in cfg.layer_types else None
-    gqa_fits = GLOBAL in cfg.layer_types and cfg.head_dim % GQA_HEAD_MULTIPLE == 0
-    gqa = make_gqa_layout(g, seq, key_mask) if gqa_fits else None
+    local = make_local_layout(g, cfg, batch, seq, key_mask_i32, ops) if LOCAL in cfg.layer_types else None
+    gqa_fits = ops == CONTRIB and GLOBAL in cfg.layer_types and cfg.head_dim % GQA_HEAD_MULTIPLE == 0
+    gqa = make_gqa_layout(g, seq, key_mask_i32) if gqa_fits else None
     return Layout(
         tokens=tokens,
         scatter_idx=scatter_idx,
@@ -111,12 +120,25 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig) -> Layout:
         batch=batch,
         seq=seq,
         flat=flat,
+        ops=ops,
         key_mask=key_mask,
+        positions=positions,
         unpadded=unpadded,
         mask_f=mask_f,
         local=local,
         gqa=gqa,
     )
+
+
+def key_bias(g: GraphBuilder, key_mask: str, name: str) -> str:
+    """(R, T) int32 mask of keys -> (R, 1, 1, T) float additive bias: 0 for keys, BAND_MASKED for pads."""
+    f = g.op("Cast", [key_mask], f"{name}/Cast", to=FLOAT)
+    bias = g.op(
+        "Mul",
+        [g.op("Sub", [f, g.const(1.0, np.float32)], f"{name}/Sub"), g.const(-BAND_MASKED, np.float32)],
+        f"{name}/Mul",
+    )
+    return g.op("Unsqueeze", [bias, g.const([1, 2])], f"{name}/Unsqueeze")
 
 
 def make_gqa_layout(g: GraphBuilder, seq: str, key_mask: str) -> GqaLayout:
@@ -144,7 +166,9 @@ def make_gqa_layout(g: GraphBuilder, seq: str, key_mask: str) -> GqaLayout:
     return GqaLayout(use=use, seqlens_k=seqlens_k, total_len=total_len)
 
 
-def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str) -> LocalLayout:
+def make_local_layout(
+    g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: str, key_mask: str, ops: str = CONTRIB
+) -> LocalLayout:
     """Shapes and masks for blocked local attention (exact for |i - j| <= window).
 
     A chunk of C >= window queries at [cC, cC + C) sees every key of its window among the keys of
@@ -184,24 +208,15 @@ def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: s
     key_mask_local = g.op(
         "Reshape", [mask, shape_of(g, [batch_chunks, g.const([3 * c])], f"{p}/shape_mask")], f"{p}/key_mask"
     )
+    if ops == PORTABLE:
+        key_mask_local = key_bias(g, key_mask_local, f"{p}/key_bias")  # (B * nc, 1, 1, 3C)
 
     qi = np.arange(c)[:, None] + c  # query position inside the 3C key span
     kj = np.arange(3 * c)[None, :]
     band = np.where(np.abs(qi - kj) <= w, 0.0, BAND_MASKED).astype(np.float32)[None, None]
     band_name = g.weight(f"{p}/band_bias", band)
 
-    # Short sequences: one (S', S') band bias, S' = min(S, SHORT_LOCAL) so it stays small when unused.
-    seq_s = g.op("Squeeze", [g.op("Min", [seq, g.const([SHORT_LOCAL])], f"{p}/short_len")], f"{p}/short_len_s")
-    short = g.op("Squeeze", [g.op("LessOrEqual", [seq, g.const([SHORT_LOCAL])], f"{p}/short_cmp")], f"{p}/short")
-    pos = g.op("Range", [g.const(0), seq_s, g.const(1)], f"{p}/pos")
-    dist = g.op(
-        "Abs",
-        [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])], f"{p}/pos_q"), pos], f"{p}/dist_signed")],
-        f"{p}/dist",
-    )
-    near = g.op("LessOrEqual", [dist, g.const(w)], f"{p}/near")
-    dense = g.op("Where", [near, g.const(0.0, np.float32), g.const(BAND_MASKED, np.float32)], f"{p}/dense_band2d")
-    dense = g.op("Unsqueeze", [dense, g.const([0, 1])], f"{p}/dense_band")
+    short, dense = (None, None) if ops == PORTABLE else make_short_band(g, seq, w)
     return LocalLayout(
         chunk=c,
         pads_q=pads_q,
@@ -216,6 +231,24 @@ def make_local_layout(g: GraphBuilder, cfg: ModernBertConfig, batch: str, seq: s
         short=short,
         dense_band=dense,
     )
+
+
+def make_short_band(g: GraphBuilder, seq: str, w: int) -> tuple[str, str]:
+    """Short sequences: one (S', S') band bias, S' = min(S, SHORT_LOCAL) so it stays small when unused.
+
+    Returns (short: bool scalar S <= SHORT_LOCAL, dense_band (1, 1, S', S'))."""
+    p = f"{names.LAYOUT}/local"
+    seq_s = g.op("Squeeze", [g.op("Min", [seq, g.const([SHORT_LOCAL])], f"{p}/short_len")], f"{p}/short_len_s")
+    short = g.op("Squeeze", [g.op("LessOrEqual", [seq, g.const([SHORT_LOCAL])], f"{p}/short_cmp")], f"{p}/short")
+    pos = g.op("Range", [g.const(0), seq_s, g.const(1)], f"{p}/pos")
+    dist = g.op(
+        "Abs",
+        [g.op("Sub", [g.op("Unsqueeze", [pos, g.const([1])], f"{p}/pos_q"), pos], f"{p}/dist_signed")],
+        f"{p}/dist",
+    )
+    near = g.op("LessOrEqual", [dist, g.const(w)], f"{p}/near")
+    dense = g.op("Where", [near, g.const(0.0, np.float32), g.const(BAND_MASKED, np.float32)], f"{p}/dense_band2d")
+    return short, g.op("Unsqueeze", [dense, g.const([0, 1])], f"{p}/dense_band")
 
 
 def to_padded(g: GraphBuilder, lay: Layout, x: str, width: int, name: str, zero_pads: bool = True) -> str:

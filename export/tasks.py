@@ -10,7 +10,7 @@ import onnx
 from onnx import helper
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.builder import FLOAT, GraphBuilder, tensor_info
+from modernbert_edge.export.builder import CONTRIB, FLOAT, OPS, OPSETS, GraphBuilder, tensor_info
 from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import ModernBertConfig
 from modernbert_edge.export.encoder import make_encoder
@@ -147,17 +147,20 @@ def key_prefix(w: Weights) -> str:
     raise UserError("the checkpoint has no embeddings.tok_embeddings.weight tensor: is it a ModernBERT checkpoint?")
 
 
-def build_graph(cfg: ModernBertConfig, w: Weights, task: Task) -> tuple[onnx.ModelProto, list[str]]:
-    """The whole graph for a task; returns the model and the checkpoint tensors it left unused
-    (only another head's tensors may be left, when exporting a head checkpoint's encoder)."""
+def build_graph(cfg: ModernBertConfig, w: Weights, task: Task, ops: str = CONTRIB) -> tuple[onnx.ModelProto, list[str]]:
+    """The whole graph for a task, with the attention ops of flavour `ops` (builder.OPS); returns the
+    model and the checkpoint tensors it left unused (only another head's tensors may be left, when
+    exporting a head checkpoint's encoder)."""
+    if ops not in OPS:
+        raise UserError(f"unknown --ops {ops!r}; choose one of: {', '.join(OPS)}.")
     prefix = key_prefix(w)
     if task.head_keys and not any(k.startswith(task.head_keys) for k in w.names()):
         raise UserError(
             f"task {task.name} needs a {task.architecture} checkpoint, but the checkpoint has no "
             f"{' / '.join(task.head_keys)} tensors (config.architectures = {list(cfg.architectures)})."
         )
-    g = GraphBuilder()
-    lay = make_layout(g, cfg)
+    g = GraphBuilder(OPSETS[ops])
+    lay = make_layout(g, cfg, ops)
     x = make_encoder(g, w, cfg, lay, prefix)
     outputs = task.head(g, w, cfg, lay, x, prefix)
     ignorable = ("head.", "decoder.", "classifier.") if task.name == "feature-extraction" else ()

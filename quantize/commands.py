@@ -37,6 +37,10 @@ def quantize_cmd(
         list[str] | None,
         typer.Option(help="Leave this projection in fp32 (e.g. /model/layers.0/attn/Wqkv); repeatable."),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(help="The engine that will run the model, which the fidelity gate runs: onnxruntime or openvino."),
+    ] = "onnxruntime",
 ) -> None:
     """Quantize a model folder and measure it against fp32 (exit 2, nothing written, below --min-cosine)."""
     _need_onnx()
@@ -56,6 +60,7 @@ def quantize_cmd(
         overwrite=overwrite,
         keep_float=keep_float or (),
         log=_log,
+        engine=engine,
     )
     typer.echo(f"{manifest['precision']} {manifest['task']}: {out_dir / manifest['model_file']}")
     if manifest["fidelity"]["gate"]["status"] != "passed":  # only reachable with --force

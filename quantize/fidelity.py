@@ -19,7 +19,7 @@ from modernbert_edge.bench.timing import cosines as _cosines
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize.calibration import Batch, CalibrationSet
-from modernbert_edge.quantize.smoothing import session_with_outputs
+from modernbert_edge.quantize.smoothing import serialize_with_outputs, session_with_outputs
 
 MASK_FRACTION = 0.15
 HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
@@ -97,13 +97,21 @@ def compare_models(
     data: CalibrationSet,
     progress: Callable[[str], None] = lambda _m: None,
     threads: int = 0,
+    engine: str = "onnxruntime",
 ) -> dict:
-    """The fidelity report of model_b against the reference model_a, per slice (see module doc)."""
+    """The fidelity report of model_b against the reference model_a, per slice (see module doc).
+
+    engine: what runs model_b, "onnxruntime" or "openvino" (the engine that will run it: its
+    kernels round differently); model_a always runs on onnxruntime."""
     sessions = []
     for model in (model_a, model_b):
         if FINAL_HIDDEN not in {o for n in model.graph.node for o in n.output}:
             raise UserError(f"the graph has no {FINAL_HIDDEN} tensor: compare needs folders written by mbedge.")
-        sessions.append(session_with_outputs(model, [FINAL_HIDDEN], threads))
+    sessions.append(session_with_outputs(model_a, [FINAL_HIDDEN], threads))
+    if engine == "openvino":
+        sessions.append(_OpenVinoOutputs(serialize_with_outputs(model_b, [FINAL_HIDDEN]), threads))
+    else:
+        sessions.append(session_with_outputs(model_b, [FINAL_HIDDEN], threads))
     names = [o.name for o in sessions[0].get_outputs()][:-1]
     slices = {}
     for label, batches in (("calibration", data.calibration), ("held-out", data.heldout)):
@@ -134,6 +142,7 @@ def compare_models(
         slices[label] = entry
     return {
         "task": task,
+        "engine": engine,
         "data": {"source": data.source, "texts": data.texts},
         "slices": slices,
         "cosine_worst": min(s["cosine_worst"] for s in slices.values()),
@@ -151,6 +160,18 @@ def check_min_cosine(min_cosine: float) -> float:
     if not 0 < min_cosine <= 1:  # NaN fails too
         raise UserError(f"--min-cosine must be a number in (0, 1], got {min_cosine}.")
     return min_cosine
+
+
+class _OpenVinoOutputs:
+    """model_b on OpenVINO, answering run(None, feeds) with its outputs in graph order, as ORT does."""
+
+    def __init__(self, model: bytes, threads: int) -> None:
+        from modernbert_edge.runtime.engines import OPENVINO_CONFIGS, OpenVinoSession
+
+        self._session = OpenVinoSession(model, threads or None, OPENVINO_CONFIGS["int8-static"])  # as the runtime
+
+    def run(self, _names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return list(self._session.run(feeds["input_ids"], feeds["attention_mask"]).values())
 
 
 def apply_gate(report: dict, min_cosine: float, force: bool) -> dict:

@@ -26,7 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from modernbert_edge.export import names
-from modernbert_edge.export.builder import MS_DOMAIN
+from modernbert_edge.export.builder import MS_DOMAIN, node_domains
 from modernbert_edge.quantize import weights
 from modernbert_edge.quantize.projections import Projection, apply_smoothing, find_absorbers
 
@@ -135,7 +135,8 @@ def rewrite(model: onnx.ModelProto, inits: dict[str, np.ndarray], plan: QuantPla
     g = model.graph
     graph = helper.make_graph(r.nodes, g.name, g.input, g.output, initializer=initializers, doc_string=g.doc_string)
     opsets = {o.domain: o.version for o in model.opset_import}
-    opsets.setdefault(MS_DOMAIN, 1)
+    if MS_DOMAIN in node_domains(graph):  # a portable graph stays free of com.microsoft ops where the mode allows
+        opsets.setdefault(MS_DOMAIN, 1)
     out = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     out.ir_version, out.producer_name = model.ir_version, model.producer_name
     out.doc_string = model.doc_string

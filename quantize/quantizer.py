@@ -7,6 +7,7 @@ fp32 folder ─ calibration batches ─ activation statistics ─ smoothing alph
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import time
@@ -153,6 +154,20 @@ def _is_table(model: onnx.ModelProto, p: Projection) -> bool:
     return any(n.name == names.EMBED_GATHER and n.input[0] == p.weight for n in model.graph.node)
 
 
+def _check_engine(engine: str, mode: str, manifest: dict) -> None:
+    """The gate's engine can run what this mode writes (OpenVINO reads standard ONNX ops only)."""
+    if engine not in ("onnxruntime", "openvino"):
+        raise UserError(f"--engine must be onnxruntime or openvino, got {engine!r}.")
+    if engine == "openvino":
+        if mode != "int8-static" or manifest.get("ops") != "portable":
+            raise UserError(
+                "OpenVINO runs only --mode int8-static of a folder exported with --ops portable "
+                "(the other modes use com.microsoft ops)."
+            )
+        if importlib.util.find_spec("openvino") is None:
+            raise UserError("--engine openvino needs the openvino package: pip install 'modernbert-edge[openvino]'.")
+
+
 def quantize(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -164,11 +179,14 @@ def quantize(
     keep_float: Sequence[str] = (),
     fallback: bool = True,
     log: Callable[[str], None] = print,
+    engine: str = "onnxruntime",
 ) -> dict:
     """Quantize an fp32 model folder into out_dir; returns the new manifest (with its fidelity).
 
     Raises UserError, writing nothing, when the worst-token cosine to fp32 is below min_cosine
-    (after leaving the worst projections in float, when `fallback`), unless `force`."""
+    (after leaving the worst projections in float, when `fallback`), unless `force`. engine: the
+    engine the gate runs the quantized model on, the one that will run it ("onnxruntime", or
+    "openvino" for int8-static of a portable folder)."""
     from modernbert_edge.export.exporter import save_model
     from modernbert_edge.folders import OutputFolder, package_versions
 
@@ -180,6 +198,7 @@ def quantize(
     if manifest.get("precision", "fp32") != "fp32":
         raise UserError(f"{model_dir} holds a {manifest['precision']} model; quantize the fp32 folder it came from.")
     task = manifest["task"]
+    _check_engine(engine, mode, manifest)
     data = load_data(model_dir, manifest, calibration)
     log(
         f"calibration: {data.texts} texts from {data.source} "
@@ -208,7 +227,7 @@ def quantize(
     for attempt in range(len(steps) + 1):
         plan = make_plan(model, inits, projections, mode, attempt_floats, choices, stats)
         qmodel = qg.rewrite(model, inits, plan)
-        report = compare_models(model, qmodel, task, data, progress=log)
+        report = compare_models(model, qmodel, task, data, progress=log, engine=engine)
         if report["cosine_worst"] >= min_cosine or attempt == len(steps):
             break
         extra = ranked[: steps[attempt]]
@@ -216,7 +235,7 @@ def quantize(
         attempt_floats = floats | set(extra)
     apply_gate(report, min_cosine, force)
     log(f"evaluated in {time.perf_counter() - t0:.1f} s")
-    table = format_report(report, f"{mode} vs fp32 ({task})")
+    table = format_report(report, f"{mode} on {engine} vs fp32 ({task})")
     log(table)
     if report["gate"]["status"] == "failed":
         raise UserError(

@@ -51,18 +51,22 @@ class ActivationStats:
         return np.concatenate([r for r, _, _ in self.samples])
 
 
+def serialize_with_outputs(model: onnx.ModelProto, outputs: Sequence[str]) -> bytes:
+    """`model` serialized with the tensors `outputs` as extra graph outputs (model not changed)."""
+    extra = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs]
+    model.graph.output.extend(extra)
+    try:
+        return model.SerializeToString()
+    finally:
+        for _ in extra:
+            model.graph.output.pop()
+
+
 def session_with_outputs(model: onnx.ModelProto, outputs: Sequence[str], threads: int = 0) -> InferenceSession:
     """An ONNX Runtime session of `model` that also returns the tensors `outputs` (model not changed)."""
     from modernbert_edge.runtime.session import create_session
 
-    extra = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in outputs]
-    model.graph.output.extend(extra)
-    try:
-        data = model.SerializeToString()
-    finally:
-        for _ in extra:
-            model.graph.output.pop()
-    return create_session(data, threads)
+    return create_session(serialize_with_outputs(model, outputs), threads)
 
 
 def collect_stats(

@@ -17,6 +17,7 @@ import typer
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_PADDING
+from modernbert_edge.runtime.engines import ENGINE_HELP
 
 ON_ERROR = ("skip", "stop")
 
@@ -61,6 +62,7 @@ def run_cmd(
     spinning: Annotated[
         str | None, typer.Option(help="Idle ONNX Runtime threads: off (default: sleep), brief or on (spin).")
     ] = None,
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
     truncation: Annotated[str, typer.Option(help="Inputs too long for the model: truncate or error.")] = "truncate",
     max_length: Annotated[int | None, typer.Option(help="Read at most this many tokens per input.")] = None,
     on_error: Annotated[str, typer.Option(help="A bad input: skip (report it, go on) or stop.")] = "skip",
@@ -93,6 +95,7 @@ def run_cmd(
         max_length=max_length,
         max_padding=DEFAULT_MAX_PADDING if max_padding is None else max_padding,
         spinning=DEFAULT_SPINNING if spinning is None else spinning,
+        engine=engine,
     )
     spec = model.resolve_task(task)
     given = {
@@ -125,11 +128,12 @@ def run_cmd(
 def info_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
 ) -> None:
     """Load a model folder (checking it) and print what it holds."""
     from modernbert_edge.runtime.model import load
 
-    info = load(model_dir).describe()
+    info = load(model_dir, engine=engine).describe()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -140,6 +144,7 @@ def info_cmd(
         ("folder", info["folder"]),
         ("task", info["task"]),
         ("precision", info["precision"]),
+        ("engine", info["engine"]),
         ("model file", f"{info['model_file']} ({info['model_bytes'] / 1e6:.1f} MB)"),
         ("inputs", ", ".join(info["inputs"])),
         ("outputs", outputs),

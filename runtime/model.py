@@ -27,6 +27,7 @@ from modernbert_edge.runtime.batching import (
     pad,
     plan_batches,
 )
+from modernbert_edge.runtime.engines import AUTO, engine_line, open_session
 from modernbert_edge.runtime.errors import (
     InputError,
     InputTooLongError,
@@ -45,6 +46,8 @@ OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: to
 
 class Model:
     """A model folder loaded for CPU inference; create it with `load`."""
+
+    engine = "onnxruntime"  # the engine running the graph (runtime.engines.ENGINES); `load` sets it
 
     def __init__(
         self,
@@ -277,6 +280,7 @@ class Model:
             "folder": str(self.info.folder),
             "task": self.task,
             "precision": self.info.precision,
+            "engine": engine_line(self.info, self.engine),
             "model_file": self.info.model_path.name,
             "model_bytes": model_bytes(self.info.model_path),
             "inputs": list(self._session.input_names),
@@ -303,6 +307,7 @@ def load(
     max_length: int | None = None,
     max_padding: float | None = DEFAULT_MAX_PADDING,
     spinning: bool | str = DEFAULT_SPINNING,
+    engine: str = AUTO,
 ) -> Model:
     """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
 
@@ -314,6 +319,8 @@ def load(
     spinning: what idle ONNX Runtime threads do between ops and calls, "off" (default: they sleep),
     "brief" or "on" (they spin: faster hand-offs on an idle machine, busy cores between calls); see
     runtime.session.SPINNING.
+    engine: "onnxruntime", "openvino" (folders exported with --ops portable) or "auto"
+    (runtime.engines.AUTO_RULE).
     """
     if truncation not in TRUNCATION:
         raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
@@ -337,9 +344,9 @@ def load(
             f"{info.folder}'s tokenizer.json has token ids up to {tokenizer.max_id}, but the model's "
             f"vocabulary has {info.vocab_size}: the tokenizer is not this model's."
         )
-    session = Session(info.model_path, threads=threads, spinning=spinning)
+    session, chosen = open_session(info, engine, threads=threads, spinning=spinning)
     info = check_graph(info, session)
-    return Model(
+    model = Model(
         info,
         session,
         tokenizer,
@@ -348,6 +355,8 @@ def load(
         truncation=truncation,
         max_padding=max_padding,
     )
+    model.engine = chosen
+    return model
 
 
 def _as_pair(x: object) -> tuple[object, object]:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
 
 PROVIDER = "CPUExecutionProvider"
-INPUTS = ("input_ids", "attention_mask")  # int64 (batch, sequence), the graph contract
 # Inputs a graph may offer as overridable initializers (DESIGN.md): fed only when the graph has them.
 OPTIONAL_INPUTS = ("mask_positions",)  # int64 (M,) flat b * S + s: fill-mask logits for those rows only
 

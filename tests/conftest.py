@@ -34,16 +34,16 @@ def checkpoint_factory(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported_factory(tmp_path_factory, checkpoint_factory):
-    """export(task, **kwargs) -> exported model folder (validated against PyTorch), cached."""
+    """export(task, ops="contrib", **kwargs) -> exported model folder (validated against PyTorch), cached."""
     from modernbert_edge.export.exporter import export
 
     cache: dict[str, Path] = {}
 
-    def make(task: str = "fill-mask", **kwargs) -> Path:
-        key = hashlib.sha1(json.dumps([task, kwargs], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    def make(task: str = "fill-mask", ops: str = "contrib", **kwargs) -> Path:
+        key = hashlib.sha1(json.dumps([task, ops, kwargs], sort_keys=True, default=str).encode()).hexdigest()[:12]
         if key not in cache:
             out = tmp_path_factory.mktemp(f"model-{task}-{key}") / "model"
-            export(str(checkpoint_factory(task, **kwargs)), out, log=lambda _msg: None)
+            export(str(checkpoint_factory(task, **kwargs)), out, ops=ops, log=lambda _msg: None)
             cache[key] = out
         return cache[key]
 

@@ -162,3 +162,30 @@ def test_quantization_table(exported_factory, tmp_path):
     assert all(r["ms"]["2x16"] > 0 for r in rows)
     table = quantization.format_rows(rows, [(2, 16)]).splitlines()
     assert len(table) == 2 + 3 and "(1.00×)" in table[3]  # the plain baseline against itself
+
+
+def test_peer_worker_kinds(exported_factory, checkpoint_factory):
+    """pytorch-int8 (torch.ao dynamic) and the runtime on OpenVINO, as the bench's workers run them."""
+    pytest.importorskip("torch")
+    pytest.importorskip("openvino")
+    from modernbert_edge.bench import systems as sysmod
+    from modernbert_edge.bench.worker import Runner
+
+    assert sysmod.SYSTEMS["pytorch-int8"].kind == "torch-int8"
+    assert sysmod.SYSTEMS["ours-openvino-int8"].kind == "openvino"
+    assert sysmod.unavailable_reason("ours-openvino-int8") is None
+    rows = np.random.default_rng(0).integers(5, 400, size=(2, 48)).tolist()
+    case = {"label": "2x48", "rows": rows, "mask_pos": None, "batching": "fixed", "batch_rows": 2}
+    outputs = {}
+    for kind, path in (
+        ("torch", checkpoint_factory("feature-extraction")),
+        ("torch-int8", checkpoint_factory("feature-extraction")),
+        ("openvino", exported_factory("feature-extraction", ops="portable")),
+    ):
+        spec = {"kind": kind, "path": str(path), "job": "embeddings", "threads": 1, "architecture": "ModernBertModel"}
+        runner = Runner(spec)
+        seconds, outputs[kind] = runner.run(case, runner.prepare(case), keep=True)
+        assert seconds > 0 and outputs[kind].shape == (2, 64)
+    assert timing.cosines(outputs["openvino"], outputs["torch"]).min() > 0.99999  # fp32 graph at f32
+    assert timing.cosines(outputs["torch-int8"], outputs["torch"]).min() > 0.9
+    assert not np.allclose(outputs["torch-int8"], outputs["torch"], atol=1e-6)  # it did quantize

@@ -1,0 +1,164 @@
+"""Engines that run a model folder: ONNX Runtime (every folder) and OpenVINO (portable folders).
+
+    open_session(info, engine) ─ "onnxruntime" ─ session.Session (CPU provider)
+                               ├ "openvino"    ─ OpenVinoSession (CPU plugin, the portable graph)
+                               └ "auto"        ─ AUTO_RULE
+
+Both sessions offer what Model uses: input_names, output_names, output_shapes, optional_inputs
+and run(input_ids, attention_mask, **optional) -> {output name: array}. OpenVINO reads only
+standard ONNX ops: folders exported with `--ops portable`, in fp32 or quantized with
+`--mode int8-static` (QDQ); `int8` (dynamic) uses com.microsoft DynamicQuantizeMatMul.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from modernbert_edge.errors import UserError
+from modernbert_edge.manifest import INPUTS
+from modernbert_edge.runtime.errors import ModelFolderError
+from modernbert_edge.runtime.folder import ModelInfo
+
+if TYPE_CHECKING:
+    from modernbert_edge.runtime.session import Session
+
+ONNXRUNTIME, OPENVINO, AUTO = "onnxruntime", "openvino", "auto"
+ENGINES = (AUTO, ONNXRUNTIME, OPENVINO)
+OPENVINO_PRECISIONS = ("fp32", "int8-static")  # what a portable folder holds in standard ops only
+# OpenVINO's CPU plugin, per folder precision. fp32 folders run at f32: the exported graph's precision
+# (parity <= 1e-4). int8-static folders run at OpenVINO's default precision (bf16 between the int8
+# matmuls on CPUs with AVX512-BF16 or AMX, f32 elsewhere); the fidelity gate of
+# `mbedge quantize --engine openvino` measures exactly this configuration.
+OPENVINO_CONFIGS = {
+    "fp32": {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+    "int8-static": {"PERFORMANCE_HINT": "LATENCY"},
+}
+# Measured with bench/engines.py (ModernBERT-base shape, 2 threads, three interleaved runs on a shared
+# Zen 4 machine; README, Engines): OpenVINO on an int8-static folder ran 1.0-1.6x faster than
+# onnxruntime on the same file from 8 x 128 to 1 x 2048 (0.7-1.4x at 1 x 128); on an fp32 folder at
+# f32 it was not consistently faster (0.6-1.3x). Hence:
+AUTO_RULE = "openvino for int8-static folders exported with --ops portable when openvino is installed, else onnxruntime"
+
+ENGINE_HELP = "auto, onnxruntime, or openvino (folders exported with --ops portable)."
+
+
+def engine_line(info: ModelInfo, engine: str) -> str:
+    """What runs the folder and why, for `mbedge info`: 'openvino (auto: ...)'."""
+    if engine == OPENVINO:
+        hint = OPENVINO_CONFIGS[info.precision].get("INFERENCE_PRECISION_HINT", "its default precision")
+        return f"{OPENVINO} (CPU plugin at {hint}; auto: {AUTO_RULE})"
+    if not openvino_installed():
+        return f"{ONNXRUNTIME} (openvino is not installed)"
+    reason = openvino_blocker(info)
+    return f"{ONNXRUNTIME} ({f'OpenVINO cannot run it: {reason}' if reason else f'auto: {AUTO_RULE}'})"
+
+
+class EngineMissingError(UserError):
+    """The engine asked for is not installed."""
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_blocker(info: ModelInfo) -> str | None:
+    """Why OpenVINO cannot run this folder (one clause), or None when it can."""
+    if info.manifest.get("ops") != "portable":
+        return "it was exported with ONNX Runtime's com.microsoft ops (export it with --ops portable)"
+    if info.precision not in OPENVINO_PRECISIONS:
+        return (
+            f"its {info.precision} graph uses com.microsoft ops "
+            "(quantize the portable fp32 folder with --mode int8-static)"
+        )
+    if info.task == "fill-mask":  # OpenVINO folds the optional mask_positions input and fails to convert
+        return "OpenVINO 2026.4 cannot convert the fill-mask graph's optional mask_positions input"
+    return None
+
+
+def choose_engine(info: ModelInfo, engine: str) -> str:
+    """The engine that will run the folder: `engine`, or for "auto" the one AUTO_RULE gives."""
+    if engine not in ENGINES:
+        raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+    if engine == AUTO:
+        runs_it = openvino_installed() and openvino_blocker(info) is None
+        return OPENVINO if runs_it and info.precision == "int8-static" else ONNXRUNTIME
+    if engine == OPENVINO:
+        if not openvino_installed():
+            raise EngineMissingError(
+                "engine 'openvino' needs the openvino package: pip install 'modernbert-edge[openvino]'."
+            )
+        reason = openvino_blocker(info)
+        if reason:
+            raise UserError(f"{info.folder} cannot run on OpenVINO: {reason}.")
+    return engine
+
+
+def open_session(
+    info: ModelInfo, engine: str = AUTO, threads: int | None = None, spinning: bool | str = False
+) -> tuple[Session | OpenVinoSession, str]:
+    """A session for the folder's model file on the chosen engine, and that engine's name."""
+    chosen = choose_engine(info, engine)
+    if chosen == OPENVINO:
+        return OpenVinoSession(info.model_path, threads, OPENVINO_CONFIGS[info.precision]), chosen
+    from modernbert_edge.runtime.session import Session
+
+    return Session(info.model_path, threads=threads, spinning=spinning), chosen
+
+
+class OpenVinoSession:
+    """The model file compiled by OpenVINO's CPU plugin; `run` is safe to call from several threads
+    (one infer request per thread)."""
+
+    def __init__(self, model_path: Path | bytes, threads: int | None = None, config: dict | None = None) -> None:
+        import openvino as ov
+
+        if threads is not None and threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {threads}")
+        settings = dict(OPENVINO_CONFIGS["fp32"] if config is None else config)
+        if threads:
+            settings["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        source = (model_path, b"") if isinstance(model_path, bytes) else (str(model_path),)
+        if isinstance(model_path, bytes):
+            model_path = "the serialized model"
+        try:
+            self._compiled = core.compile_model(core.read_model(*source), "CPU", settings)
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError for unreadable or unconvertible models
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelFolderError(
+                f"{model_path} could not be compiled by OpenVINO {ov.__version__} ({first})."
+            ) from None
+        self.input_names = [_port_name(p) for p in self._compiled.inputs]
+        self.output_names = [_port_name(p) for p in self._compiled.outputs]
+        self.output_shapes = {
+            _port_name(p): [d.get_length() if d.is_static else "?" for d in p.get_partial_shape()]
+            for p in self._compiled.outputs
+        }
+        self.optional_inputs: frozenset[str] = frozenset()
+        if sorted(self.input_names) != sorted(INPUTS):
+            raise ModelFolderError(
+                f"{model_path} has graph inputs {self.input_names}, but this runtime feeds {list(INPUTS)}."
+            )
+        self._local = threading.local()
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, **optional: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, sequence) int64 ids and mask -> {output name: array}."""
+        if optional:
+            raise ValueError(f"the graph has no optional input {', '.join(sorted(optional))}")
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        results = request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
+        return dict(zip(self.output_names, results.to_tuple(), strict=True))
+
+
+def _port_name(port: object) -> str:
+    """The graph's own name of an input or output (OpenVINO also keeps the names of the node
+    tensors it merged into it; the exported graph's contract names have no '/')."""
+    names = sorted(port.get_names())
+    return next((n for n in names if "/" not in n), port.get_any_name())
