@@ -53,6 +53,12 @@ def _check_option(key: str, value: object) -> None:
     if key in ("top_k", "max_answer_len"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{key} must be a positive integer, got {value!r}.")
+    if key in ("normalize", "align_to_words") and not isinstance(value, bool):
+        raise UserError(f"{key} must be True or False, got {value!r}.")
+    if key == "ignore_labels" and not (
+        isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value)
+    ):
+        raise UserError(f"ignore_labels must be a list of labels, got {value!r}.")
     choices = {"pooling": POOLINGS, "aggregation": AGGREGATIONS}.get(key)
     if choices is not None and value not in choices:
         raise UserError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
