@@ -82,11 +82,9 @@ def _chunks(items: Iterable[Item], size: int, max_chars: int = CHUNK_CHARS) -> I
 
 
 def _text_chars(value: object) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, (tuple, list)):
-        return sum(_text_chars(v) for v in value)
-    return 0
+    """Characters of a text, or of the texts of a pair (one level: an input may be nested arbitrarily)."""
+    parts = value if isinstance(value, (tuple, list)) else (value,)
+    return sum(len(v) for v in parts if isinstance(v, str))
 
 
 def _json_line(index: int, key: str, result: object) -> str | None:

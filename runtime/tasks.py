@@ -37,13 +37,13 @@ class Task:
     feed: Callable | None = None  # feed(ids, tokenizer) -> optional graph inputs, fed where the graph has them
 
     def with_options(self, given: Mapping[str, object]) -> dict[str, object]:
-        """The task's options: its defaults updated with `given`, checked."""
+        """The task's options: its defaults updated with `given` (None keeps the default), checked."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             raise UserError(
                 f"{self.name} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(self.options))})."
             )
-        options = {**self.options, **given}
+        options = {**self.options, **{k: v for k, v in given.items() if v is not None}}  # None: the default
         for key, value in options.items():
             _check_option(key, value)
         return options
