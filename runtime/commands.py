@@ -71,12 +71,12 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run a model folder's task on texts; write one JSON line per input to stdout."""
-    from modernbert_edge.runtime.inputs import FORMATS, read_inputs
+    from modernbert_edge.runtime.inputs import FORMATS, line_cap, read_inputs
     from modernbert_edge.runtime.model import load
     from modernbert_edge.runtime.numerics import AGGREGATIONS, POOLINGS
     from modernbert_edge.runtime.session import DEFAULT_SPINNING, SPINNING
     from modernbert_edge.runtime.stream import PROGRESS_ABOVE, Progress, run_items
-    from modernbert_edge.runtime.tokenize import TRUNCATION
+    from modernbert_edge.runtime.tokenize import CHARS_PER_TOKEN, TRUNCATION
 
     _choice(input_format, FORMATS, "--format")
     _choice(pooling, POOLINGS, "--pooling")
@@ -112,7 +112,8 @@ def run_cmd(
         raise UserError(f"{', '.join(stray)} does not apply to {spec.name}.")
     options = {k: v for k, v in given.items() if v is not None and k != "question"}
 
-    items, total_known = read_inputs(texts, input_file, input_format, spec, question)
+    cap = line_cap(CHARS_PER_TOKEN * model.max_length, texts_per_line=2 if spec.pair else 1)
+    items, total_known = read_inputs(texts, input_file, input_format, spec, question, cap)
     long_input = total_known is None or total_known > PROGRESS_ABOVE
     bar = Progress(total_known, progress if progress is not None else (sys.stderr.isatty() and long_input))
     try:

@@ -77,6 +77,7 @@ def read_folder(model_dir: str | Path) -> ModelInfo:
     model_path = folder / str(manifest.get("model_file") or MODEL_FILE)
     if not model_path.is_file():
         raise ModelFolderError(f"{folder} has no {model_path.name}: the folder is incomplete; export it again.")
+    check_inside(folder, model_path, model_path.with_name(model_path.name + ".data"), folder / "tokenizer.json")
     if model_path.stat().st_size == 0:
         raise ModelFolderError(f"{model_path} is empty: the folder is corrupt; export it again.")
 
@@ -140,6 +141,17 @@ def check_graph(info: ModelInfo, session: Session) -> ModelInfo:
             )
         info = dataclasses.replace(info, id2label=tuple(f"LABEL_{i}" for i in range(last)))
     return info
+
+
+def check_inside(folder: Path, *paths: Path) -> None:
+    """A ModelFolderError unless each of paths that exists resolves (symbolic links followed) inside folder."""
+    root = folder.resolve()
+    for path in paths:
+        if path.exists() and not path.resolve().is_relative_to(root):
+            raise ModelFolderError(
+                f"{path} is a link to {path.resolve()}, outside the model folder: a model folder's files "
+                "must lie inside it."
+            )
 
 
 def model_bytes(model_path: Path) -> int:

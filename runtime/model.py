@@ -14,7 +14,7 @@ results). Nothing in a Model changes after loading, so threads may share one.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from modernbert_edge.runtime.errors import (
 )
 from modernbert_edge.runtime.folder import ModelInfo, check_graph, model_bytes, read_folder
 from modernbert_edge.runtime.postprocess import Batch
-from modernbert_edge.runtime.session import DEFAULT_SPINNING, Session, spinning_mode
+from modernbert_edge.runtime.session import DEFAULT_SPINNING, Session, check_threads, spinning_mode
 from modernbert_edge.runtime.tasks import TASKS, Task, find_task
 from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
 
@@ -86,7 +86,7 @@ class Model:
     ) -> np.ndarray:
         """(n, hidden) float32 embeddings: mean over the tokens (pooling "mean") or the [CLS] token ("cls"),
         L2-normalized unless normalize=False."""
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = _as_list(texts, "embed")
         rows = self.predict(texts, task="feature-extraction", **_given(pooling=pooling, normalize=normalize))
         return np.stack(rows) if rows else np.zeros((0, self.info.hidden_size), np.float32)
 
@@ -127,8 +127,8 @@ class Model:
         align_to_words=False; answers are at most max_answer_len (15) tokens long.
         """
         single = isinstance(question, str) and isinstance(context, str)
-        questions = [question] if isinstance(question, str) else list(question)
-        contexts = [context] if isinstance(context, str) else list(context)
+        questions = _as_list(question, "answer", "question")
+        contexts = _as_list(context, "answer", "context")
         if len(questions) == 1 and len(contexts) > 1:
             questions = questions * len(contexts)
         if len(questions) != len(contexts):
@@ -151,15 +151,20 @@ class Model:
         mask_positions (fill-mask graphs): flat indices b * S + s; `logits` is then (1, M, vocab) for
         those positions only, which skips the vocabulary decoder everywhere else.
         """
-        ids = np.asarray(input_ids)
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        try:
+            ids = np.asarray(input_ids)
+            mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        except (TypeError, ValueError) as e:  # ragged rows, objects numpy cannot hold
+            raise InputError(f"of run() is not an array of token ids ({type(e).__name__}).") from None
         if ids.ndim == 1 and mask.ndim == 1:  # one row
             ids, mask = ids[None], mask[None]
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or mask.shape != ids.shape:
-            raise UserError(
-                f"run() needs (batch, sequence) integer input_ids and an attention_mask of the same shape, "
+            raise InputError(
+                f"of run() must be (batch, sequence) integer input_ids and an attention_mask of the same shape, "
                 f"got {ids.dtype} {list(ids.shape)} and {list(mask.shape)}."
             )
+        if ids.size == 0:
+            raise InputError(f"of run() is an empty batch (shape {list(ids.shape)}): pass at least one token.")
         if ids.shape[1] > self.info.max_position_embeddings:
             raise InputTooLongError(
                 f"has {ids.shape[1]} tokens per row, more than the {self.info.max_position_embeddings} "
@@ -169,11 +174,22 @@ class Model:
             raise UserError(f"run() got token ids outside the model's vocabulary [0, {self.info.vocab_size}).")
         if mask.size and not np.isin(mask, (0, 1)).all():
             raise UserError("run() got an attention_mask with values other than 0 and 1.")
+        empty = np.flatnonzero(mask.sum(axis=1) == 0)
+        if empty.size:
+            raise InputError(f"of run() has rows with no tokens (an attention_mask of only 0s): rows {empty.tolist()}.")
         optional = {}
         if mask_positions is not None:
             if not self.decodes_masked_rows_only:
                 raise UserError(f"{self.info.folder}'s graph has no mask_positions input (not a fill-mask graph).")
-            optional["mask_positions"] = np.asarray(mask_positions, dtype=np.int64).reshape(-1)
+            positions = np.asarray(mask_positions).reshape(-1)
+            if not np.issubdtype(positions.dtype, np.integer) or (
+                positions.size and (positions.min() < 0 or positions.max() >= ids.size)
+            ):
+                raise InputError(
+                    f"of run() has mask_positions that are not flat indices b * S + s within [0, {ids.size}) "
+                    f"for a batch of shape {list(ids.shape)}."
+                )
+            optional["mask_positions"] = positions.astype(np.int64)
         return self._session.run(ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False), **optional)
 
     def predict(
@@ -196,7 +212,8 @@ class Model:
             raise UserError(f"errors must be 'raise' or 'return', got {errors!r}.")
         options = spec.with_options(options)
         tokenizer = self._need_tokenizer()
-        inputs = [_as_pair(x) for x in inputs] if spec.pair else list(inputs)
+        inputs = _as_list(inputs, "predict", plain=False)
+        inputs = [_as_pair(x) for x in inputs] if spec.pair else inputs
         encode = tokenizer.encode_pairs if spec.pair else tokenizer.encode
         encoded = encode(inputs, self.truncation)
         if spec.check is not None:
@@ -226,7 +243,7 @@ class Model:
     def _one_or_many(self, texts: str | Sequence[str], task: str, **options: object) -> list:
         if isinstance(texts, str):
             return self.predict([texts], task=task, **_given(**options))[0]
-        return self.predict(list(texts), task=task, **_given(**options))
+        return self.predict(_as_list(texts, TASKS[task].method), task=task, **_given(**options))
 
     def resolve_task(self, name: str | None) -> Task:
         """The folder's task; `name` must be it (or feature-extraction, on a graph with hidden states)."""
@@ -322,11 +339,15 @@ def load(
     engine: "onnxruntime", "openvino" (folders exported with --ops portable) or "auto"
     (runtime.engines.AUTO_RULE).
     """
+    check_threads(threads)
     if truncation not in TRUNCATION:
         raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
-    if batch_tokens < 1 or batch_rows < 1:
+    if (
+        any(isinstance(v, bool) or not isinstance(v, int) for v in (batch_tokens, batch_rows))
+        or min(batch_tokens, batch_rows) < 1
+    ):
         raise UserError(f"batch_tokens and batch_rows must be >= 1, got {batch_tokens} and {batch_rows}.")
-    if max_padding is not None and not 0.0 <= max_padding <= 1.0:
+    if max_padding is not None and not (isinstance(max_padding, (int, float)) and 0.0 <= max_padding <= 1.0):
         raise UserError(f"max_padding must be between 0 and 1, got {max_padding}.")
     try:
         spinning = spinning_mode(spinning)
@@ -335,7 +356,7 @@ def load(
     info = read_folder(model_dir)
     limit = info.max_position_embeddings
     if max_length is not None:
-        if not 3 <= max_length:
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
             raise UserError(f"max_length must be at least 3 tokens, got {max_length}.")
         limit = min(limit, max_length)
     tokenizer = TextTokenizer.from_folder(info.folder, limit, info.manifest.get("tokenizer_files") or ())
@@ -357,6 +378,18 @@ def load(
     )
     model.engine = chosen
     return model
+
+
+def _as_list(value: object, method: str, what: str = "", plain: bool = True) -> list:
+    """A text as [text] (when plain), a list, tuple or other iterable of inputs as a list; anything else
+    (None, a number, bytes, a mapping) is an InputError naming the method."""
+    if plain and isinstance(value, str):
+        return [value]
+    if isinstance(value, (str, bytes, bytearray, dict)) or not isinstance(value, Iterable):
+        kind = f"{what}s" if what else "texts"
+        expected = f"a {what or 'text'} or a list of {kind}" if plain else "a list of inputs"
+        raise InputError(f"of {method}() must be {expected} (got {type(value).__name__}).")
+    return list(value)
 
 
 def _as_pair(x: object) -> tuple[object, object]:

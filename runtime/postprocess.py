@@ -72,6 +72,12 @@ def check_mask(enc: Encoding, index: int, tok: TextTokenizer) -> Encoding | Inpu
             "reads: it was truncated away.",
             index,
         )
+    if enc.overflowing:  # cut (to max_chars, then to max_length) before any mask token
+        return MissingMaskError(
+            f"has no {tok.mask_token} token within what the model reads (the first {tok.max_length} tokens): "
+            "it was truncated away.",
+            index,
+        )
     return MissingMaskError(f"has no {tok.mask_token} token to fill.", index)
 
 

@@ -10,11 +10,13 @@ file only.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
 
@@ -48,6 +50,25 @@ def spinning_mode(spinning: bool | str) -> str:
     return mode
 
 
+# More intra-op threads than this per logical core only time-slice the same cores (each call gets
+# slower); thousands of threads take ONNX Runtime minutes to start. (os.cpu_count() may count a
+# container's host, so this is an upper bound, not advice.)
+THREADS_PER_CORE = 4
+
+
+def check_threads(threads: object) -> None:
+    """A UserError unless threads is None or an integer from 0 (one per physical core) to
+    THREADS_PER_CORE per logical core."""
+    most = THREADS_PER_CORE * (os.cpu_count() or 1)
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= most:
+        raise UserError(
+            f"threads must be an integer from 0 (one per physical core) to {most} ({THREADS_PER_CORE} per core "
+            f"of this machine's {os.cpu_count() or 1}), got {threads!r}."
+        )
+
+
 LEVELS = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -69,8 +90,7 @@ def create_session(
     do, one of SPINNING (True / False: "on" / "off"); optimization: one of LEVELS.
     A file ORT cannot load raises ModelFolderError naming it.
     """
-    if threads is not None and threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 = one per physical core), got {threads}")
+    check_threads(threads)
     spin = SPINNING[spinning_mode(spinning)]
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[optimization]

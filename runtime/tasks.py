@@ -37,13 +37,13 @@ class Task:
     feed: Callable | None = None  # feed(ids, tokenizer) -> optional graph inputs, fed where the graph has them
 
     def with_options(self, given: Mapping[str, object]) -> dict[str, object]:
-        """The task's options: its defaults updated with `given`, checked."""
+        """The task's options: its defaults updated with `given` (None keeps the default), checked."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             raise UserError(
                 f"{self.name} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(self.options))})."
             )
-        options = {**self.options, **given}
+        options = {**self.options, **{k: v for k, v in given.items() if v is not None}}  # None: the default
         for key, value in options.items():
             _check_option(key, value)
         return options
@@ -53,6 +53,12 @@ def _check_option(key: str, value: object) -> None:
     if key in ("top_k", "max_answer_len"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{key} must be a positive integer, got {value!r}.")
+    if key in ("normalize", "align_to_words") and not isinstance(value, bool):
+        raise UserError(f"{key} must be True or False, got {value!r}.")
+    if key == "ignore_labels" and not (
+        isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value)
+    ):
+        raise UserError(f"ignore_labels must be a list of labels, got {value!r}.")
     choices = {"pooling": POOLINGS, "aggregation": AGGREGATIONS}.get(key)
     if choices is not None and value not in choices:
         raise UserError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")

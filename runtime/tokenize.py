@@ -5,14 +5,22 @@ Inputs longer than the model reads follow the caller's policy: "truncate" (with 
 TruncationWarning that says how many tokens were dropped) or "error" (InputTooLongError). For a
 question and its context, only the context is cut. The tokenizer objects are configured once, when
 loaded, and never changed afterwards, so one TextTokenizer can serve several threads.
+
+Tokenization is bounded before it happens: a text (or context) longer than `max_chars`
+(CHARS_PER_TOKEN characters per token the model reads) is cut to that many characters before the
+tokenizer sees it, and counts as too long whatever its token count (truncated with a warning, or
+InputTooLongError with truncation="error"). Texts are tokenized in groups of at most ENCODE_CHARS
+characters, and each input fails on its own: a text that is not valid Unicode (a lone surrogate)
+or that makes the tokenizer raise (a panic included) becomes that input's InputError.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from tokenizers import Encoding, Tokenizer
 
@@ -26,6 +34,12 @@ from modernbert_edge.runtime.errors import (
 
 TOKENIZER_FILE = "tokenizer.json"
 TRUNCATION = ("truncate", "error")
+T = TypeVar("T")
+# A token of any tokenizer we know spans far fewer characters than this (English averages about 4),
+# so a text cut at CHARS_PER_TOKEN * max_length characters keeps every token the model reads unless it
+# is mostly characters the tokenizer drops (whitespace, control characters).
+CHARS_PER_TOKEN = 64
+ENCODE_CHARS = 1 << 18  # characters per encode_batch call: tokenizers peaks at about 300 bytes per character
 
 
 def _special_tokens(folder: Path) -> dict[str, str]:
@@ -52,6 +66,7 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, special_tokens: dict[str, str]) -> None:
         self.max_length = max_length
+        self.max_chars = CHARS_PER_TOKEN * max_length  # longer texts are cut to this before tokenization
         self._plain = Tokenizer.from_str(tokenizer.to_str())
         self._plain.no_truncation()
         self._plain.no_padding()
@@ -97,19 +112,21 @@ class TextTokenizer:
         """Each text with special tokens, or the InputError that says why it cannot be used."""
         out: list[Encoding | InputError] = [_check_text(t, i, "") for i, t in enumerate(texts)]
         todo = [i for i, r in enumerate(out) if r is None]
-        for i, enc in zip(todo, self._plain.encode_batch([texts[i] for i in todo]), strict=True):
+        bounded = {i: texts[i][: self.max_chars] for i in todo}  # type: ignore[index]
+        for i, enc in self._encode_all(todo, bounded):
+            if isinstance(enc, InputError):
+                out[i] = enc
+                continue
+            cut_chars = len(texts[i]) > self.max_chars  # type: ignore[arg-type]
             n = len(enc.ids)
-            if n <= self.max_length:
+            if n <= self.max_length and not cut_chars:
                 out[i] = enc
             elif truncation == "error":
-                out[i] = InputTooLongError(
-                    f"has {n} tokens, more than the {self.max_length} this model reads "
-                    "(shorten it, or let it be truncated).",
-                    i,
-                )
+                out[i] = InputTooLongError(f"{self._too_long(n, cut_chars)} (shorten it, or let it be truncated).", i)
             else:
-                cut = self._single.encode(texts[i])
-                _warn_truncated(i, n, n - len(cut.ids), self.max_length, "")
+                cut = _guarded(lambda i=i: self._single.encode(bounded[i]), i)
+                if not isinstance(cut, InputError):
+                    _warn_truncated(i, self._too_long(n, cut_chars), n, n - len(cut.ids), "", cut_chars)
                 out[i] = cut
         return out
 
@@ -119,12 +136,23 @@ class TextTokenizer:
         """Each (question, context) as [CLS] question [SEP] context [SEP]; only the context is cut."""
         out: list[Encoding | InputError] = []
         for i, (question, context) in enumerate(pairs):
-            out.append(_check_text(question, i, "question") or _check_text(context, i, "context"))
+            error = _check_text(question, i, "question") or _check_text(context, i, "context")
+            if error is None and len(question) > self.max_chars:  # type: ignore[arg-type]
+                error = InputTooLongError(
+                    f"has a question of more than {self.max_chars} characters, which leaves no room for the "
+                    f"context within the {self.max_length} tokens this model reads.",
+                    i,
+                )
+            out.append(error)
         todo = [i for i, r in enumerate(out) if r is None]
-        encoded = self._plain.encode_batch([(pairs[i][0], pairs[i][1]) for i in todo])
-        for i, enc in zip(todo, encoded, strict=True):
+        bounded = {i: (pairs[i][0], pairs[i][1][: self.max_chars]) for i in todo}  # type: ignore[index]
+        for i, enc in self._encode_all(todo, bounded):
+            if isinstance(enc, InputError):
+                out[i] = enc
+                continue
+            cut_chars = len(pairs[i][1]) > self.max_chars  # type: ignore[arg-type]
             n = len(enc.ids)
-            if n <= self.max_length:
+            if n <= self.max_length and not cut_chars:
                 out[i] = enc
                 continue
             question_tokens = sum(1 for s in enc.sequence_ids if s == 0)
@@ -137,15 +165,43 @@ class TextTokenizer:
                 )
             elif truncation == "error":
                 out[i] = InputTooLongError(
-                    f"has {n} tokens (question and context), more than the {self.max_length} this model "
-                    "reads (shorten the context, or let it be truncated).",
+                    f"{self._too_long(n, cut_chars, 'question and context')} (shorten the context, or let it "
+                    "be truncated).",
                     i,
                 )
             else:
-                cut = self._pair.encode(pairs[i][0], pairs[i][1])
-                _warn_truncated(i, n, n - len(cut.ids), self.max_length, "its context ")
+                cut = _guarded(lambda i=i: self._pair.encode(*bounded[i]), i)
+                if not isinstance(cut, InputError):
+                    _warn_truncated(i, self._too_long(n, cut_chars), n, n - len(cut.ids), "its context ", cut_chars)
                 out[i] = cut
         return out
+
+    def _encode_all(self, todo: list[int], inputs: dict[int, object]) -> Iterator[tuple[int, Encoding | InputError]]:
+        """(i, encoding) for each input i of todo, encoded in groups of at most ENCODE_CHARS characters;
+        when the tokenizer fails on a group, each of its inputs is encoded alone, and one that fails
+        again gets its InputError instead of an encoding."""
+        group: list[int] = []
+        chars = 0
+        for k, i in enumerate(todo):
+            group.append(i)
+            chars += _chars(inputs[i])
+            if chars >= ENCODE_CHARS or k == len(todo) - 1:
+                batch = _guarded(lambda g=group: self._plain.encode_batch([inputs[j] for j in g]), None)
+                if not isinstance(batch, InputError):
+                    yield from zip(group, batch, strict=True)
+                else:  # find the input that fails; the others still run
+                    for j in group:
+                        yield j, _guarded(lambda j=j: self._plain.encode(inputs[j]), j)
+                group, chars = [], 0
+
+    def _too_long(self, tokens: int, cut_chars: bool, what: str = "") -> str:
+        what = f" ({what})" if what else ""
+        if cut_chars:
+            return (
+                f"has more than {self.max_chars} characters{what}, more than the {self.max_length} tokens this "
+                f"model reads can hold at {CHARS_PER_TOKEN} characters per token"
+            )
+        return f"has {tokens} tokens{what}, more than the {self.max_length} this model reads"
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._plain.decode(list(ids), skip_special_tokens=skip_special_tokens)
@@ -158,11 +214,47 @@ def _check_text(text: object, index: int, what: str) -> InputError | None:
         return InputError(f"{reason} (got {type(text).__name__}).", index)
     if not text.strip():
         return EmptyInputError(f"has an empty {what}." if what else "is empty (or only whitespace).", index)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: "\ud800" in JSON, or an undecodable byte from the OS
+        where = f"its {what} " if what else ""
+        return InputError(
+            f"is not valid Unicode: {where}has a lone surrogate (U+{ord(text[e.start]):04X} at character "
+            f"{e.start + 1}).",
+            index,
+        )
     return None
 
 
-def _warn_truncated(index: int, tokens: int, dropped: int, max_length: int, what: str) -> None:
-    reason = (
-        f"has {tokens} tokens, more than the {max_length} this model reads: {what}truncated, {dropped} tokens dropped."
+def _chars(value: object) -> int:
+    return sum(len(v) for v in value) if isinstance(value, tuple) else len(value)  # type: ignore[arg-type]
+
+
+def is_panic(error: BaseException) -> bool:
+    """Whether error is a PyO3 PanicException (a Rust panic in tokenizers): a BaseException, so it is
+    recognised by its type's name and module, never by catching BaseException broadly."""
+    return any(c.__name__ == "PanicException" and c.__module__ == "pyo3_runtime" for c in type(error).__mro__)
+
+
+def _guarded(encode: Callable[[], T], index: int | None) -> T | InputError:
+    """encode(), or the InputError that says the tokenizer failed on input `index`."""
+    try:
+        return encode()
+    except Exception as e:  # tokenizers raises TypeError, ValueError and plain Exception for odd inputs
+        error: BaseException = e
+    except BaseException as e:  # a Rust panic; KeyboardInterrupt and SystemExit go on up
+        if not is_panic(e):
+            raise
+        error = e
+    first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+    detail = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    return InputError(f"could not be tokenized ({detail}).", index)
+
+
+def _warn_truncated(index: int, reason: str, tokens: int, dropped: int, what: str, cut_chars: bool) -> None:
+    """tokens and dropped are as counted: lower bounds when the text was first cut to max_chars."""
+    dropped_text = f"at least {dropped}" if cut_chars else str(dropped)
+    warnings.warn(
+        TruncationWarning(f"{reason}: {what}truncated, {dropped_text} tokens dropped.", index, tokens, dropped),
+        stacklevel=4,
     )
-    warnings.warn(TruncationWarning(reason, index, tokens, dropped), stacklevel=4)
