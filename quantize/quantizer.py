@@ -163,6 +163,7 @@ def quantize(
     Raises UserError, writing nothing, when the worst-token cosine to fp32 is below min_cosine
     (after leaving the worst projections in float, when `fallback`), unless `force`."""
     from modernbert_edge.export.exporter import package_versions, save_model, write_atomically
+    from modernbert_edge.export.sentence import copy_sentence
 
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}.")
@@ -269,6 +270,7 @@ def quantize(
         for f in source_files:
             if (model_dir / f).is_file():
                 shutil.copy2(model_dir / f, tmp / f)
+        copy_sentence(model_dir, tmp, manifest.get("sentence"))  # sentence-transformers modules, as exported
         write_manifest(tmp, out_manifest)
 
     write_atomically(out_dir, overwrite, fill)

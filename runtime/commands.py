@@ -24,13 +24,26 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_PADDING
 from modernbert_edge.runtime.errors import InputError, TruncationWarning
 from modernbert_edge.runtime.model import OPTIONS, Model, load
-from modernbert_edge.runtime.tasks import AGGREGATIONS, POOLINGS, Task
+from modernbert_edge.runtime.sentence import POOLING_MODES
+from modernbert_edge.runtime.tasks import AGGREGATIONS, Task
 from modernbert_edge.runtime.tokenize import TRUNCATION
 
 CHUNK = 256  # inputs read, sorted and run together
 PROGRESS_ABOVE = CHUNK  # show progress (on a terminal) for inputs longer than this
 FORMATS = ("auto", "lines", "jsonl")
 ON_ERROR = ("skip", "stop")
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """A JSONL line {"query", "documents"} for a cross-encoder: one ranking of the documents."""
+
+    query: object
+    documents: object
+
+
+class Ranking(list):
+    """Model.rerank's result, written under the key "ranking"."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +122,10 @@ def _from_json(label: str, text: str, spec: Task, question: str | None) -> Item:
             missing = "question" if q is None else "context"
             return Item(label, error=f'has no "{missing}" field (JSONL for question answering needs both).')
         return Item(label, (q, context))
+    if spec.name == "text-classification" and "query" in record:
+        if not isinstance(record.get("documents"), list):
+            return Item(label, error='has a "query" but no "documents" list (JSONL for reranking needs both).')
+        return Item(label, Rerank(record["query"], record["documents"]))
     if "text" not in record:
         return Item(label, error='has no "text" field.')
     return Item(label, record["text"])
@@ -176,7 +193,8 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
 
 def run_chunk(model: Model, chunk: list[Item], spec: Task, options: dict, progress: Progress) -> list:
     """Each item's result, or the error message (naming the item) where it has none."""
-    readable = [k for k, item in enumerate(chunk) if item.error is None]
+    readable = [k for k, item in enumerate(chunk) if item.error is None and not isinstance(item.value, Rerank)]
+    rankings = {k: _rerank(model, chunk[k]) for k, item in enumerate(chunk) if isinstance(item.value, Rerank)}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = model.predict(
@@ -190,8 +208,21 @@ def run_chunk(model: Model, chunk: list[Item], spec: Task, options: dict, progre
     out: list = [f"{item.label} {item.error}" for item in chunk]  # read errors stay; the rest are replaced
     for k, result in zip(readable, results, strict=True):
         out[k] = result.named(chunk[k].label) if isinstance(result, InputError) else result
+    out.update(rankings)
     progress.update(len(chunk) - sum(1 for r in results if not isinstance(r, InputError)))
     return out
+
+
+def _rerank(model: Model, item: Item) -> Ranking | str:
+    """One {"query", "documents"} line's ranking, or the error message naming the line."""
+    request = item.value
+    try:
+        if not isinstance(request.query, str) or not all(isinstance(d, str) for d in request.documents):
+            raise UserError('needs a string "query" and a list of string "documents".')
+        return Ranking(model.rerank(request.query, request.documents))
+    except UserError as e:
+        message = str(e)
+        return message if message.startswith(item.label) else f"{item.label} {message}"
 
 
 def run_items(
@@ -209,7 +240,8 @@ def run_items(
                 typer.echo(f"error: {result}", err=True)
                 line = {"index": index, "error": result}
             else:
-                line = {"index": index, spec.result_key: jsonable(result)}
+                key = "ranking" if isinstance(result, Ranking) else spec.result_key
+                line = {"index": index, key: jsonable(result)}
             typer.echo(json.dumps(line, ensure_ascii=False))
             index += 1
         sys.stdout.flush()
@@ -234,8 +266,15 @@ def run_cmd(
         typer.Option(help="Check the folder's task (or 'embed' on any folder with hidden states)."),
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Predictions per mask (5), labels (all), answers (1).")] = None,
-    pooling: Annotated[str | None, typer.Option(help="Embeddings: mean (default) or cls.")] = None,
-    normalize: Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default on).")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="Embeddings: the model's pooling (mean for plain checkpoints), or cls, max, ...")
+    ] = None,
+    normalize: Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default: as the model says).")] = None,
+    prompt_name: Annotated[str | None, typer.Option(help="Embeddings: one of the model's prompts (e.g. query).")] = None,
+    dim: Annotated[int | None, typer.Option(help="Embeddings: keep the first DIM values, renormalized.")] = None,
+    file: Annotated[
+        str | None, typer.Option(help="Folders without manifest.json: the model file (e.g. onnx/model_quantized.onnx).")
+    ] = None,
     aggregation: Annotated[
         str | None, typer.Option(help="Entities: none, simple (default), first, average or max.")
     ] = None,
@@ -260,7 +299,7 @@ def run_cmd(
 ) -> None:
     """Run a model folder's task on texts; write one JSON line per input to stdout."""
     _choice(input_format, FORMATS, "--format")
-    _choice(pooling, POOLINGS, "--pooling")
+    _choice(pooling, POOLING_MODES, "--pooling")
     _choice(aggregation, AGGREGATIONS, "--aggregation")
     _choice(truncation, TRUNCATION, "--truncation")
     _choice(on_error, ON_ERROR, "--on-error")
@@ -274,12 +313,15 @@ def run_cmd(
         truncation=truncation,
         max_length=max_length,
         max_padding=DEFAULT_MAX_PADDING if max_padding is None else max_padding,
+        file=file,
     )
     spec = model.resolve_task(task)
     given = {
         "top_k": top_k,
         "pooling": pooling,
         "normalize": normalize,
+        "prompt_name": prompt_name,
+        "dim": dim,
         "aggregation": aggregation,
         "max_answer_len": max_answer_len,
         "question": question,
@@ -325,9 +367,10 @@ def _file_items(path: Path, fmt: str, spec: Task, question: str | None) -> Itera
 def info_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    file: Annotated[str | None, typer.Option(help="Folders without manifest.json: the model file.")] = None,
 ) -> None:
     """Load a model folder (checking it) and print what it holds."""
-    info = load(model_dir).describe()
+    info = load(model_dir, file=file).describe()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

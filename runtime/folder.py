@@ -62,6 +62,11 @@ def read_folder(model_dir: str | Path) -> ModelInfo:
         manifest = read_manifest(folder)
     except UserError as e:
         raise ModelFolderError(str(e)) from None
+    return folder_info(folder, manifest)
+
+
+def folder_info(folder: Path, manifest: dict) -> ModelInfo:
+    """ModelInfo from a manifest (read from the folder, or made for a folder without one) and config.json."""
     manifest_path = folder / "manifest.json"
     task = manifest["task"]
     if task not in TASKS:

@@ -36,20 +36,19 @@ from modernbert_edge.runtime.errors import (
     ModelFolderError,
     TaskMismatchError,
 )
-from modernbert_edge.runtime.folder import ModelInfo, read_folder
+from modernbert_edge.runtime.folder import ModelInfo, folder_info, read_folder
+from modernbert_edge.runtime.foreign import foreign_manifest, is_foreign, pick_file
+from modernbert_edge.runtime.sentence import POOLING_MODES, Embedder, cross_encoder_function, prompt_tokens
 from modernbert_edge.runtime.session import Session
 from modernbert_edge.runtime.tasks import (
     AGGREGATIONS,
-    POOLINGS,
     TASKS,
     Task,
     best_spans,
     classification_function,
     entities,
     find_task,
-    l2_normalize,
     label_scores,
-    pool,
     softmax,
     subword_flags,
     top_k_indices,
@@ -58,9 +57,9 @@ from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
 
 # Each task's options and their defaults (the keyword arguments of its method).
 OPTIONS: dict[str, dict[str, object]] = {
-    "feature-extraction": {"pooling": "mean", "normalize": True},
+    "feature-extraction": {"pooling": None, "normalize": None, "prompt_name": None, "prompt": None, "dim": None},
     "fill-mask": {"top_k": 5},
-    "text-classification": {"top_k": None},
+    "text-classification": {"top_k": None, "function_to_apply": None},
     "token-classification": {"aggregation": "simple", "ignore_labels": ("O",)},
     "question-answering": {"top_k": 1, "max_answer_len": 15, "align_to_words": True},
 }
@@ -79,8 +78,10 @@ class Model:
         batch_rows: int = DEFAULT_BATCH_ROWS,
         truncation: str = "truncate",
         max_padding: float | None = DEFAULT_MAX_PADDING,
+        embedder: Embedder | None = None,
     ) -> None:
         self.info = info
+        self.embedder = embedder or Embedder()  # pooling, Dense, Normalize, prompts (sentence-transformers)
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
         self.batch_rows = batch_rows
@@ -102,11 +103,51 @@ class Model:
 
     # ── tasks ───────────────────────────────────────────────────────────────────────────────────
 
-    def embed(self, texts: str | Sequence[str], pooling: str = "mean", normalize: bool = True) -> np.ndarray:
-        """(n, hidden) float32 embeddings: mean over the tokens (or the [CLS] token), L2-normalized."""
+    def embed(
+        self,
+        texts: str | Sequence[str],
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dim: int | None = None,
+    ) -> np.ndarray:
+        """(n, dim) float32 embeddings, as the model's sentence-transformers modules make them (its
+        pooling, Dense, Normalize, default prompt); a plain checkpoint: mean pooling, L2-normalized.
+
+        pooling / normalize override the model's; prompt_name picks one of its prompts, prompt gives
+        the text itself; dim keeps the first dim values (Matryoshka) and renormalizes.
+        """
         texts = [texts] if isinstance(texts, str) else list(texts)
-        rows = self.predict(texts, task="feature-extraction", pooling=pooling, normalize=normalize)
-        return np.stack(rows) if rows else np.zeros((0, self.info.hidden_size), np.float32)
+        options = {"pooling": pooling, "normalize": normalize, "prompt_name": prompt_name, "prompt": prompt, "dim": dim}
+        rows = self.predict(texts, task="feature-extraction", **options)
+        if rows:
+            return np.stack(rows)
+        width = dim or self.embedder.truncate_dim or self.embedder.dimension or self.info.hidden_size
+        return np.zeros((0, width), np.float32)
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(n, m) scores between two sets of embeddings, with the model's similarity function (cosine,
+        dot, euclidean or manhattan, as its sentence-transformers config names it; cosine otherwise)."""
+        return self.embedder.similarity(a, b)
+
+    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[dict]:
+        """[{index, score}] of the documents, best first (top_k of them): a one-label cross-encoder's
+        score of each (query, document) pair, with its activation (sigmoid unless its config names one)."""
+        if self.task != "text-classification" or len(self.info.id2label) != 1:
+            raise TaskMismatchError(
+                f"{self.info.folder} holds a {self.task} model with {len(self.info.id2label)} labels; rerank() "
+                "needs a cross-encoder (text-classification with one label)."
+            )
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise UserError(f"top_k must be a positive integer, got {top_k!r}.")
+        documents = [documents] if isinstance(documents, str) else list(documents)
+        function = cross_encoder_function(self.info.folder, 1)
+        rows = self.predict([(query, d) for d in documents], task="text-classification", function_to_apply=function)
+        scores = np.array([row[0]["score"] for row in rows], dtype=np.float64)
+        order = top_k_indices(scores, top_k or len(scores)) if len(scores) else []
+        return [{"index": int(i), "score": float(scores[i])} for i in order]
 
     def fill_mask(self, texts: str | Sequence[str], top_k: int = 5) -> list:
         """For each mask token in a text, its top_k predictions [{score, token, token_str, sequence}]."""
@@ -213,7 +254,13 @@ class Model:
         post = getattr(self, f"_post_{spec.method}")
         tokenizer = self._need_tokenizer()
         inputs = list(inputs)
-        if spec.pair:
+        if spec.name == "feature-extraction":  # the prompt goes before each text; pooling may skip it
+            prefix = self.embedder.prompt(options.pop("prompt_name"), options.pop("prompt"))
+            inputs = self.embedder.texts(inputs, prefix)
+            options["prompt_tokens"] = prompt_tokens(tokenizer, prefix)
+        # text-classification also takes (text, text pair) pairs: a cross-encoder's (query, document)
+        pairs = spec.name == "text-classification" and bool(inputs) and all(isinstance(x, tuple) for x in inputs)
+        if spec.pair or pairs:
             inputs = [_as_pair(x) for x in inputs]
             encoded = tokenizer.encode_pairs(inputs, self.truncation)
         else:
@@ -265,16 +312,27 @@ class Model:
             value = options.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise UserError(f"{key} must be a positive integer, got {value!r}.")
-        if options.get("pooling", "mean") not in POOLINGS:
-            raise UserError(f"pooling must be one of {', '.join(POOLINGS)}, got {options['pooling']!r}.")
+        if options.get("pooling") not in (None, *POOLING_MODES):
+            raise UserError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {options['pooling']!r}.")
+        if options.get("function_to_apply") not in (None, "softmax", "sigmoid", "none"):
+            raise UserError(f"function_to_apply must be softmax, sigmoid or none, got {options['function_to_apply']!r}.")
         if options.get("aggregation", "simple") not in AGGREGATIONS:
             raise UserError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {options['aggregation']!r}.")
         return options
 
-    def _post_embed(self, out: dict, mask: np.ndarray, encs: list, texts: list, pooling: str, normalize: bool) -> list:
-        pooled = pool(out["last_hidden_state"], mask, pooling)  # (B, D)
-        pooled = l2_normalize(pooled) if normalize else pooled
-        return list(pooled.astype(np.float32))
+    def _post_embed(
+        self,
+        out: dict,
+        mask: np.ndarray,
+        encs: list,
+        texts: list,
+        pooling: str | None,
+        normalize: bool | None,
+        dim: int | None,
+        prompt_tokens: int,
+    ) -> list:
+        vectors = self.embedder.vectors(out["last_hidden_state"], mask, prompt_tokens, pooling, normalize, dim)
+        return list(vectors)  # (B, dim)
 
     def _post_fill_mask(self, out: dict, mask: np.ndarray, encs: list[Encoding], texts: list, top_k: int) -> list:
         tok = self.tokenizer
@@ -304,9 +362,11 @@ class Model:
             results.append(per_mask)
         return results
 
-    def _post_classify(self, out: dict, mask: np.ndarray, encs: list, texts: list, top_k: int | None) -> list:
+    def _post_classify(
+        self, out: dict, mask: np.ndarray, encs: list, texts: list, top_k: int | None, function_to_apply: str | None
+    ) -> list:
         logits = out["logits"]  # (B, num_labels)
-        function = classification_function(self.info.problem_type, logits.shape[-1])
+        function = function_to_apply or classification_function(self.info.problem_type, logits.shape[-1])
         return [label_scores(row, self.info.id2label, function, top_k) for row in logits]
 
     def _post_tag(
@@ -443,6 +503,7 @@ class Model:
             "max_length": self.max_length,
             "validation": {k: validation[k] for k in ("status", "max_abs_diff", "atol", "reason") if k in validation},
             "source": (m.get("source") or {}).get("checkpoint"),
+            "sentence": m.get("sentence"),
         }
 
 
@@ -456,8 +517,10 @@ def load(
     max_length: int | None = None,
     max_padding: float | None = DEFAULT_MAX_PADDING,
     spinning: bool = False,
+    file: str | None = None,
 ) -> Model:
-    """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
+    """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference, or an ONNX
+    folder made elsewhere (optimum, Hub `onnx/`; see runtime/foreign.py), whose model file `file` picks.
 
     threads: intra-op threads (None or 0: one per physical core). batch_tokens / batch_rows: the
     padded tokens and rows of one batch. truncation: "truncate" (warn) or "error" for inputs longer
@@ -472,8 +535,18 @@ def load(
         raise UserError(f"batch_tokens and batch_rows must be >= 1, got {batch_tokens} and {batch_rows}.")
     if max_padding is not None and not 0.0 <= max_padding <= 1.0:
         raise UserError(f"max_padding must be between 0 and 1, got {max_padding}.")
-    info = read_folder(model_dir)
-    limit = info.max_position_embeddings
+    folder = Path(model_dir).expanduser()
+    if is_foreign(folder):  # no manifest: the graph's outputs and config.json say what it is
+        model_file = pick_file(folder, file)
+        session = Session(folder / model_file, threads=threads, spinning=spinning)
+        info = folder_info(folder, foreign_manifest(folder, model_file, session.output_shapes))
+    else:
+        if file is not None:
+            raise UserError(f"file= picks a model file in a folder without manifest.json; {folder} has one.")
+        info = read_folder(folder)
+        session = None
+    embedder = Embedder.from_manifest(info.folder, info.manifest.get("sentence"))
+    limit = min(info.max_position_embeddings, embedder.max_seq_length or info.max_position_embeddings)
     if max_length is not None:
         if not 3 <= max_length:
             raise UserError(f"max_length must be at least 3 tokens, got {max_length}.")
@@ -484,7 +557,7 @@ def load(
             f"{info.folder}'s tokenizer.json has token ids up to {tokenizer.max_id}, but the model's "
             f"vocabulary has {info.vocab_size}: the tokenizer is not this model's."
         )
-    session = Session(info.model_path, threads=threads, spinning=spinning)
+    session = session or Session(info.model_path, threads=threads, spinning=spinning)
     info = _check_graph(info, session)
     return Model(
         info,
@@ -494,6 +567,7 @@ def load(
         batch_rows=batch_rows,
         truncation=truncation,
         max_padding=max_padding,
+        embedder=embedder,
     )
 
 
@@ -563,5 +637,5 @@ def _char_span(enc: Encoding, s: int, e: int, align_to_words: bool) -> tuple[int
 
 def _model_bytes(model_path: Path) -> int:
     """The model file's size, with its external-data file when it has one."""
-    data = model_path.with_name(model_path.name + ".data")
-    return model_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    data = [model_path.with_name(model_path.name + suffix) for suffix in ("_data", ".data")]
+    return model_path.stat().st_size + sum(d.stat().st_size for d in data if d.is_file())

@@ -38,7 +38,6 @@ TASKS: dict[str, Task] = {
 }
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
-POOLINGS = ("mean", "cls")
 
 
 def find_task(name: str) -> Task:
@@ -59,14 +58,6 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
-
-
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
-    """(B, S, D) hidden states, (B, S) mask -> (B, D): mean over real tokens, or the first ([CLS]) token."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    m = mask[..., None].astype(hidden.dtype)  # (B, S, 1)
-    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
