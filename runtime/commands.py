@@ -208,7 +208,8 @@ def run_chunk(model: Model, chunk: list[Item], spec: Task, options: dict, progre
     out: list = [f"{item.label} {item.error}" for item in chunk]  # read errors stay; the rest are replaced
     for k, result in zip(readable, results, strict=True):
         out[k] = result.named(chunk[k].label) if isinstance(result, InputError) else result
-    out.update(rankings)
+    for k, ranking in rankings.items():
+        out[k] = ranking
     progress.update(len(chunk) - sum(1 for r in results if not isinstance(r, InputError)))
     return out
 

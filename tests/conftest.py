@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from modernbert_edge.bench.checkpoints import make_checkpoint
+
+# tests/interop needs .venv-interop's packages; tests/test_interop.py runs it there with this set.
+collect_ignore = [] if os.environ.get("MBEDGE_INTEROP") == "1" else ["interop"]
 
 
 @pytest.fixture(scope="session")
