@@ -148,5 +148,5 @@ def copy_sentence(src: Path, dst: Path, sentence: dict | None) -> None:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
     for module in sentence["modules"]:
-        if module["path"]:
+        if module["path"] and (src / module["path"]).is_dir():  # git keeps no empty 3_Normalize folder
             shutil.copytree(src / module["path"], dst / module["path"], dirs_exist_ok=True)

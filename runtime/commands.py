@@ -270,8 +270,12 @@ def run_cmd(
     pooling: Annotated[
         str | None, typer.Option(help="Embeddings: the model's pooling (mean for plain checkpoints), or cls, max, ...")
     ] = None,
-    normalize: Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default: as the model says).")] = None,
-    prompt_name: Annotated[str | None, typer.Option(help="Embeddings: one of the model's prompts (e.g. query).")] = None,
+    normalize: Annotated[
+        bool | None, typer.Option(help="Embeddings: L2-normalize (default: as the model says).")
+    ] = None,
+    prompt_name: Annotated[
+        str | None, typer.Option(help="Embeddings: one of the model's prompts (e.g. query).")
+    ] = None,
     dim: Annotated[int | None, typer.Option(help="Embeddings: keep the first DIM values, renormalized.")] = None,
     file: Annotated[
         str | None, typer.Option(help="Folders without manifest.json: the model file (e.g. onnx/model_quantized.onnx).")

@@ -93,7 +93,9 @@ def foreign_manifest(folder: Path, file: str, outputs: dict[str, list]) -> dict:
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelFolderError(f"{folder} has no config.json next to {file}: the runtime needs the model's config.") from None
+        raise ModelFolderError(
+            f"{folder} has no config.json next to {file}: the runtime needs the model's config."
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelFolderError(f"{folder / 'config.json'} could not be read ({e}).") from None
     try:

@@ -315,7 +315,9 @@ class Model:
         if options.get("pooling") not in (None, *POOLING_MODES):
             raise UserError(f"pooling must be one of {', '.join(POOLING_MODES)}, got {options['pooling']!r}.")
         if options.get("function_to_apply") not in (None, "softmax", "sigmoid", "none"):
-            raise UserError(f"function_to_apply must be softmax, sigmoid or none, got {options['function_to_apply']!r}.")
+            raise UserError(
+                f"function_to_apply must be softmax, sigmoid or none, got {options['function_to_apply']!r}."
+            )
         if options.get("aggregation", "simple") not in AGGREGATIONS:
             raise UserError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {options['aggregation']!r}.")
         return options

@@ -141,11 +141,10 @@ ORT_CLASSES = {
 @pytest.mark.parametrize("task", list(ORT_CLASSES))
 def test_optimum_loads_our_folders(checkpoint, tmp_path, task) -> None:
     import optimum.onnxruntime as ort_models
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
     from transformers import AutoModelForQuestionAnswering as QA
     from transformers import AutoModelForSequenceClassification as SC
     from transformers import AutoModelForTokenClassification as TC
-    from transformers import AutoModel
 
     ckpt = checkpoint(task)
     export(str(ckpt), tmp_path / "out", **quiet)
