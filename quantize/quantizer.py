@@ -170,6 +170,7 @@ def quantize(
     Raises UserError, writing nothing, when the worst-token cosine to fp32 is below min_cosine
     (after leaving the worst projections in float, when `fallback`), unless `force`."""
     from modernbert_edge.export.exporter import save_model
+    from modernbert_edge.export.sentence import copy_sentence
     from modernbert_edge.folders import OutputFolder, package_versions
 
     if mode not in MODES:
@@ -257,6 +258,7 @@ def quantize(
         for f in source_files:
             if (model_dir / f).is_file():
                 shutil.copy2(model_dir / f, tmp / f)
+        copy_sentence(model_dir, tmp, manifest.get("sentence"))  # sentence-transformers modules, as exported
         write_manifest(tmp, out_manifest)
 
     target.write(fill)

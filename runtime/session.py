@@ -21,6 +21,7 @@ PROVIDER = "CPUExecutionProvider"
 INPUTS = ("input_ids", "attention_mask")  # int64 (batch, sequence), the graph contract
 # Inputs a graph may offer as overridable initializers (DESIGN.md): fed only when the graph has them.
 OPTIONAL_INPUTS = ("mask_positions",)  # int64 (M,) flat b * S + s: fill-mask logits for those rows only
+ZERO_INPUTS = ("token_type_ids",)  # fed as zeros when a graph (from another exporter) has it
 
 
 # What idle intra-op pool threads do: the `spinning` option (True / False mean "on" / "off").
@@ -106,12 +107,13 @@ class Session:
         self.output_shapes = {o.name: list(o.shape) for o in self._session.get_outputs()}
         overridable = {i.name for i in self._session.get_overridable_initializers()}
         self.optional_inputs = frozenset(name for name in OPTIONAL_INPUTS if name in overridable)
+        self.zero_inputs = tuple(name for name in ZERO_INPUTS if name in self.input_names)
         missing = [name for name in INPUTS if name not in self.input_names]
-        extra = [name for name in self.input_names if name not in INPUTS]
+        extra = [name for name in self.input_names if name not in (*INPUTS, *ZERO_INPUTS, *self.optional_inputs)]
         if missing or extra:
             raise ModelFolderError(
-                f"{model_path} has graph inputs {self.input_names}, but this runtime feeds {list(INPUTS)}: "
-                "was it written by a different modernbert-edge version?"
+                f"{model_path} has graph inputs {self.input_names}, but this runtime feeds {list(INPUTS)} "
+                f"(and {', '.join(ZERO_INPUTS)} as zeros): it is not an encoder graph this runtime can run."
             )
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, **optional: np.ndarray) -> dict[str, np.ndarray]:
@@ -120,4 +122,5 @@ class Session:
         if unknown:
             raise ValueError(f"the graph has no optional input {', '.join(sorted(unknown))}")
         feed = {"input_ids": input_ids, "attention_mask": attention_mask, **optional}
+        feed.update({name: np.zeros_like(input_ids) for name in self.zero_inputs})
         return dict(zip(self.output_names, self._session.run(self.output_names, feed), strict=True))

@@ -30,8 +30,12 @@ def batch_cmd(
     ] = None,
     shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = 4096,
     top_k: Annotated[int | None, typer.Option(help="Classification: also write the top_k labels as `labels`.")] = None,
-    pooling: Annotated[str | None, typer.Option(help="Embeddings: mean (default) or cls.")] = None,
-    normalize: Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default on).")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(help="Embeddings: the model's pooling (plain checkpoints: mean), or cls, max, ...")
+    ] = None,
+    normalize: Annotated[
+        bool | None, typer.Option(help="Embeddings: L2-normalize (default: as the model says).")
+    ] = None,
     aggregation: Annotated[
         str | None, typer.Option(help="Entities: none, simple (default), first, average, max.")
     ] = None,
