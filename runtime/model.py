@@ -2,7 +2,7 @@
 
     load(folder) ─ read_folder (manifest, config) ─ TextTokenizer (tokenizer.json) ─ Session (model file)
     task method ─ predict: the task's row (tasks.TASKS) ─ encode (validate, truncate) ─ the row's check
-                ─ plan_batches (sorted, token budget) ─ Session.run (with the row's feed)
+                ─ plan_batches (sorted, token budget) ─ Session.run (the row's mark)
                 ─ the row's post-processor per batch ─ results back in input order
 
 Each text method takes one text (and returns one result) or a list (and returns a list); `embed`
@@ -171,8 +171,9 @@ class Model:
     ) -> dict[str, np.ndarray]:
         """The graph's outputs for (batch, sequence) token ids, one call, no batching or post-processing.
 
-        mask_positions (fill-mask graphs): flat indices b * S + s; `logits` is then (1, M, vocab) for
-        those positions only, which skips the vocabulary decoder everywhere else.
+        mask_positions (fill-mask graphs of this project): flat indices b * S + s of real tokens; `logits`
+        is then (1, M, vocab) for those positions only, in row-major order (sorted, each once), which
+        skips the vocabulary decoder everywhere else.
         """
         ids = np.asarray(input_ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
@@ -192,12 +193,15 @@ class Model:
             raise UserError(f"run() got token ids outside the model's vocabulary [0, {self.info.vocab_size}).")
         if mask.size and not np.isin(mask, (0, 1)).all():
             raise UserError("run() got an attention_mask with values other than 0 and 1.")
-        optional = {}
+        mask = mask.astype(np.int64)  # a copy: marks go into it
         if mask_positions is not None:
             if not self.decodes_masked_rows_only:
-                raise UserError(f"{self.info.folder}'s graph has no mask_positions input (not a fill-mask graph).")
-            optional["mask_positions"] = np.asarray(mask_positions, dtype=np.int64).reshape(-1)
-        return self._session.run(ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False), **optional)
+                raise UserError(f"{self.info.folder}'s graph cannot decode chosen rows (not this project's fill-mask).")
+            flat = np.asarray(mask_positions, dtype=np.int64).reshape(-1)
+            if flat.size and (flat.min() < 0 or flat.max() >= mask.size or not mask.reshape(-1)[flat].all()):
+                raise UserError("run() got mask_positions outside the real tokens of the batch.")
+            mask.reshape(-1)[flat] = self._session.mark
+        return self._session.run(ids.astype(np.int64, copy=False), mask)
 
     def predict(
         self,
@@ -244,10 +248,9 @@ class Model:
             rows = [valid[j] for j in planned]
             encs = [encoded[i] for i in rows]
             ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)  # (B, S) each
-            feed = spec.feed(ids, tokenizer) if spec.feed is not None else {}
-            feed = {name: value for name, value in feed.items() if name in self._session.optional_inputs}
-            out = self._session.run(ids, mask, **feed)
-            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, feed)
+            marked = spec.mark is not None and self.decodes_masked_rows_only
+            out = self._session.run(ids, spec.mark(ids, mask, tokenizer, self._session.mark) if marked else mask)
+            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, marked)
             for i, result in zip(rows, spec.post(batch, **options), strict=True):
                 results[i] = result
             if on_batch is not None:
@@ -297,12 +300,12 @@ class Model:
 
     @property
     def decodes_masked_rows_only(self) -> bool:
-        """Whether the graph takes mask_positions (fill-mask logits for those rows only)."""
-        return "mask_positions" in self._session.optional_inputs
+        """Whether the graph decodes marked rows only (fill-mask logits for the [MASK] rows)."""
+        return self._session.mark is not None
 
     def _token_budget(self) -> int:
         """Padded tokens per batch: batch_tokens, lowered so that the per-token outputs of one batch
-        (those shaped (batch, sequence, ...), e.g. fill-mask logits without mask_positions) stay
+        (those shaped (batch, sequence, ...), e.g. fill-mask logits without marked rows) stay
         within OUTPUT_BYTES."""
         selected = self.decodes_masked_rows_only
         per_token = sum(

@@ -2,15 +2,16 @@
 
 A post-processor is `post(batch, **options) -> list`, the options being its task's (see tasks.py).
 Feature extraction also prepares its inputs (`add_prompt`: the model's prompt before each text).
-Fill-mask also has a feed (`mask_positions`: the graph decodes only those rows) and an input check
-(`check_mask`: the text must keep its mask token). Rerank expands each input into (query, document)
-rows (`rerank_pairs`), scores each row, and gathers the scores into a ranking (`ranking`).
+Fill-mask also marks its rows (`mark_masks`: where the graph offers it, it decodes only the
+[MASK] rows) and checks its inputs (`check_mask`: the text must keep its mask token). Rerank
+expands each input into (query, document) rows (`rerank_pairs`), scores each row, and gathers the
+scores into a ranking (`ranking`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -45,7 +46,7 @@ class Batch:
     inputs: list  # the texts (or (question, context) pairs) of the rows
     info: ModelInfo
     tokenizer: TextTokenizer
-    feed: dict[str, np.ndarray] = field(default_factory=dict)  # the optional graph inputs that were fed
+    marked: bool = False  # the graph decoded the marked rows only (fill-mask: logits (1, M, V))
 
 
 # ── feature extraction ──────────────────────────────────────────────────────────────────────────
@@ -67,9 +68,9 @@ def embed(batch: Batch, pooling: str | None, normalize: bool | None, dim: int | 
 # ── fill-mask ───────────────────────────────────────────────────────────────────────────────────
 
 
-def mask_positions(ids: np.ndarray, tokenizer: TextTokenizer) -> dict[str, np.ndarray]:
-    """The graph's optional mask_positions input: (M,) flat indices b * S + s of the mask tokens."""
-    return {"mask_positions": np.flatnonzero(ids == tokenizer.mask_id)}  # row-major: b * S + s
+def mark_masks(ids: np.ndarray, mask: np.ndarray, tokenizer: TextTokenizer, mark: int) -> np.ndarray:
+    """The attention mask with `mark` at the mask tokens: the rows the graph's decoder then runs on."""
+    return np.where(ids == tokenizer.mask_id, mark, mask)  # (B, S)
 
 
 def check_mask(enc: Encoding, index: int, tok: TextTokenizer) -> Encoding | InputError:
@@ -90,9 +91,9 @@ def check_mask(enc: Encoding, index: int, tok: TextTokenizer) -> Encoding | Inpu
 def fill_mask(batch: Batch, top_k: int) -> list:
     tok = batch.tokenizer
     width = batch.ids.shape[1]
-    flat = mask_positions(batch.ids, tok)["mask_positions"]  # (M,)
+    flat = np.flatnonzero(batch.ids == tok.mask_id)  # (M,) b * S + s, row-major: the graph's order too
     logits = batch.outputs["logits"]
-    if "mask_positions" in batch.feed:  # the graph decoded those rows only: (1, M, V)
+    if batch.marked:  # the graph decoded those rows only: (1, M, V)
         logits = logits[0]
     else:  # (B, S, V)
         logits = logits.reshape(-1, logits.shape[-1])[flat]

@@ -37,7 +37,7 @@ class Task:
     pair: bool = False  # inputs are (question, context) pairs
     labelled: bool = False  # results name labels from config.id2label
     check: Callable | None = None  # check(encoding, index, tokenizer) -> the encoding or an InputError
-    feed: Callable | None = None  # feed(ids, tokenizer) -> optional graph inputs, fed where the graph has them
+    mark: Callable | None = None  # mark(ids, mask, tokenizer, mark) -> the mask with the rows to decode marked
     prepare: Callable | None = None  # prepare(inputs, options, info, tokenizer) -> (inputs, options), before encoding
     folder_task: str | None = None  # the folder task it runs on, when not its own (then head_size must match)
     # An input that stands for several rows (rerank: one (query, document) pair per document):
@@ -91,7 +91,7 @@ TASKS: dict[str, Task] = {
             post=postprocess.fill_mask,
             head_size=lambda info: info.vocab_size,
             check=postprocess.check_mask,
-            feed=postprocess.mask_positions,
+            mark=postprocess.mark_masks,
         ),
         Task(
             "text-classification",
