@@ -19,6 +19,11 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_PADDING
 
 ON_ERROR = ("skip", "stop")
+# Embedding options (also `mbedge batch`'s); None: as the model's sentence-transformers modules say
+PoolingOption = Annotated[
+    str | None, typer.Option(help="Embeddings: the model's pooling (plain checkpoints: mean), or cls, max, ...")
+]
+NormalizeOption = Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default: as the model says).")]
 FILE_HELP = "Folders without manifest.json (optimum, Hub onnx/): the model file, e.g. onnx/model_quantized.onnx."
 
 
@@ -44,12 +49,8 @@ def run_cmd(
         ),
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Predictions per mask (5), labels (all), answers (1).")] = None,
-    pooling: Annotated[
-        str | None, typer.Option(help="Embeddings: the model's pooling (plain checkpoints: mean), or cls, max, ...")
-    ] = None,
-    normalize: Annotated[
-        bool | None, typer.Option(help="Embeddings: L2-normalize (default: as the model says).")
-    ] = None,
+    pooling: PoolingOption = None,
+    normalize: NormalizeOption = None,
     prompt_name: Annotated[
         str | None, typer.Option(help="Embeddings: one of the model's prompts (e.g. query).")
     ] = None,

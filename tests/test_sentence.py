@@ -132,6 +132,8 @@ def test_rerank_scores_and_run_jsonl(checkpoint_factory, tmp_path) -> None:
     first = json.loads(result.stdout.splitlines()[0])
     assert [r["index"] for r in first["ranking"]] == [r["index"] for r in ranking]
     assert "documents" in json.loads(result.stdout.splitlines()[1])["error"]
+    plain = runner.invoke(app, ["run", str(tmp_path / "ce"), "--input", "-"], input=lines)  # without --task
+    assert plain.exit_code == 2 and "--task rerank" in json.loads(plain.stdout.splitlines()[0])["error"]
 
 
 def test_foreign_folder_loads_as_its_outputs_say(exported_factory, tmp_path) -> None:

@@ -42,12 +42,12 @@ def _sentence_model(ckpt: Path, out: Path, kind: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sentence_models(checkpoint, tmp_path_factory):
+def sentence_models(checkpoint_factory, tmp_path_factory):
     """kind -> (sentence-transformers folder, exported fp32 folder, int8 folder)."""
     made = {}
     for kind in ("cls", "prompts-dense", "matryoshka"):
         root = tmp_path_factory.mktemp(kind)
-        st = _sentence_model(checkpoint("feature-extraction"), root / "st", kind)
+        st = _sentence_model(checkpoint_factory("feature-extraction"), root / "st", kind)
         export(str(st), root / "fp32", **quiet)
         quantize(root / "fp32", root / "int8", force=True, log=quiet["log"])  # the tests judge the vectors
         made[kind] = (st, root / "fp32", root / "int8")
@@ -87,9 +87,9 @@ def test_similarity_is_the_models(sentence_models) -> None:
     np.testing.assert_allclose(model.similarity(a, b), want, atol=1e-6)
 
 
-def test_rerank_matches_cross_encoder(checkpoint, tmp_path) -> None:
+def test_rerank_matches_cross_encoder(checkpoint_factory, tmp_path) -> None:
     one_label = tmp_path / "ce"
-    CrossEncoder(str(checkpoint("text-classification", num_labels=1)), device="cpu").save(str(one_label))
+    CrossEncoder(str(checkpoint_factory("text-classification", num_labels=1)), device="cpu").save(str(one_label))
     export(str(one_label), tmp_path / "out", **quiet)
     query = "who works at acme"
     want = CrossEncoder(str(one_label), device="cpu").predict([(query, d) for d in DOCS])
@@ -106,11 +106,11 @@ def _optimum_export(ckpt: Path, out: Path, task: str) -> Path:
     return out
 
 
-def test_optimum_export_runs_here(checkpoint, tmp_path) -> None:
+def test_optimum_export_runs_here(checkpoint_factory, tmp_path) -> None:
     """A folder optimum exported: load() and `mbedge run` match PyTorch."""
     from transformers import AutoModel, AutoTokenizer
 
-    ckpt = checkpoint("feature-extraction")
+    ckpt = checkpoint_factory("feature-extraction")
     folder = _optimum_export(ckpt, tmp_path / "optimum", "feature-extraction")
     assert not (folder / "manifest.json").exists()
     tok = AutoTokenizer.from_pretrained(str(ckpt))
@@ -126,6 +126,8 @@ def test_optimum_export_runs_here(checkpoint, tmp_path) -> None:
     assert run.exit_code == 0, run.output
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     np.testing.assert_allclose([line["embedding"] for line in lines], want, atol=1e-5)
+    refused = CliRunner().invoke(app, ["quantize", str(folder), str(tmp_path / "int8")])  # one sentence, exit 2
+    assert refused.exit_code == 2 and "made elsewhere" in refused.output and "Traceback" not in refused.output
 
 
 ORT_CLASSES = {
@@ -138,14 +140,14 @@ ORT_CLASSES = {
 
 
 @pytest.mark.parametrize("task", list(ORT_CLASSES))
-def test_optimum_loads_our_folders(checkpoint, exported, task) -> None:
+def test_optimum_loads_our_folders(checkpoint_factory, exported_factory, task) -> None:
     import optimum.onnxruntime as ort_models
     from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
     from transformers import AutoModelForQuestionAnswering as QA
     from transformers import AutoModelForSequenceClassification as SC
     from transformers import AutoModelForTokenClassification as TC
 
-    ckpt, folder = checkpoint(task), exported(task)
+    ckpt, folder = checkpoint_factory(task), exported_factory(task)
     ours = getattr(ort_models, ORT_CLASSES[task]).from_pretrained(str(folder))
     torch_cls = {"feature-extraction": AutoModel, "fill-mask": AutoModelForMaskedLM}.get(task) or {
         "text-classification": SC,
