@@ -70,6 +70,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 512, max_length: int = 8192
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": max_length,
         "clean_up_tokenization_spaces": False,
+        "model_input_names": ["input_ids", "attention_mask"],  # as ModernBERT's tokenizer: no token_type_ids
         **special,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))

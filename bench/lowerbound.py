@@ -9,7 +9,7 @@ weights of the model's shapes. Per layer:
 The slices only keep the chain's shapes (attention, norms, GeGLU are left out on purpose: they are
 what the full model adds on top). Heads: fill-mask adds head.dense (D, D) and the decoder (D, V)
 on the masked rows only (a second input `h`, one row per text), as the runtime computes them
-through the graph's `mask_positions` input; embeddings have no head; the classification head (a
+through the graph's marked rows (attention_mask == 2); embeddings have no head; the classification head (a
 few pooled rows) is left out as negligible.
 """
 

@@ -20,6 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from modernbert_edge.bench.timing import quantize_dynamic_baseline, summarize, time_calls
+from modernbert_edge.export.names import MARK, MARKED_ROWS
 from modernbert_edge.manifest import MODEL_FILE
 from modernbert_edge.runtime.session import create_session
 
@@ -28,8 +29,8 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _has_mask_positions(session: ort.InferenceSession) -> bool:
-    return any(i.name == "mask_positions" for i in session.get_overridable_initializers())
+def _marks_rows(session: ort.InferenceSession) -> bool:
+    return MARKED_ROWS in session.get_modelmeta().custom_metadata_map
 
 
 def time_variants(
@@ -38,7 +39,7 @@ def time_variants(
     """Median ms per (variant, shape), the variants interleaved in each round (timing.time_calls).
 
     Fill-mask graphs are timed as the runtime runs them: one [MASK] per text, decoded through the
-    graph's mask_positions input (model.onnx's full-vocabulary logits are never computed there)."""
+    graph's marked rows (attention_mask == 2; model.onnx's full-vocabulary logits are never computed there)."""
     sessions = {k: create_session(f, threads) for k, f in files.items()}
     rng = np.random.default_rng(0)
     result: dict[str, dict[str, float]] = {k: {} for k in files}
@@ -47,11 +48,11 @@ def time_variants(
             "input_ids": rng.integers(5, vocab, size=(b, s), dtype=np.int64),
             "attention_mask": np.ones((b, s), dtype=np.int64),
         }
-        masked = dict(feeds, mask_positions=np.arange(b, dtype=np.int64) * s + s // 2)
+        masked = dict(feeds, attention_mask=feeds["attention_mask"].copy())
+        masked["attention_mask"][:, s // 2] = MARK
 
         calls = {
-            k: functools.partial(sess.run, None, masked if _has_mask_positions(sess) else feeds)
-            for k, sess in sessions.items()
+            k: functools.partial(sess.run, None, masked if _marks_rows(sess) else feeds) for k, sess in sessions.items()
         }
         times = time_calls(calls, repeats)
         for k in files:

@@ -65,7 +65,7 @@ def _load_onnx(path: str, threads: int, pad: int) -> tuple[Callable, int]:
 
 
 def _load_ours(path: str, threads: int, engine: str = "onnxruntime") -> tuple[Callable, int, Callable]:
-    """This project's runtime: its session, its batch plan, and fill-mask through mask_positions."""
+    """This project's runtime: its session, its batch plan, and fill-mask on marked rows (run(mask_positions=...))."""
     from modernbert_edge.runtime import load
 
     model = load(path, threads=threads, engine=engine)

@@ -30,7 +30,7 @@ class GraphBuilder:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: dict[str, onnx.TensorProto] = {}
-        self.optional_inputs: list[onnx.ValueInfoProto] = []
+        self.metadata: dict[str, str] = {}  # the model's metadata_props
 
     def op(
         self,
@@ -63,18 +63,6 @@ class GraphBuilder:
         self.initializers[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
         return name
 
-    def optional_input(self, name: str, default: np.ndarray, dims: list[str | int]) -> str:
-        """A graph input backed by an initializer: callers may feed it, and need not.
-
-        ONNX Runtime lists it under get_overridable_initializers(), not get_inputs(), so tools that
-        feed only the required inputs (optimum's ORTModel classes) are unaffected.
-        """
-        self.weight(name, default)
-        self.optional_inputs.append(
-            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(default.dtype), dims)
-        )
-        return name
-
     def const(self, values: list[int] | list[float] | np.ndarray, dtype: type = np.int64) -> str:
         """A small shared constant, named after its value."""
         arr = np.asarray(values, dtype=dtype)
@@ -94,7 +82,7 @@ class GraphBuilder:
         graph = helper.make_graph(
             self.nodes,
             "modernbert",
-            [*inputs, *self.optional_inputs],
+            inputs,
             outputs,
             initializer=list(self.initializers.values()),
             doc_string=doc,
@@ -108,6 +96,8 @@ class GraphBuilder:
             producer_name="modernbert-edge",
         )
         model.ir_version = 10
+        if self.metadata:
+            helper.set_model_props(model, self.metadata)
         return model
 
 

@@ -21,6 +21,7 @@ from modernbert_edge.export.builder import CONTRIB, OPSETS
 from modernbert_edge.export.checkpoint import Weights, find_weight_files
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.prove import prove_folder
+from modernbert_edge.export.sentence import copy_sentence, read_sentence
 from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.folders import OutputFolder, package_versions
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
@@ -91,11 +92,26 @@ def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """model.onnx, with its weights in model.onnx.data when the file would pass protobuf's 2 GB."""
+    """model.onnx, with its weights in model.onnx_data (optimum's name) when the file would pass protobuf's 2 GB."""
+    import importlib.metadata as md
+
+    model.producer_name, model.producer_version = "modernbert-edge", md.version("modernbert-edge")
     if model.ByteSize() > EXTERNAL_DATA_ABOVE:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + "_data")
     else:
         onnx.save_model(model, str(path))
+
+
+def write_input_names(folder: Path, names: list[str]) -> None:
+    """tokenizer_config.json lists the graph's inputs (model_input_names), so loaders build no others."""
+    path = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return  # none, or unreadable: prove_folder refuses the latter with its own sentence
+    if isinstance(config, dict):
+        config["model_input_names"] = list(names)
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def export(
@@ -119,6 +135,7 @@ def export(
     # Claimed before the (possibly long) build: refuses a source, an existing OUT_DIR, or a parent
     # that cannot hold the folder (the fp32 graph is at least as large as the weight files).
     target = OutputFolder(out_dir, overwrite, sources=[src], need_bytes=sum(f.stat().st_size for f in files))
+    sentence = read_sentence(src, cfg.hidden_size) if chosen.name == "feature-extraction" else None
     t0 = time.perf_counter()
     weights = Weights(files)
     model, unused = build_graph(cfg, weights, chosen, ops)
@@ -154,12 +171,16 @@ def export(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "validation": None,
     }
+    if sentence is not None:
+        manifest["sentence"] = sentence
 
     def fill(tmp: Path) -> None:
         save_model(model, tmp / MODEL_FILE)
         (tmp / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n", encoding="utf-8")
         for f in manifest["tokenizer_files"]:
             shutil.copy2(src / f, tmp / f)
+        copy_sentence(src, tmp, sentence)
+        write_input_names(tmp, manifest["inputs"])
         if validate:
             from modernbert_edge.export.validate import validate_export
 

@@ -50,15 +50,24 @@ def make_selected_rows(
 ) -> str:
     """Run a per-token head on all tokens, or only on the positions the caller asks for.
 
-    The optional input `mask_positions` (M,) holds flat indices b * S + s into the padded batch.
-    Empty (the default): head on all T tokens, output (B, S, F) with zeros at pads — the public
-    contract. Given: head on those M rows only, output (1, M, F). Fill-mask uses this to run the
-    vocabulary decoder at [MASK] positions only. The choice is shape arithmetic, not an If.
+    Positions where attention_mask == MARK (2; the layout reads them as 1) are the rows to decode:
+    positions (M,) = their flat indices b * S + s, row-major. None (any 0/1 mask): head on all T
+    tokens, output (B, S, F) with zeros at pads — the public contract. Some: head on those M rows
+    only, output (1, M, F). Fill-mask uses this to run the vocabulary decoder at [MASK] positions
+    only. The choice is shape arithmetic, not an If; the graph's metadata says it offers it.
 
-    rows = Concat(Gather(row_of, positions), Range(0, T if empty else 0))      (R,) R = M or T
+    rows = Concat(Gather(row_of, positions), Range(0, T if M == 0 else 0))      (R,) R = M or T
     x (1, T, D) ─ Gather(rows) ─ head ─ (R, F) ─ ScatterND into zeros (B*S or M, F) ─ Reshape
     """
-    positions = g.optional_input("mask_positions", np.zeros((0,), np.int64), ["positions"])
+    g.metadata[names.MARKED_ROWS] = str(names.MARK)
+    marked = g.op(
+        "Equal",
+        [g.op("Reshape", ["attention_mask", g.const([-1])], f"{name}/mask_flat"), g.const(names.MARK)],
+        f"{name}/marked",
+    )
+    positions = g.op(
+        "Reshape", [g.op("NonZero", [marked], f"{name}/NonZero"), g.const([-1])], f"{name}/positions"
+    )  # (M,)
     zero = g.const([0])
     n = g.op("Reshape", [g.op("Size", [positions], f"{name}/Size"), g.const([1])], f"{name}/n")
     every = g.op("Equal", [n, zero], f"{name}/every")  # (1,) bool

@@ -88,26 +88,28 @@ def shape_of(g: GraphBuilder, parts: list[str], name: str) -> str:
 def make_layout(g: GraphBuilder, cfg: ModernBertConfig, ops: str = CONTRIB) -> Layout:
     """Token indices, batch dims and masks derived from attention_mask.
 
-    attention_mask (B, S) ─ Reshape(-1) ─ NonZero (1, T) ─ Reshape ─ tokens (T,) / scatter_idx (T, 1)
-                          └ CumSum - 1 ─ row_of (B*S,): token row of each padded position
+    attention_mask (B, S) ─ Min(·, 1) ─ mask (B, S) 0/1: a MARK (2, rows a head decodes) counts as 1
+    mask ─ Reshape(-1) ─ NonZero (1, T) ─ Reshape ─ tokens (T,) / scatter_idx (T, 1)
+         └ CumSum - 1 ─ row_of (B*S,): token row of each padded position
     """
     p = names.LAYOUT
     shape = g.op("Shape", ["input_ids"], f"{p}/Shape")
     batch = g.op("Slice", [shape, g.const([0]), g.const([1])], f"{p}/batch")
     seq = g.op("Slice", [shape, g.const([1]), g.const([2])], f"{p}/seq")
     flat = g.op("Mul", [batch, seq], f"{p}/flat")
-    mask_flat = g.op("Reshape", ["attention_mask", g.const([-1])], f"{p}/mask_flat")
+    mask = g.op("Min", ["attention_mask", g.const(1)], f"{p}/mask01")  # every consumer below reads 0/1
+    mask_flat = g.op("Reshape", [mask, g.const([-1])], f"{p}/mask_flat")
     nz = g.op("NonZero", [mask_flat], f"{p}/NonZero")  # (1, T)
     tokens = g.op("Reshape", [nz, g.const([-1])], f"{p}/tokens")
     scatter_idx = g.op("Reshape", [nz, g.const([-1, 1])], f"{p}/scatter_idx")
     row_of = g.op("Sub", [g.op("CumSum", [mask_flat, g.const(0)], f"{p}/CumSum"), g.const(1)], f"{p}/row_of")
-    key_mask_i32 = g.op("Cast", ["attention_mask"], f"{p}/key_mask", to=6)  # int32
+    key_mask_i32 = g.op("Cast", [mask], f"{p}/key_mask", to=6)  # int32
     key_mask, positions = key_mask_i32, None
     if ops == PORTABLE:
         key_mask = key_bias(g, key_mask_i32, f"{p}/key_bias")  # (B, 1, 1, S)
         pos = g.op("Range", [g.const(0), g.op("Squeeze", [seq], f"{p}/seq_s"), g.const(1)], f"{p}/positions_1d")
         positions = g.op("Expand", [pos, shape_of(g, [batch, seq], f"{p}/shape_bs")], f"{p}/positions")  # (B, S)
-    mask_f = g.op("Cast", [g.op("Unsqueeze", ["attention_mask", g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT)
+    mask_f = g.op("Cast", [g.op("Unsqueeze", [mask, g.const([-1])], f"{p}/mask3")], f"{p}/mask_f", to=FLOAT)
     n_tokens = g.op("Shape", [tokens], f"{p}/n_tokens")
     unpadded = g.op("Squeeze", [g.op("Equal", [n_tokens, flat], f"{p}/Equal")], f"{p}/unpadded")
     local = make_local_layout(g, cfg, batch, seq, key_mask_i32, ops) if LOCAL in cfg.layer_types else None

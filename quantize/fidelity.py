@@ -28,7 +28,13 @@ HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
 def load_model(folder: str | Path) -> tuple[onnx.ModelProto, dict]:
     """A model folder's graph (weights loaded) and manifest."""
     from modernbert_edge.manifest import read_manifest
+    from modernbert_edge.runtime.foreign import is_foreign
 
+    if is_foreign(folder):
+        raise UserError(
+            f"{folder} is an ONNX folder made elsewhere (no manifest.json): mbedge quantize and compare work on "
+            "the graphs mbedge export writes, so export its checkpoint with mbedge export and quantize that folder."
+        )
     manifest = read_manifest(folder)
     path = Path(folder) / manifest.get("model_file", "model.onnx")
     if not path.is_file():

@@ -140,6 +140,7 @@ def rewrite(model: onnx.ModelProto, inits: dict[str, np.ndarray], plan: QuantPla
     out = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
     out.ir_version, out.producer_name = model.ir_version, model.producer_name
     out.doc_string = model.doc_string
+    out.metadata_props.extend(model.metadata_props)  # e.g. the fill-mask graph's marked rows
     return out
 
 

@@ -188,6 +188,7 @@ def quantize(
     engine the gate runs the quantized model on, the one that will run it ("onnxruntime", or
     "openvino" for int8-static of a portable folder)."""
     from modernbert_edge.export.exporter import save_model
+    from modernbert_edge.export.sentence import copy_sentence
     from modernbert_edge.folders import OutputFolder, package_versions
 
     if mode not in MODES:
@@ -276,6 +277,7 @@ def quantize(
         for f in source_files:
             if (model_dir / f).is_file():
                 shutil.copy2(model_dir / f, tmp / f)
+        copy_sentence(model_dir, tmp, manifest.get("sentence"))  # sentence-transformers modules, as exported
         write_manifest(tmp, out_manifest)
 
     target.write(fill)

@@ -20,6 +20,12 @@ from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_T
 from modernbert_edge.runtime.engines import ENGINE_HELP
 
 ON_ERROR = ("skip", "stop")
+# Embedding options (also `mbedge batch`'s); None: as the model's sentence-transformers modules say
+PoolingOption = Annotated[
+    str | None, typer.Option(help="Embeddings: the model's pooling (plain checkpoints: mean), or cls, max, ...")
+]
+NormalizeOption = Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default: as the model says).")]
+FILE_HELP = "Folders without manifest.json (optimum, Hub onnx/): the model file, e.g. onnx/model_quantized.onnx."
 
 
 def _choice(value: str | None, choices: Iterable[str], option: str) -> None:
@@ -39,11 +45,17 @@ def run_cmd(
     input_format: Annotated[str, typer.Option("--format", help="auto, lines or jsonl.")] = "auto",
     task: Annotated[
         str | None,
-        typer.Option(help="Check the folder's task (or 'embed' on any folder with hidden states)."),
+        typer.Option(
+            help="Check the folder's task ('embed' on any folder with hidden states, 'rerank' on a cross-encoder)."
+        ),
     ] = None,
     top_k: Annotated[int | None, typer.Option(help="Predictions per mask (5), labels (all), answers (1).")] = None,
-    pooling: Annotated[str | None, typer.Option(help="Embeddings: mean (default) or cls.")] = None,
-    normalize: Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default on).")] = None,
+    pooling: PoolingOption = None,
+    normalize: NormalizeOption = None,
+    prompt_name: Annotated[
+        str | None, typer.Option(help="Embeddings: one of the model's prompts (e.g. query).")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="Embeddings: keep the first DIM values, renormalized.")] = None,
     aggregation: Annotated[
         str | None, typer.Option(help="Entities: none, simple (default), first, average or max.")
     ] = None,
@@ -69,6 +81,7 @@ def run_cmd(
     progress: Annotated[
         bool | None, typer.Option(help="Progress on stderr (default: on a terminal, for long inputs).")
     ] = None,
+    file: Annotated[str | None, typer.Option(help=FILE_HELP)] = None,
 ) -> None:
     """Run a model folder's task on texts; write one JSON line per input to stdout."""
     from modernbert_edge.runtime.inputs import FORMATS, line_cap, read_inputs
@@ -96,17 +109,20 @@ def run_cmd(
         max_padding=DEFAULT_MAX_PADDING if max_padding is None else max_padding,
         spinning=DEFAULT_SPINNING if spinning is None else spinning,
         engine=engine,
+        file=file,
     )
     spec = model.resolve_task(task)
     given = {
         "top_k": top_k,
         "pooling": pooling,
         "normalize": normalize,
+        "prompt_name": prompt_name,
+        "dim": dim,
         "aggregation": aggregation,
         "max_answer_len": max_answer_len,
         "question": question,
     }
-    applies = set(spec.options) | ({"question"} if spec.pair else set())
+    applies = set(spec.options) | ({"question"} if spec.pair and spec.expand is None else set())
     stray = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and k not in applies]
     if stray:
         raise UserError(f"{', '.join(stray)} does not apply to {spec.name}.")
@@ -130,11 +146,12 @@ def info_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "auto",
+    file: Annotated[str | None, typer.Option(help=FILE_HELP)] = None,
 ) -> None:
     """Load a model folder (checking it) and print what it holds."""
     from modernbert_edge.runtime.model import load
 
-    info = load(model_dir, engine=engine).describe()
+    info = load(model_dir, engine=engine, file=file).describe()
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return

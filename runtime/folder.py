@@ -1,5 +1,6 @@
 """What a model folder holds: manifest.json, config.json and the model file, read and checked
-(`read_folder`), then checked against the graph the model file holds (`check_graph`).
+(`read_folder`), then checked against the graph the model file holds (`check_graph`); `open_folder`
+does both, for this project's folders and for ONNX folders made elsewhere (foreign.py).
 
 Written by `mbedge export` (and `mbedge quantize`, which may name another model file: always use
 manifest["model_file"]). Every problem is a ModelFolderError that names the file and what to do.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,10 +18,13 @@ from typing import TYPE_CHECKING
 from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import MODEL_FILE, read_manifest
 from modernbert_edge.runtime.errors import ModelFolderError
-from modernbert_edge.runtime.tasks import TASKS
+from modernbert_edge.runtime.foreign import foreign_manifest, is_foreign, pick_file
+from modernbert_edge.runtime.sentence import Embedder
+from modernbert_edge.runtime.tasks import FOLDER_TASKS, TASKS
 
 if TYPE_CHECKING:
     from modernbert_edge.runtime.session import Session
+    from modernbert_edge.runtime.tokenize import TextTokenizer
 
 CONFIG = "config.json"
 
@@ -29,7 +34,7 @@ class ModelInfo:
     """The facts about a model folder that the runtime uses (config.json field names where they exist)."""
 
     folder: Path
-    task: str  # a key of runtime.tasks.TASKS
+    task: str  # a key of runtime.tasks.FOLDER_TASKS
     precision: str  # fp32, int8, int4, ...
     model_path: Path  # folder / manifest["model_file"]
     outputs: tuple[str, ...]  # graph output names, as the manifest lists them
@@ -41,6 +46,8 @@ class ModelInfo:
     pad_token_id: int  # the id written into padded positions (masked out, so any valid id works)
     cls_token_id: int | None
     manifest: dict = field(compare=False, repr=False)
+    sentence: Embedder = field(default_factory=Embedder, compare=False, repr=False)  # embeddings after the encoder
+    activation: str | None = None  # a cross-encoder's score activation, as its config.json names it
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -68,11 +75,17 @@ def read_folder(model_dir: str | Path) -> ModelInfo:
         manifest = read_manifest(folder)
     except UserError as e:
         raise ModelFolderError(str(e)) from None
+    return folder_info(folder, manifest)
+
+
+def folder_info(folder: Path, manifest: dict) -> ModelInfo:
+    """ModelInfo from a manifest (read from the folder, or made for a folder without one) and config.json."""
     manifest_path = folder / "manifest.json"
     task = manifest["task"]
-    if task not in TASKS:
+    if task not in FOLDER_TASKS:
         raise ModelFolderError(
-            f"{manifest_path} names task {task!r}, which this runtime does not run (it runs: {', '.join(TASKS)})."
+            f"{manifest_path} names task {task!r}, which this runtime does not run "
+            f"(it runs: {', '.join(FOLDER_TASKS)})."
         )
     model_path = folder / str(manifest.get("model_file") or MODEL_FILE)
     if not model_path.is_file():
@@ -115,7 +128,37 @@ def read_folder(model_dir: str | Path) -> ModelInfo:
         pad_token_id=pad if isinstance(pad, int) and 0 <= pad else 0,
         cls_token_id=cls if isinstance(cls, int) and 0 <= cls else None,
         manifest=manifest,
+        sentence=Embedder.from_manifest(folder, manifest.get("sentence")),
+        activation=_activation(config),
     )
+
+
+def _activation(config: dict) -> str | None:
+    """The activation a sentence-transformers CrossEncoder's config.json names, if any."""
+    named = (config.get("sentence_transformers") or {}).get("activation_fn")
+    named = named or config.get("sbert_ce_default_activation_function")
+    return str(named) if named else None
+
+
+def open_folder(
+    model_dir: str | Path, file: str | None, session: Callable[[ModelInfo | None, Path], Session]
+) -> tuple[ModelInfo, Session]:
+    """A folder's ModelInfo and its model file's Session (session(info, path) opens one; info is None for
+    a folder made elsewhere, whose info comes from the graph), checked together.
+
+    A folder without manifest.json that holds .onnx files is read as one made elsewhere: `file` picks
+    its model file, and the graph's outputs and config.json say what it is (foreign.py)."""
+    folder = Path(model_dir).expanduser()
+    if is_foreign(folder):
+        model_file = pick_file(folder, file)
+        opened = session(None, folder / model_file)
+        info = folder_info(folder, foreign_manifest(folder, model_file, opened.output_shapes))
+    else:
+        if file is not None:
+            raise UserError(f"file= (--file) picks a model file in a folder without manifest.json; {folder} has one.")
+        info = read_folder(folder)
+        opened = session(info, info.model_path)
+    return check_graph(info, opened), opened
 
 
 def check_graph(info: ModelInfo, session: Session) -> ModelInfo:
@@ -154,7 +197,33 @@ def check_inside(folder: Path, *paths: Path) -> None:
             )
 
 
+def describe(info: ModelInfo, session: Session, tok: TextTokenizer | None, max_length: int) -> dict:
+    """What a loaded folder holds, for `mbedge info` (JSON-friendly)."""
+    m = info.manifest
+    validation = m.get("validation") or {}
+    return {
+        "folder": str(info.folder),
+        "task": info.task,
+        "precision": info.precision,
+        "model_file": info.model_path.name,
+        "model_bytes": model_bytes(info.model_path),
+        "inputs": list(session.input_names),
+        "outputs": {name: session.output_shapes[name] for name in session.output_names},
+        "config": dict(m.get("config") or {}),
+        "labels": list(info.id2label),
+        "problem_type": info.problem_type,
+        "tokenizer": None
+        if tok is None
+        else {"file": "tokenizer.json", "vocab_size": tok.max_id + 1, "mask_token": tok.mask_token},
+        "max_length": max_length,
+        "validation": {k: validation[k] for k in ("status", "max_abs_diff", "atol", "reason") if k in validation},
+        "source": (m.get("source") or {}).get("checkpoint"),
+        "sentence": m.get("sentence"),
+    }
+
+
 def model_bytes(model_path: Path) -> int:
-    """The model file's size, with its external-data file when it has one."""
-    data = model_path.with_name(model_path.name + ".data")
-    return model_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
+    """The model file's size, with its external-data file when it has one (model.onnx_data, as optimum
+    names it; model.onnx.data, as this project named it before)."""
+    data = [model_path.with_name(model_path.name + suffix) for suffix in ("_data", ".data")]
+    return model_path.stat().st_size + sum(d.stat().st_size for d in data if d.is_file())

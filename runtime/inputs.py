@@ -1,11 +1,12 @@
 """`mbedge run`'s inputs: texts from its arguments, a file or stdin, as Items in input order.
 
 A file (or stdin) holds one text per line, or JSONL with a "text" field ("question"/"context" for
-question answering). Each line is decoded and parsed on its own, so a bad line becomes an Item with
-an error and the others still run. Lines are read with a byte cap (`line_cap`), so no line costs more
-memory than the model can read: a longer plain-text line is cut at the cap (and then counts as too
-long: truncated with a warning, or an error with --truncation error), a longer JSONL line (which
-cannot be parsed in part) is an error for that line; the rest of it is skipped unread.
+question answering, "query"/"documents" for rerank). Each line is decoded and parsed on its own, so
+a bad line becomes an Item with an error and the others still run. Lines are read with a byte cap
+(`line_cap`), so no line costs more memory than the model can read: a longer plain-text line is cut
+at the cap (and then counts as too long: truncated with a warning, or an error with --truncation
+error), a longer JSONL line (which cannot be parsed in part) is an error for that line; the rest of
+it is skipped unread.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def read_inputs(
     """The items to run, from the arguments, --input FILE, or stdin (--input - or nothing), and their
     count when it is known before reading (arguments, files); cap: the most bytes read of one line."""
     if texts:
+        if spec.expand is not None:
+            raise UserError('rerank reads JSONL lines {"query": ..., "documents": [...]} from --input or stdin.')
         if spec.pair and question is None:
             raise UserError("question answering needs --question with texts given as arguments.")
         return read_arguments(texts, spec, question), len(texts)
@@ -137,6 +140,8 @@ def read_stream(
             )
         elif mode == "jsonl":
             yield _from_json(label, text, spec, question)
+        elif spec.expand is not None:
+            yield Item(label, error='is not JSON: rerank reads lines {"query": ..., "documents": [...]}.')
         elif spec.pair:
             if question is None:
                 raise UserError(
@@ -178,6 +183,8 @@ def _from_json(label: str, text: str, spec: Task, question: str | None) -> Item:
         return Item(label, error="is nested too deeply to be read as JSON.")
     if not isinstance(record, dict):
         return Item(label, error=f"is not a JSON object (got {type(record).__name__}).")
+    if spec.expand is not None:  # rerank: {"query", "documents"}
+        return Item(label, record)
     if spec.pair:
         q = record.get("question", question)
         context = record.get("context", record.get("text"))
@@ -186,7 +193,8 @@ def _from_json(label: str, text: str, spec: Task, question: str | None) -> Item:
             return Item(label, error=f'has no "{missing}" field (JSONL for question answering needs both).')
         return Item(label, (q, context))
     if "text" not in record:
-        return Item(label, error='has no "text" field.')
+        hint = " (to rank documents for a query, pass --task rerank)" if "query" in record else ""
+        return Item(label, error=f'has no "text" field{hint}.')
     return Item(label, record["text"])
 
 

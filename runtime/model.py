@@ -2,13 +2,15 @@
 
     load(folder) ─ read_folder (manifest, config) ─ TextTokenizer (tokenizer.json) ─ Session (model file)
     task method ─ predict: the task's row (tasks.TASKS) ─ encode (validate, truncate) ─ the row's check
-                ─ plan_batches (sorted, token budget) ─ Session.run (with the row's feed)
+                ─ plan_batches (sorted, token budget) ─ Session.run (the row's mark)
                 ─ the row's post-processor per batch ─ results back in input order
 
 Each text method takes one text (and returns one result) or a list (and returns a list); `embed`
-always returns a (n, hidden) array. Every input is checked before the model runs: a bad one
-raises its InputError (or, with `predict(..., errors="return")`, takes the error's place in the
-results). Nothing in a Model changes after loading, so threads may share one.
+always returns a (n, dim) array. Every input is checked before the model runs: a bad one raises
+its InputError (or, with `predict(..., errors="return")`, takes the error's place in the results).
+A task whose inputs stand for several rows each (rerank) runs all rows together and gathers each
+input's result from its rows (tasks.run_expanded). Nothing in a Model changes after loading, so
+threads may share one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from modernbert_edge.runtime.batching import (
     pad,
     plan_batches,
 )
-from modernbert_edge.runtime.engines import AUTO, engine_line, open_session
+from modernbert_edge.runtime.engines import AUTO, ONNXRUNTIME, engine_line, open_session
 from modernbert_edge.runtime.errors import (
     InputError,
     InputTooLongError,
@@ -35,10 +37,10 @@ from modernbert_edge.runtime.errors import (
     ModelFolderError,
     TaskMismatchError,
 )
-from modernbert_edge.runtime.folder import ModelInfo, check_graph, model_bytes, read_folder
+from modernbert_edge.runtime.folder import ModelInfo, describe, open_folder
 from modernbert_edge.runtime.postprocess import Batch
 from modernbert_edge.runtime.session import DEFAULT_SPINNING, Session, check_threads, spinning_mode
-from modernbert_edge.runtime.tasks import TASKS, Task, find_task
+from modernbert_edge.runtime.tasks import TASKS, Task, find_task, run_expanded
 from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
 
 OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: tokens × vocab floats)
@@ -82,13 +84,37 @@ class Model:
     # ── tasks: options left at None take the task's defaults (tasks.TASKS) ──────────────────────────
 
     def embed(
-        self, texts: str | Sequence[str], pooling: str | None = None, normalize: bool | None = None
+        self,
+        texts: str | Sequence[str],
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dim: int | None = None,
     ) -> np.ndarray:
-        """(n, hidden) float32 embeddings: mean over the tokens (pooling "mean") or the [CLS] token ("cls"),
-        L2-normalized unless normalize=False."""
+        """(n, dim) float32 embeddings as the model's sentence-transformers modules make them (its pooling,
+        Dense, Normalize and default prompt); a plain checkpoint's: mean over the tokens, L2-normalized.
+
+        pooling ("mean", "cls", ...) and normalize override the model's; prompt_name picks one of its
+        prompts, prompt gives the text itself; dim keeps the first dim values (Matryoshka), renormalized.
+        """
         texts = _as_list(texts, "embed")
-        rows = self.predict(texts, task="feature-extraction", **_given(pooling=pooling, normalize=normalize))
-        return np.stack(rows) if rows else np.zeros((0, self.info.hidden_size), np.float32)
+        given = _given(pooling=pooling, normalize=normalize, prompt_name=prompt_name, prompt=prompt, dim=dim)
+        rows = self.predict(texts, task="feature-extraction", **given)
+        return (
+            np.stack(rows) if rows else np.zeros((0, self.info.sentence.width(dim, self.info.hidden_size)), np.float32)
+        )
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(n, m) scores between two sets of embeddings with the model's similarity function (cosine, dot,
+        euclidean or manhattan, as its sentence-transformers config names it; cosine otherwise)."""
+        return self.info.sentence.similarity(a, b)
+
+    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[dict]:
+        """[{index, score}] of the documents, best first (top_k of them): a one-label cross-encoder's score
+        of each (query, document) pair, through its activation (sigmoid unless its config names one)."""
+        return self.predict([(query, list(documents))], task="rerank", **_given(top_k=top_k))[0]
 
     def fill_mask(self, texts: str | Sequence[str], top_k: int | None = None) -> list:
         """For each mask token in a text, its top_k (5) predictions [{score, token, token_str, sequence}]."""
@@ -148,8 +174,9 @@ class Model:
     ) -> dict[str, np.ndarray]:
         """The graph's outputs for (batch, sequence) token ids, one call, no batching or post-processing.
 
-        mask_positions (fill-mask graphs): flat indices b * S + s; `logits` is then (1, M, vocab) for
-        those positions only, which skips the vocabulary decoder everywhere else.
+        mask_positions (fill-mask graphs of this project): flat indices b * S + s of real tokens; `logits`
+        is then (1, M, vocab) for those positions only, in row-major order (sorted, each once), which
+        skips the vocabulary decoder everywhere else.
         """
         try:
             ids = np.asarray(input_ids)
@@ -177,20 +204,20 @@ class Model:
         empty = np.flatnonzero(mask.sum(axis=1) == 0)
         if empty.size:
             raise InputError(f"of run() has rows with no tokens (an attention_mask of only 0s): rows {empty.tolist()}.")
-        optional = {}
+        mask = mask.astype(np.int64)  # a copy: marks go into it
         if mask_positions is not None:
             if not self.decodes_masked_rows_only:
-                raise UserError(f"{self.info.folder}'s graph has no mask_positions input (not a fill-mask graph).")
-            positions = np.asarray(mask_positions).reshape(-1)
-            if not np.issubdtype(positions.dtype, np.integer) or (
-                positions.size and (positions.min() < 0 or positions.max() >= ids.size)
+                raise UserError(f"{self.info.folder}'s graph cannot decode chosen rows (not this project's fill-mask).")
+            flat = np.asarray(mask_positions).reshape(-1)
+            if not np.issubdtype(flat.dtype, np.integer) or (
+                flat.size and (flat.min() < 0 or flat.max() >= mask.size or not mask.reshape(-1)[flat].all())
             ):
                 raise InputError(
-                    f"of run() has mask_positions that are not flat indices b * S + s within [0, {ids.size}) "
-                    f"for a batch of shape {list(ids.shape)}."
+                    f"of run() has mask_positions that are not flat indices b * S + s of real tokens within "
+                    f"[0, {ids.size}) for a batch of shape {list(ids.shape)}."
                 )
-            optional["mask_positions"] = positions.astype(np.int64)
-        return self._session.run(ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False), **optional)
+            mask.reshape(-1)[flat.astype(np.int64)] = self._session.mark
+        return self._session.run(ids.astype(np.int64, copy=False), mask)
 
     def predict(
         self,
@@ -213,6 +240,15 @@ class Model:
         options = spec.with_options(options)
         tokenizer = self._need_tokenizer()
         inputs = _as_list(inputs, "predict", plain=False)
+        if spec.expand is not None:
+            return run_expanded(spec, inputs, self._run, errors, on_batch, options)
+        if spec.prepare is not None:
+            inputs, options = spec.prepare(inputs, options, self.info, tokenizer)
+        return self._run(spec, inputs, errors, on_batch, options)
+
+    def _run(self, spec: Task, inputs: list, errors: str, on_batch: Callable | None, options: dict) -> list:
+        """predict's work: encode and check, run in planned batches, post-process each batch."""
+        tokenizer = self.tokenizer
         inputs = [_as_pair(x) for x in inputs] if spec.pair else inputs
         encode = tokenizer.encode_pairs if spec.pair else tokenizer.encode
         encoded = encode(inputs, self.truncation)
@@ -228,10 +264,9 @@ class Model:
             rows = [valid[j] for j in planned]
             encs = [encoded[i] for i in rows]
             ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)  # (B, S) each
-            feed = spec.feed(ids, tokenizer) if spec.feed is not None else {}
-            feed = {name: value for name, value in feed.items() if name in self._session.optional_inputs}
-            out = self._session.run(ids, mask, **feed)
-            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, feed)
+            marked = spec.mark is not None and self.decodes_masked_rows_only
+            out = self._session.run(ids, spec.mark(ids, mask, tokenizer, self._session.mark) if marked else mask)
+            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, marked)
             for i, result in zip(rows, spec.post(batch, **options), strict=True):
                 results[i] = result
             if on_batch is not None:
@@ -254,6 +289,14 @@ class Model:
         hidden = "last_hidden_state" in self._session.output_names
         if spec.name == self.task or (spec.name == "feature-extraction" and hidden):
             return spec
+        if spec.folder_task == self.task and spec.head_size(self.info) == TASKS[self.task].head_size(self.info):
+            return spec  # rerank on a one-label text-classification folder
+        if spec.folder_task is not None:
+            raise TaskMismatchError(
+                f"{self.info.folder} holds a {self.task} model with a head of size "
+                f"{TASKS[self.task].head_size(self.info)}, so it cannot {spec.method}: {spec.name} runs on "
+                f"{spec.folder_task} models whose head has size {spec.head_size(self.info)}."
+            )
         raise TaskMismatchError(
             f"{self.info.folder} holds a {self.task} model, so {spec.method}() ({spec.name}) does not apply: "
             f"use {TASKS[self.task].method}(), or export the checkpoint with --task {spec.name}."
@@ -273,12 +316,12 @@ class Model:
 
     @property
     def decodes_masked_rows_only(self) -> bool:
-        """Whether the graph takes mask_positions (fill-mask logits for those rows only)."""
-        return "mask_positions" in self._session.optional_inputs
+        """Whether the graph decodes marked rows only (fill-mask logits for the [MASK] rows)."""
+        return self._session.mark is not None
 
     def _token_budget(self) -> int:
         """Padded tokens per batch: batch_tokens, lowered so that the per-token outputs of one batch
-        (those shaped (batch, sequence, ...), e.g. fill-mask logits without mask_positions) stay
+        (those shaped (batch, sequence, ...), e.g. fill-mask logits without marked rows) stay
         within OUTPUT_BYTES."""
         selected = self.decodes_masked_rows_only
         per_token = sum(
@@ -290,27 +333,9 @@ class Model:
 
     def describe(self) -> dict:
         """What the folder holds, for `mbedge info` (JSON-friendly)."""
-        m = self.info.manifest
-        tok = self.tokenizer
-        validation = m.get("validation") or {}
         return {
-            "folder": str(self.info.folder),
-            "task": self.task,
-            "precision": self.info.precision,
+            **describe(self.info, self._session, self.tokenizer, self.max_length),
             "engine": engine_line(self.info, self.engine),
-            "model_file": self.info.model_path.name,
-            "model_bytes": model_bytes(self.info.model_path),
-            "inputs": list(self._session.input_names),
-            "outputs": {name: self._session.output_shapes[name] for name in self._session.output_names},
-            "config": dict(m.get("config") or {}),
-            "labels": list(self.info.id2label),
-            "problem_type": self.info.problem_type,
-            "tokenizer": None
-            if tok is None
-            else {"file": "tokenizer.json", "vocab_size": tok.max_id + 1, "mask_token": tok.mask_token},
-            "max_length": self.max_length,
-            "validation": {k: validation[k] for k in ("status", "max_abs_diff", "atol", "reason") if k in validation},
-            "source": (m.get("source") or {}).get("checkpoint"),
         }
 
 
@@ -325,8 +350,10 @@ def load(
     max_padding: float | None = DEFAULT_MAX_PADDING,
     spinning: bool | str = DEFAULT_SPINNING,
     engine: str = AUTO,
+    file: str | None = None,
 ) -> Model:
-    """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference.
+    """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference, or an ONNX folder
+    made elsewhere (an optimum export, a Hub repository's onnx/), whose model file `file` picks.
 
     threads: intra-op threads (None or 0: one per physical core). batch_tokens / batch_rows: the
     padded tokens and rows of one batch. truncation: "truncate" (warn) or "error" for inputs longer
@@ -353,8 +380,20 @@ def load(
         spinning = spinning_mode(spinning)
     except ValueError as e:
         raise UserError(f"{e}.") from None
-    info = read_folder(model_dir)
-    limit = info.max_position_embeddings
+    chosen = ONNXRUNTIME
+
+    def open_model(info: ModelInfo | None, path: Path) -> Session:
+        """The model file's session on the chosen engine (info None: a folder made elsewhere)."""
+        nonlocal chosen
+        if info is not None:
+            session, chosen = open_session(info, engine, threads=threads, spinning=spinning)
+            return session
+        if engine not in (AUTO, ONNXRUNTIME):
+            raise UserError(f"engine {engine!r} runs folders exported with --ops portable; {path} was made elsewhere.")
+        return Session(path, threads=threads, spinning=spinning)
+
+    info, session = open_folder(model_dir, file, open_model)
+    limit = min(info.max_position_embeddings, info.sentence.max_seq_length or info.max_position_embeddings)
     if max_length is not None:
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
             raise UserError(f"max_length must be at least 3 tokens, got {max_length}.")
@@ -365,8 +404,6 @@ def load(
             f"{info.folder}'s tokenizer.json has token ids up to {tokenizer.max_id}, but the model's "
             f"vocabulary has {info.vocab_size}: the tokenizer is not this model's."
         )
-    session, chosen = open_session(info, engine, threads=threads, spinning=spinning)
-    info = check_graph(info, session)
     model = Model(
         info,
         session,

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
-POOLINGS = ("mean", "cls")
+# sentence-transformers Pooling modes (several in one model are concatenated)
+POOLINGS = ("cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
 # ── numerics ────────────────────────────────────────────────────────────────────────────────────
@@ -28,12 +29,23 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def pool(hidden: np.ndarray, mask: np.ndarray, pooling: str) -> np.ndarray:
-    """(B, S, D) hidden states, (B, S) mask -> (B, D): mean over real tokens, or the first ([CLS]) token."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    m = mask[..., None].astype(hidden.dtype)  # (B, S, 1)
-    return (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+def pool(hidden: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """(B, S, D) hidden states and (B, S) mask (right-padded) -> (B, D), as sentence-transformers' Pooling
+    does it. "cls" is the first token the mask keeps (0, or the first after a prompt left out of pooling)."""
+    h = hidden.astype(np.float32)
+    m = mask.astype(np.float32)[..., None]  # (B, S, 1)
+    if mode == "cls":
+        return h[np.arange(h.shape[0]), np.argmax(mask > 0, axis=1)]
+    if mode == "max":
+        return np.where(m > 0, h, -np.inf).max(axis=1)
+    if mode == "lasttoken":
+        last = np.maximum(mask.shape[1] - 1 - np.argmax(mask[:, ::-1] > 0, axis=1), 0)  # each row's last kept token
+        return h[np.arange(h.shape[0]), last]
+    if mode == "weightedmean":
+        m = m * np.arange(1, h.shape[1] + 1, dtype=np.float32)[None, :, None]
+    total = (h * m).sum(axis=1)
+    count = np.maximum(m.sum(axis=1), 1e-9)
+    return total / (np.sqrt(count) if mode == "mean_sqrt_len_tokens" else count)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -61,9 +73,12 @@ def classification_function(problem_type: str | None, num_labels: int) -> str:
     return "softmax"
 
 
+SCORE_FUNCTIONS = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x}  # logits -> scores
+
+
 def label_scores(logits: np.ndarray, id2label: Sequence[str], function: str, top_k: int | None) -> list[dict]:
     """(num_labels,) logits -> [{label, score}] sorted by score, the top_k first (all when None)."""
-    scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x}[function](logits.astype(np.float32))
+    scores = SCORE_FUNCTIONS[function](logits.astype(np.float32))
     order = top_k_indices(scores, top_k or len(scores))
     return [{"label": id2label[i], "score": float(scores[i])} for i in order]
 

@@ -1,14 +1,17 @@
 """Each task's post-processor: one batch's graph outputs -> one plain-Python result per input.
 
 A post-processor is `post(batch, **options) -> list`, the options being its task's (see tasks.py).
-Fill-mask also has a feed (`mask_positions`: the graph decodes only those rows) and an input check
-(`check_mask`: the text must keep its mask token).
+Feature extraction also prepares its inputs (`add_prompt`: the model's prompt before each text).
+Fill-mask also marks its rows (`mark_masks`: where the graph offers it, it decodes only the
+[MASK] rows) and checks its inputs (`check_mask`: the text must keep its mask token). Rerank
+expands each input into (query, document) rows (`rerank_pairs`), scores each row, and gathers the
+scores into a ranking (`ranking`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,16 +19,16 @@ from tokenizers import Encoding
 
 from modernbert_edge.runtime.errors import InputError, MissingMaskError
 from modernbert_edge.runtime.numerics import (
+    SCORE_FUNCTIONS,
     best_spans,
     classification_function,
     entities,
-    l2_normalize,
     label_scores,
-    pool,
     softmax,
     subword_flags,
     top_k_indices,
 )
+from modernbert_edge.runtime.sentence import cross_encoder_function, prompt_tokens
 
 if TYPE_CHECKING:
     from modernbert_edge.runtime.folder import ModelInfo
@@ -43,21 +46,31 @@ class Batch:
     inputs: list  # the texts (or (question, context) pairs) of the rows
     info: ModelInfo
     tokenizer: TextTokenizer
-    feed: dict[str, np.ndarray] = field(default_factory=dict)  # the optional graph inputs that were fed
+    marked: bool = False  # the graph decoded the marked rows only (fill-mask: logits (1, M, V))
 
 
-def embed(batch: Batch, pooling: str, normalize: bool) -> list:
-    pooled = pool(batch.outputs["last_hidden_state"], batch.mask, pooling)  # (B, D)
-    pooled = l2_normalize(pooled) if normalize else pooled
-    return list(pooled.astype(np.float32))
+# ── feature extraction ──────────────────────────────────────────────────────────────────────────
+
+
+def add_prompt(inputs: list, options: dict, info: ModelInfo, tokenizer: TextTokenizer) -> tuple[list, dict]:
+    """The texts with the prompt (prompt, else prompt_name's, else the model's default) before each;
+    options gain the prompt's length in tokens, which pooling leaves out when the model says so."""
+    options = dict(options)
+    prefix = info.sentence.prompt(options.pop("prompt_name"), options.pop("prompt"))
+    return info.sentence.texts(inputs, prefix), {**options, "prompt_tokens": prompt_tokens(tokenizer, prefix)}
+
+
+def embed(batch: Batch, pooling: str | None, normalize: bool | None, dim: int | None, prompt_tokens: int) -> list:
+    hidden = batch.outputs["last_hidden_state"]  # (B, S, D)
+    return list(batch.info.sentence.vectors(hidden, batch.mask, prompt_tokens, pooling, normalize, dim))  # (B, dim)
 
 
 # ── fill-mask ───────────────────────────────────────────────────────────────────────────────────
 
 
-def mask_positions(ids: np.ndarray, tokenizer: TextTokenizer) -> dict[str, np.ndarray]:
-    """The graph's optional mask_positions input: (M,) flat indices b * S + s of the mask tokens."""
-    return {"mask_positions": np.flatnonzero(ids == tokenizer.mask_id)}  # row-major: b * S + s
+def mark_masks(ids: np.ndarray, mask: np.ndarray, tokenizer: TextTokenizer, mark: int) -> np.ndarray:
+    """The attention mask with `mark` at the mask tokens: the rows the graph's decoder then runs on."""
+    return np.where(ids == tokenizer.mask_id, mark, mask)  # (B, S)
 
 
 def check_mask(enc: Encoding, index: int, tok: TextTokenizer) -> Encoding | InputError:
@@ -84,9 +97,9 @@ def check_mask(enc: Encoding, index: int, tok: TextTokenizer) -> Encoding | Inpu
 def fill_mask(batch: Batch, top_k: int) -> list:
     tok = batch.tokenizer
     width = batch.ids.shape[1]
-    flat = mask_positions(batch.ids, tok)["mask_positions"]  # (M,)
+    flat = np.flatnonzero(batch.ids == tok.mask_id)  # (M,) b * S + s, row-major: the graph's order too
     logits = batch.outputs["logits"]
-    if "mask_positions" in batch.feed:  # the graph decoded those rows only: (1, M, V)
+    if batch.marked:  # the graph decoded those rows only: (1, M, V)
         logits = logits[0]
     else:  # (B, S, V)
         logits = logits.reshape(-1, logits.shape[-1])[flat]
@@ -123,6 +136,33 @@ def classify(batch: Batch, top_k: int | None) -> list:
     logits = batch.outputs["logits"]  # (B, num_labels)
     function = classification_function(batch.info.problem_type, logits.shape[-1])
     return [label_scores(row, batch.info.id2label, function, top_k) for row in logits]
+
+
+def rerank_pairs(x: object) -> list[tuple[object, object]] | InputError:
+    """A rerank input, {"query", "documents"} or (query, documents), as one (query, document) row each."""
+    if isinstance(x, dict):
+        query, documents = x.get("query"), x.get("documents")
+    elif isinstance(x, (tuple, list)) and len(x) == 2:
+        query, documents = x
+    else:
+        query, documents = x, None
+    if not isinstance(documents, (list, tuple)):
+        return InputError('needs a "query" and a list of "documents" to rank.')
+    return [(query, d) for d in documents]
+
+
+def rerank_scores(batch: Batch, top_k: int | None) -> list:
+    """Each (query, document) row's score: the cross-encoder's one logit through its activation."""
+    function = cross_encoder_function(batch.info.activation, 1)
+    scores = SCORE_FUNCTIONS[function](batch.outputs["logits"][:, :1].astype(np.float32))  # (B, 1)
+    return [float(s) for s in scores[:, 0]]
+
+
+def ranking(scores: list[float], top_k: int | None) -> list[dict]:
+    """[{index, score}] of the documents, best first, top_k of them (all when None)."""
+    s = np.asarray(scores, dtype=np.float64)
+    order = top_k_indices(s, top_k or len(s)) if len(s) else []
+    return [{"index": int(i), "score": float(s[i])} for i in order]
 
 
 def tag(batch: Batch, aggregation: str, ignore_labels: Sequence[str]) -> list:

@@ -17,12 +17,12 @@ import numpy as np
 import onnxruntime as ort
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.export.names import MARKED_ROWS  # graph metadata: the mask value that marks rows to decode
 from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
 
 PROVIDER = "CPUExecutionProvider"
-# Inputs a graph may offer as overridable initializers (DESIGN.md): fed only when the graph has them.
-OPTIONAL_INPUTS = ("mask_positions",)  # int64 (M,) flat b * S + s: fill-mask logits for those rows only
+ZERO_INPUTS = ("token_type_ids",)  # fed as zeros when a graph (from another exporter) has it
 
 
 # What idle intra-op pool threads do: the `spinning` option (True / False mean "on" / "off").
@@ -124,20 +124,19 @@ class Session:
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.output_shapes = {o.name: list(o.shape) for o in self._session.get_outputs()}
-        overridable = {i.name for i in self._session.get_overridable_initializers()}
-        self.optional_inputs = frozenset(name for name in OPTIONAL_INPUTS if name in overridable)
+        marks = self._session.get_modelmeta().custom_metadata_map.get(MARKED_ROWS)
+        self.mark = int(marks) if marks and marks.isdigit() else None  # the mask value that marks rows, if any
+        self.zero_inputs = tuple(name for name in ZERO_INPUTS if name in self.input_names)
         missing = [name for name in INPUTS if name not in self.input_names]
-        extra = [name for name in self.input_names if name not in INPUTS]
+        extra = [name for name in self.input_names if name not in (*INPUTS, *ZERO_INPUTS)]
         if missing or extra:
             raise ModelFolderError(
-                f"{model_path} has graph inputs {self.input_names}, but this runtime feeds {list(INPUTS)}: "
-                "was it written by a different modernbert-edge version?"
+                f"{model_path} has graph inputs {self.input_names}, but this runtime feeds {list(INPUTS)} "
+                f"(and {', '.join(ZERO_INPUTS)} as zeros): it is not an encoder graph this runtime can run."
             )
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, **optional: np.ndarray) -> dict[str, np.ndarray]:
-        """(batch, sequence) int64 ids and mask (and optional inputs the graph has) -> {output name: array}."""
-        unknown = set(optional) - self.optional_inputs
-        if unknown:
-            raise ValueError(f"the graph has no optional input {', '.join(sorted(unknown))}")
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask, **optional}
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, sequence) int64 ids and mask -> {output name: array}."""
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        feed.update({name: np.zeros_like(input_ids) for name in self.zero_inputs})
         return dict(zip(self.output_names, self._session.run(self.output_names, feed), strict=True))

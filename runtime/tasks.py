@@ -3,22 +3,25 @@
 The outputs column mirrors export/tasks.py (a test checks they agree); it is repeated here because
 the runtime must not import the exporter (onnx). A new task is a row here plus its post-processor
 (postprocess.py) and, for the API, a Model method that calls `predict` with the row's name.
+A row may run on another task's folders (rerank: a text-classification folder with one label).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import postprocess
+from modernbert_edge.runtime.errors import InputError, TruncationWarning
 from modernbert_edge.runtime.numerics import AGGREGATIONS, POOLINGS
 
 if TYPE_CHECKING:
     from modernbert_edge.runtime.folder import ModelInfo
 
-__all__ = ["AGGREGATIONS", "POOLINGS", "TASKS", "Task", "find_task"]
+__all__ = ["AGGREGATIONS", "FOLDER_TASKS", "POOLINGS", "TASKS", "Task", "find_task"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,12 @@ class Task:
     pair: bool = False  # inputs are (question, context) pairs
     labelled: bool = False  # results name labels from config.id2label
     check: Callable | None = None  # check(encoding, index, tokenizer) -> the encoding or an InputError
-    feed: Callable | None = None  # feed(ids, tokenizer) -> optional graph inputs, fed where the graph has them
+    mark: Callable | None = None  # mark(ids, mask, tokenizer, mark) -> the mask with the rows to decode marked
+    prepare: Callable | None = None  # prepare(inputs, options, info, tokenizer) -> (inputs, options), before encoding
+    folder_task: str | None = None  # the folder task it runs on, when not its own (then head_size must match)
+    # An input that stands for several rows (rerank: one (query, document) pair per document):
+    expand: Callable | None = None  # expand(input) -> its rows, or the InputError that says why it has none
+    gather: Callable | None = None  # gather(the rows' results, **options) -> the input's result
 
     def with_options(self, given: Mapping[str, object]) -> dict[str, object]:
         """The task's options: its defaults updated with `given` (None keeps the default), checked."""
@@ -50,7 +58,7 @@ class Task:
 
 
 def _check_option(key: str, value: object) -> None:
-    if key in ("top_k", "max_answer_len"):
+    if key in ("top_k", "max_answer_len", "dim"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{key} must be a positive integer, got {value!r}.")
     if key in ("normalize", "align_to_words") and not isinstance(value, bool):
@@ -60,7 +68,7 @@ def _check_option(key: str, value: object) -> None:
     ):
         raise UserError(f"ignore_labels must be a list of labels, got {value!r}.")
     choices = {"pooling": POOLINGS, "aggregation": AGGREGATIONS}.get(key)
-    if choices is not None and value not in choices:
+    if choices is not None and value is not None and value not in choices:  # None: as the model says
         raise UserError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
 
 
@@ -73,9 +81,11 @@ TASKS: dict[str, Task] = {
             method="embed",
             result_key="embedding",
             aliases=("embed",),
-            options={"pooling": "mean", "normalize": True},
+            # None: as the model's sentence-transformers modules say (plain checkpoints: mean, normalized)
+            options={"pooling": None, "normalize": None, "prompt_name": None, "prompt": None, "dim": None},
             post=postprocess.embed,
             head_size=lambda info: info.hidden_size,
+            prepare=postprocess.add_prompt,
         ),
         Task(
             "fill-mask",
@@ -87,7 +97,7 @@ TASKS: dict[str, Task] = {
             post=postprocess.fill_mask,
             head_size=lambda info: info.vocab_size,
             check=postprocess.check_mask,
-            feed=postprocess.mask_positions,
+            mark=postprocess.mark_masks,
         ),
         Task(
             "text-classification",
@@ -99,6 +109,20 @@ TASKS: dict[str, Task] = {
             post=postprocess.classify,
             head_size=lambda info: len(info.id2label) or None,
             labelled=True,
+        ),
+        Task(
+            "rerank",
+            outputs=("logits",),
+            method="rerank",
+            result_key="ranking",
+            aliases=("cross-encoder",),
+            options={"top_k": None},
+            post=postprocess.rerank_scores,
+            head_size=lambda info: 1,
+            pair=True,
+            folder_task="text-classification",
+            expand=postprocess.rerank_pairs,
+            gather=postprocess.ranking,
         ),
         Task(
             "token-classification",
@@ -126,9 +150,43 @@ TASKS: dict[str, Task] = {
 }
 
 
+# The tasks a model folder holds (its manifest names one); the others run on one of these.
+FOLDER_TASKS: dict[str, Task] = {name: t for name, t in TASKS.items() if t.folder_task is None}
+
+
 def find_task(name: str) -> Task:
     """A task by its name or one of its aliases; KeyError when none matches."""
     for task in TASKS.values():
         if name == task.name or name in task.aliases:
             return task
     raise KeyError(name)
+
+
+def run_expanded(
+    spec: Task, inputs: list, run: Callable, errors: str, on_batch: Callable | None, options: dict
+) -> list:
+    """predict for a row with `expand`: all inputs' rows go through run(spec, rows, "return", None,
+    options) together; each input's result is gathered from its rows' results, or is an InputError
+    in its place (its own from expand, or its first bad row's). Row warnings name their input."""
+    groups = [spec.expand(x) for x in inputs]
+    rows = [(i, r) for i, g in enumerate(groups) if not isinstance(g, InputError) for r in g]  # (input, row)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        done = run(spec, [r for _, r in rows], "return", None, options)
+    for w in caught:
+        m = w.message
+        if isinstance(m, TruncationWarning):
+            m = TruncationWarning(m.reason, rows[m.index][0], m.tokens, m.dropped)
+        warnings.warn(m, stacklevel=3)
+    results, k = [], 0
+    for i, group in enumerate(groups):
+        part = [] if isinstance(group, InputError) else done[k : k + len(group)]
+        k += len(part)
+        bad = group if isinstance(group, InputError) else next((r for r in part if isinstance(r, InputError)), None)
+        results.append(type(bad)(bad.reason, i) if bad is not None else spec.gather(part, **options))
+    bad = [r for r in results if isinstance(r, InputError)]
+    if bad and errors == "raise":
+        raise bad[0]
+    if on_batch is not None:
+        on_batch(len(results) - len(bad))
+    return results

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from modernbert_edge.runtime.commands import NormalizeOption, PoolingOption
+
 
 def batch_cmd(
     model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")],
@@ -30,8 +32,8 @@ def batch_cmd(
     ] = None,
     shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = 4096,
     top_k: Annotated[int | None, typer.Option(help="Classification: also write the top_k labels as `labels`.")] = None,
-    pooling: Annotated[str | None, typer.Option(help="Embeddings: mean (default) or cls.")] = None,
-    normalize: Annotated[bool | None, typer.Option(help="Embeddings: L2-normalize (default on).")] = None,
+    pooling: PoolingOption = None,
+    normalize: NormalizeOption = None,
     aggregation: Annotated[
         str | None, typer.Option(help="Entities: none, simple (default), first, average, max.")
     ] = None,

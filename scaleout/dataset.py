@@ -89,8 +89,8 @@ def embed(
     model_dir: str | Path,
     *,
     column: str = "text",
-    pooling: str = "mean",
-    normalize: bool = True,
+    pooling: str | None = None,  # None: as the model says (plain checkpoints: mean, normalized)
+    normalize: bool | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
     rows_per_call: int = DEFAULT_ROWS_PER_CALL,

@@ -3,7 +3,7 @@
 The held-out rows and the masking are exactly those of `train_mini.py`'s final evaluation (same
 packing, same seeded 30 % masking), so the PyTorch figure reproduces training.json's. The ONNX
 models are fed the same masked ids and asked for logits at the predicted positions only
-(`mask_positions`).
+(the attention mask marks them with 2).
 
     python scripts/eval_mini.py [--corpus corpus] [--work /tmp/mini-eval]
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modernbert_edge.export.names import MARK
 from modernbert_edge.runtime.session import create_session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,11 +56,7 @@ def onnx_accuracy(folder: Path, batches: list, ignore: int) -> float:
     correct = total = 0
     for masked, labels in batches:
         picked = labels.reshape(-1) != ignore
-        feeds = {
-            "input_ids": masked,
-            "attention_mask": np.ones_like(masked),
-            "mask_positions": np.flatnonzero(picked).astype(np.int64),
-        }
+        feeds = {"input_ids": masked, "attention_mask": np.where(picked.reshape(masked.shape), MARK, 1)}
         logits = session.run(None, feeds)[0][0]  # (M, V)
         correct += int((logits.argmax(-1) == labels.reshape(-1)[picked]).sum())
         total += int(picked.sum())

@@ -138,9 +138,7 @@ async def embed(request: Request, state: State, body: dict) -> Response:
     inputs, _ = texts(body, "inputs", state.settings.max_client_batch_size)
     normalize = get(body, "normalize", bool, True)
     truncate = get(body, "truncate", bool, False)
-    if get(body, "prompt_name", str) is not None:
-        raise ApiError(400, 'this server has no prompts: "prompt_name" must be null.')
-    options = {"normalize": normalize}
+    options = {"normalize": normalize, "prompt_name": get(body, "prompt_name", str)}
     _, rows, _ = await run_task(
         request, state, body.get("model"), "feature-extraction", inputs, options, truncate, "inputs"
     )
@@ -239,8 +237,6 @@ async def rerank(request: Request, state: State, body: dict) -> Response:
     docs, _ = texts(body, "texts", state.settings.max_client_batch_size)
     return_text = get(body, "return_text", bool, False)
     name, model = pick_model(state, get(body, "model", str), "text-classification")
-    if not callable(getattr(model, "rerank", None)):
-        raise ApiError(400, f"model {name!r} cannot rerank: this runtime's Model has no rerank() method.")
     if not query.strip():
         raise ApiError(400, '"query" is empty.')
     loop = asyncio.get_running_loop()
@@ -278,7 +274,7 @@ async def tokenize(request: Request, state: State, body: dict) -> Response:
 
 def model_info(name: str, model: object, settings: Settings) -> dict:
     info = model.info
-    kind = {"feature-extraction": {"embedding": {"pooling": "mean"}}}.get(
+    kind = {"feature-extraction": {"embedding": {"pooling": "+".join(info.sentence.pooling)}}}.get(
         model.task, {"classifier": {"id2label": dict(enumerate(info.id2label))}} if info.id2label else {model.task: {}}
     )
     return {

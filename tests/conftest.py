@@ -17,6 +17,9 @@ settings.register_profile("ci", max_examples=150, deadline=None)
 settings.register_profile("full", max_examples=10_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# tests/interop needs .venv-interop's packages; tests/test_interop.py runs it there with this set.
+collect_ignore = [] if os.environ.get("MBEDGE_INTEROP") == "1" else ["interop"]
+
 
 @pytest.fixture(scope="session")
 def checkpoint_factory(tmp_path_factory):

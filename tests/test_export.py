@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +175,8 @@ def test_structure_counts_fused_ops(exported_factory):
     # embeddings, attn_norm of layers 1.., mlp_norm of every layer, final_norm
     assert ops.count("LayerNormalization") == 1 + 4 + 5 + 1 + 1  # + the head's norm
     assert "Softmax" not in ops and "Erf" not in ops
-    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "mask_positions"]
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]  # the usual contract only
+    assert {p.key: p.value for p in model.metadata_props} == {names.MARKED_ROWS: "2"}
     assert [o.name for o in model.graph.output] == ["logits"]
     node_names = [n.name for n in model.graph.node]
     assert len(set(node_names)) == len(node_names)
@@ -201,16 +204,28 @@ def test_fused_op_counts_take_the_larger_branch(exported_factory):
     assert "GroupQueryAttention" not in counts and counts["MultiHeadAttention"] == 4
 
 
-def test_fill_mask_positions_input_computes_only_those_rows(exported_factory):
+def test_fill_mask_marked_rows_are_the_only_ones_decoded(exported_factory):
+    """attention_mask == 2 marks the rows to decode (and counts as 1 everywhere else)."""
     out = exported_factory("fill-mask")
     session = create_session(out / "model.onnx")
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask"]
     ids, mask = padded_batch([70, 30, 5], vocab=400, seed=3)
     full = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    positions = np.array([3, 70 + 29, 140 + 4, 69])
-    part = session.run(None, {"input_ids": ids, "attention_mask": mask, "mask_positions": positions})[0]
+    positions = np.array([3, 69, 70 + 29, 140 + 4])  # row-major, as the graph returns them
+    marked = mask.copy()
+    marked.reshape(-1)[positions] = 2
+    part = session.run(None, {"input_ids": ids, "attention_mask": marked})[0]
     assert part.shape == (1, 4, full.shape[-1])
     np.testing.assert_allclose(part[0], full.reshape(-1, full.shape[-1])[positions], atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["fill-mask", "text-classification"])
+def test_plain_onnxruntime_loads_a_folder_without_warnings(exported_factory, task):
+    """At ONNX Runtime's default log level (warnings), loading an exported graph prints nothing."""
+    code = "import sys, onnxruntime as ort; ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    model = str(exported_factory(task) / "model.onnx")
+    proc = subprocess.run([sys.executable, "-c", code, model], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "" and proc.stdout == "", proc.stderr
 
 
 def test_session_optimizations_keep_fused_ops(exported_factory, tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from modernbert_edge.runtime import (
     load,
 )
 from modernbert_edge.runtime.batching import pad, padded_tokens, plan_batches
-from modernbert_edge.runtime.tasks import TASKS
+from modernbert_edge.runtime.tasks import FOLDER_TASKS as TASKS
 
 # Lengths on both sides of the tiny models' 16-token local window.
 TEXTS = [
@@ -256,15 +256,15 @@ def _same_entities(a: list, b: list) -> bool:
 
 
 def test_fill_mask_runs_the_decoder_on_mask_rows_only(models) -> None:
-    """With the graph's mask_positions input, logits come back for the [MASK] rows only, so the token
-    budget need not bound (tokens × vocab) logits; a graph without it gives the same results."""
+    """With the [MASK] rows marked in the attention mask (2), logits come back for those rows only, so the
+    token budget need not bound (tokens × vocab) logits; a graph that does not offer it gives the same results."""
     from modernbert_edge.runtime.model import OUTPUT_BYTES
 
     model = load(models["fill-mask"][0], batch_tokens=10**6)
-    assert model._session.optional_inputs == {"mask_positions"}
+    assert model._session.mark == 2 and model.decodes_masked_rows_only
     assert model._token_budget() == 10**6
     selected = model.fill_mask(MASKED, top_k=3)
-    model._session.optional_inputs = frozenset()  # as a graph exported without the input
+    model._session.mark = None  # as a graph without the metadata (one made elsewhere)
     assert model._token_budget() == OUTPUT_BYTES // (4 * model.info.vocab_size)  # (B, S, vocab) logits
     every_row = model.fill_mask(MASKED, top_k=3)
     flat = lambda results: [p for text in results for m in text for p in m]  # noqa: E731
@@ -375,7 +375,8 @@ def _edit_manifest(folder: Path, **changes: object) -> None:
     ("damage", "message"),
     [
         (lambda f: shutil.rmtree(f), "does not exist"),
-        (lambda f: (f / "manifest.json").unlink(), "has no manifest.json"),
+        # without manifest.json a folder is read as one made elsewhere (runtime/foreign.py) if it has a graph
+        (lambda f: [(f / n).unlink() for n in ("manifest.json", "model.onnx")], "has no manifest.json"),
         (lambda f: (f / "model.onnx").unlink(), "has no model.onnx"),
         (lambda f: (f / "model.onnx").write_bytes((f / "model.onnx").read_bytes()[:5000]), "could not be loaded"),
         (lambda f: (f / "config.json").unlink(), "has no config.json"),

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from modernbert_edge.runtime.tasks import TASKS
+from modernbert_edge.runtime.tasks import FOLDER_TASKS as TASKS
 
 BLOCKED = ("torch", "transformers", "optimum", "onnx")
 
