@@ -61,7 +61,7 @@ def _check_option(key: str, value: object) -> None:
     if key in ("top_k", "max_answer_len", "dim"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise UserError(f"{key} must be a positive integer, got {value!r}.")
-    if key in ("normalize", "align_to_words") and not isinstance(value, bool):
+    if key in ("normalize", "align_to_words") and not (value is None or isinstance(value, bool)):  # None: the model's
         raise UserError(f"{key} must be True or False, got {value!r}.")
     if key == "ignore_labels" and not (
         isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value)
