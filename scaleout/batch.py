@@ -30,7 +30,7 @@ from modernbert_edge.ray.sources import DEFAULT_SHARD_ROWS, Shard, find_inputs, 
 
 JOB_FILE = "_batch.json"
 SUMMARY_FILE = "_summary.json"
-DEFAULT_THREADS = 2  # ORT threads per worker when not given
+DEFAULT_THREADS = 1  # ORT threads per worker when not given: 2 × 1 ran 1.23× 1 × 2 (docs/ray.md)
 
 
 def import_ray():  # noqa: ANN201 - the ray module

@@ -23,7 +23,7 @@ def batch_cmd(
     ] = None,
     task: Annotated[str | None, typer.Option(help="Check the folder's task (or 'embed' on any folder).")] = None,
     workers: Annotated[int | None, typer.Option(help="Model actors (default: CPUs // threads).")] = None,
-    threads_per_worker: Annotated[int | None, typer.Option(help="ONNX Runtime threads per actor (default 2).")] = None,
+    threads_per_worker: Annotated[int | None, typer.Option(help="ONNX Runtime threads per actor (default 1).")] = None,
     oversubscribe: Annotated[
         bool, typer.Option(help="Allow workers × threads above the cluster's CPUs (default: refused).")
     ] = False,

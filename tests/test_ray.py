@@ -198,7 +198,7 @@ def test_dataset_api_equals_in_process(local_ray, embedder, classifier):
 
 
 def test_cores_used_once_rule():
-    assert plan_workers(16) == (8, 2)
+    assert plan_workers(16) == (16, 1)
     assert plan_workers(16, workers=4) == (4, 4)
     assert plan_workers(16, threads=1) == (16, 1)
     assert plan_workers(1) == (1, 1)
