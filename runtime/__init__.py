@@ -25,14 +25,19 @@ from modernbert_edge.runtime.errors import (
 )
 
 if TYPE_CHECKING:
-    from modernbert_edge.runtime.model import Model, load
+    from modernbert_edge.runtime.loader import load
+    from modernbert_edge.runtime.model import Model
 
 
 def __getattr__(name: str) -> object:
-    if name in ("Model", "load"):
-        from modernbert_edge.runtime import model
+    if name == "Model":
+        from modernbert_edge.runtime.model import Model
 
-        return getattr(model, name)
+        return Model
+    if name == "load":
+        from modernbert_edge.runtime.loader import load
+
+        return load
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

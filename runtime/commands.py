@@ -85,7 +85,7 @@ def run_cmd(
 ) -> None:
     """Run a model folder's task on texts; write one JSON line per input to stdout."""
     from modernbert_edge.runtime.inputs import FORMATS, line_cap, read_inputs
-    from modernbert_edge.runtime.model import load
+    from modernbert_edge.runtime.loader import load
     from modernbert_edge.runtime.numerics import AGGREGATIONS, POOLINGS
     from modernbert_edge.runtime.session import DEFAULT_SPINNING, SPINNING
     from modernbert_edge.runtime.stream import PROGRESS_ABOVE, Progress, run_items
@@ -149,7 +149,7 @@ def info_cmd(
     file: Annotated[str | None, typer.Option(help=FILE_HELP)] = None,
 ) -> None:
     """Load a model folder (checking it) and print what it holds."""
-    from modernbert_edge.runtime.model import load
+    from modernbert_edge.runtime.loader import load
 
     info = load(model_dir, engine=engine, file=file).describe()
     if as_json:

@@ -189,6 +189,7 @@ def test_bad_requests(server, offline) -> None:
     check("/embed", {"inputs": 3}, 422, '"inputs" must be a string or a list')
     check("/embed", {"inputs": ["a", 2]}, 422, '"inputs[1]" must be a string')
     check("/embed", {"inputs": ["a"], "normalize": "yes"}, 422, '"normalize" must be a boolean')
+    check("/embed", {"inputs": ["a"], "prompt_name": "query"}, 400, "no prompt named 'query'")
     check("/fill_mask", {"inputs": "a [MASK]", "top_k": 0}, 422, '"top_k" must be a positive integer')
     check("/embed", {"inputs": ["a", "  "]}, 400, '"inputs[1]" is empty')
     check("/embed", {"inputs": []}, 400, "empty list")
