@@ -23,7 +23,7 @@ from modernbert_edge.export.config import read_config
 from modernbert_edge.export.prove import prove_folder
 from modernbert_edge.export.sentence import copy_sentence, read_sentence
 from modernbert_edge.export.tasks import build_graph, choose_task
-from modernbert_edge.folders import OutputFolder, package_versions
+from modernbert_edge.folders import OutputFolder, package_versions, save_model
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
 
 FUSED_OPS = (
@@ -34,7 +34,6 @@ FUSED_OPS = (
     "Gelu",
     "LayerNormalization",
 )
-EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
 
 
 def resolve_checkpoint(checkpoint: str) -> Path:
@@ -89,17 +88,6 @@ def fused_op_counts(model: onnx.ModelProto) -> dict[str, int]:
 
     counts = walk(model.graph)
     return {op: counts[op] for op in FUSED_OPS if counts[op]}
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """model.onnx, with its weights in model.onnx_data (optimum's name) when the file would pass protobuf's 2 GB."""
-    import importlib.metadata as md
-
-    model.producer_name, model.producer_version = "modernbert-edge", md.version("modernbert-edge")
-    if model.ByteSize() > EXTERNAL_DATA_ABOVE:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + "_data")
-    else:
-        onnx.save_model(model, str(path))
 
 
 def write_input_names(folder: Path, names: list[str]) -> None:

@@ -33,8 +33,14 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from modernbert_edge.errors import UserError
+
+if TYPE_CHECKING:
+    import onnx
+
+EXTERNAL_DATA_ABOVE = 1_800_000_000  # bytes; protobuf cannot hold more than 2 GB
 
 STALE_AFTER_S = 60.0  # a dead run's temporary folder is removed once it is this old
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # linux/fs.h
@@ -294,3 +300,16 @@ class OutputFolder:
         with open(lock, "a+b") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """model.onnx, with its weights in model.onnx_data (optimum's name) when the file would pass protobuf's 2 GB."""
+    import importlib.metadata as md
+
+    import onnx
+
+    model.producer_name, model.producer_version = "modernbert-edge", md.version("modernbert-edge")
+    if model.ByteSize() > EXTERNAL_DATA_ABOVE:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + "_data")
+    else:
+        onnx.save_model(model, str(path))

@@ -187,9 +187,8 @@ def quantize(
     (after leaving the worst projections in float, when `fallback`), unless `force`. engine: the
     engine the gate runs the quantized model on, the one that will run it ("onnxruntime", or
     "openvino" for int8-static of a portable folder)."""
-    from modernbert_edge.export.exporter import save_model
     from modernbert_edge.export.sentence import copy_sentence
-    from modernbert_edge.folders import OutputFolder, package_versions
+    from modernbert_edge.folders import OutputFolder, package_versions, save_model
 
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}.")
