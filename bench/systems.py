@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modernbert_edge.bench.timing import quantize_dynamic_baseline
+from modernbert_edge.quantize.foreign import quantize_dynamic_int8
 from modernbert_edge.errors import UserError
 
 Log = Callable[[str], None]
@@ -184,7 +184,7 @@ def _trace_int8(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
 
     def fill(tmp: Path) -> None:
         log("  quantize_dynamic QInt8 per-channel (trace-int8)")
-        quantize_dynamic_baseline(_onnx_file(src), tmp / "model.onnx")
+        quantize_dynamic_int8(_onnx_file(src), tmp / "model.onnx")
 
     return _build(job_dir / "trace-int8", fill)
 
