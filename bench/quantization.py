@@ -20,9 +20,9 @@ import onnx
 import onnxruntime as ort
 
 from modernbert_edge.bench.timing import summarize, time_calls
-from modernbert_edge.quantize.foreign import quantize_dynamic_int8
 from modernbert_edge.export.names import MARK, MARKED_ROWS
 from modernbert_edge.manifest import MODEL_FILE
+from modernbert_edge.quantize.foreign import quantize_dynamic_int8
 from modernbert_edge.runtime.session import create_session
 
 

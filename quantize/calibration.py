@@ -167,7 +167,6 @@ def calibration_set(
 def max_positions(model_dir: Path) -> int:
     """The model folder's max_position_embeddings (rotary caches are that long: no row may be longer)."""
     from modernbert_edge.manifest import read_manifest
-
     from modernbert_edge.runtime.foreign import is_foreign
 
     if is_foreign(model_dir):  # an ONNX folder made elsewhere: its config.json says
