@@ -19,9 +19,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from modernbert_edge.bench.timing import quantize_dynamic_baseline, summarize, time_calls
+from modernbert_edge.bench.timing import summarize, time_calls
 from modernbert_edge.export.names import MARK, MARKED_ROWS
 from modernbert_edge.manifest import MODEL_FILE
+from modernbert_edge.quantize.foreign import quantize_dynamic_int8
 from modernbert_edge.runtime.session import create_session
 
 
@@ -78,7 +79,7 @@ def measure(
     data = load_data(fp32_dir, manifest, calibration)
     files = {"fp32": fp32_dir / MODEL_FILE}
     log("plain quantize_dynamic ...")
-    files["quantize_dynamic"] = quantize_dynamic_baseline(fp32_dir / MODEL_FILE, work / "plain_dynamic.onnx")
+    files["quantize_dynamic"] = quantize_dynamic_int8(fp32_dir / MODEL_FILE, work / "plain_dynamic.onnx")
     for mode in modes:
         out = work / f"ours-{mode}"
         quantize(fp32_dir, out, mode=mode, calibration=calibration, force=True, overwrite=True, log=log)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from modernbert_edge.bench.timing import quantize_dynamic_baseline
 from modernbert_edge.errors import UserError
 
 Log = Callable[[str], None]
@@ -180,11 +179,13 @@ def _trace_fp32(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
 
 
 def _trace_int8(checkpoint: Path, job: str, job_dir: Path, log: Log) -> Path:
+    from modernbert_edge.quantize.foreign import quantize_dynamic_int8
+
     src = _trace_fp32(checkpoint, job, job_dir, log)
 
     def fill(tmp: Path) -> None:
         log("  quantize_dynamic QInt8 per-channel (trace-int8)")
-        quantize_dynamic_baseline(_onnx_file(src), tmp / "model.onnx")
+        quantize_dynamic_int8(_onnx_file(src), tmp / "model.onnx")
 
     return _build(job_dir / "trace-int8", fill)
 

@@ -6,7 +6,6 @@
     peak_rss_mb()                     this process's peak resident set size
     mixed_lengths(n, lo, hi, seed)    the mixed-length batch: n lengths drawn uniformly from [lo, hi]
     cosines(a, b)                     row-wise cosine of two (..., D) arrays
-    quantize_dynamic_baseline(src, out)  plain onnxruntime quantize_dynamic, the int8 baseline
 
 Interleaving (a round runs every system once) makes a noisy shared machine hit every system alike;
 rotating the first system each round spreads what the first call of a round pays.
@@ -92,18 +91,3 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.sum(a * b, axis=1) / np.maximum(den, 1e-30)
-
-
-def quantize_dynamic_baseline(src: Path, out: Path) -> Path:
-    """onnxruntime.quantization.quantize_dynamic(QInt8, per_channel) of an fp32 .onnx file."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(
-        str(src),
-        str(out),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    return out

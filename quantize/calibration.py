@@ -167,8 +167,14 @@ def calibration_set(
 def max_positions(model_dir: Path) -> int:
     """The model folder's max_position_embeddings (rotary caches are that long: no row may be longer)."""
     from modernbert_edge.manifest import read_manifest
+    from modernbert_edge.runtime.foreign import is_foreign
 
-    value = (read_manifest(model_dir).get("config") or {}).get("max_position_embeddings")
+    if is_foreign(model_dir):  # an ONNX folder made elsewhere: its config.json says
+        name = "config.json"
+        value = json.loads((Path(model_dir) / name).read_text(encoding="utf-8")).get("max_position_embeddings")
+    else:
+        name = "manifest.json"
+        value = (read_manifest(model_dir).get("config") or {}).get("max_position_embeddings")
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{model_dir}/manifest.json has no valid max_position_embeddings (got {value!r}).")
+        raise UserError(f"{model_dir}/{name} has no valid max_position_embeddings (got {value!r}).")
     return value

@@ -22,7 +22,9 @@ def _need_onnx() -> None:
 
 
 def quantize_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="fp32 model folder written by mbedge export.")],
+    model_dir: Annotated[
+        Path, typer.Argument(help="fp32 model folder written by mbedge export, or an ONNX folder made elsewhere.")
+    ],
     out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
     mode: Annotated[
         str, typer.Option(help="int8 (dynamic, default), int8-static (QDQ) or int4 (MatMulNBits).")
@@ -41,8 +43,14 @@ def quantize_cmd(
         str,
         typer.Option(help="The engine that will run the model, which the fidelity gate runs: onnxruntime or openvino."),
     ] = "onnxruntime",
+    file: Annotated[
+        str | None,
+        typer.Option(help="In an ONNX folder made elsewhere (no manifest.json): the model file, e.g. onnx/model.onnx."),
+    ] = None,
 ) -> None:
-    """Quantize a model folder and measure it against fp32 (exit 2, nothing written, below --min-cosine)."""
+    """Quantize a model folder and measure it against fp32 (exit 2, nothing written, below --min-cosine).
+
+    An ONNX folder made elsewhere (optimum, Hub onnx/) gets onnxruntime's dynamic int8 (--mode int8 only)."""
     _need_onnx()
     from modernbert_edge.quantize.fidelity import check_min_cosine
     from modernbert_edge.quantize.quantizer import quantize
@@ -61,6 +69,7 @@ def quantize_cmd(
         keep_float=keep_float or (),
         log=_log,
         engine=engine,
+        file=file,
     )
     typer.echo(f"{manifest['precision']} {manifest['task']}: {out_dir / manifest['model_file']}")
     if manifest["fidelity"]["gate"]["status"] != "passed":  # only reachable with --force

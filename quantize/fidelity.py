@@ -4,7 +4,9 @@ Both models run on the same batches (the calibration slice and the held-out slic
 real token: the cosine between the two final hidden states (the final-norm output, read as an
 extra output of an in-memory copy; the saved graphs keep their contract). For the head: top-1
 agreement at masked positions (fill-mask), label agreement (classification), start/end agreement
-(question answering), and the largest logit difference.
+(question answering), and the largest logit difference. When either graph was made elsewhere (it
+has no final-norm tensor by this project's name), the cosine is that of the graph's final output
+instead: last_hidden_state or logits per real token, (B, L) logits per row.
 """
 
 from __future__ import annotations
@@ -20,23 +22,31 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize.calibration import Batch, CalibrationSet
 from modernbert_edge.quantize.smoothing import serialize_with_outputs, session_with_outputs
+from modernbert_edge.runtime.session import ZERO_INPUTS
 
 MASK_FRACTION = 0.15
 HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
 
 
-def load_model(folder: str | Path) -> tuple[onnx.ModelProto, dict]:
-    """A model folder's graph (weights loaded) and manifest."""
+def load_model(folder: str | Path, file: str | None = None) -> tuple[onnx.ModelProto, dict]:
+    """A model folder's graph (weights loaded) and manifest; for an ONNX folder made elsewhere (no
+    manifest.json), the manifest the runtime reads it with, and `file` picks its model file."""
     from modernbert_edge.manifest import read_manifest
-    from modernbert_edge.runtime.foreign import is_foreign
+    from modernbert_edge.runtime.foreign import foreign_manifest, is_foreign, pick_file
 
+    folder = Path(folder)
     if is_foreign(folder):
-        raise UserError(
-            f"{folder} is an ONNX folder made elsewhere (no manifest.json): mbedge quantize and compare work on "
-            "the graphs mbedge export writes, so export its checkpoint with mbedge export and quantize that folder."
-        )
+        model_file = pick_file(folder, file)
+        model = onnx.load(str(folder / model_file))
+        outputs = {
+            o.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in o.type.tensor_type.shape.dim]
+            for o in model.graph.output
+        }
+        return model, foreign_manifest(folder, model_file, outputs)
+    if file is not None:
+        raise UserError(f"--file picks a model file in a folder without manifest.json; {folder} has one.")
     manifest = read_manifest(folder)
-    path = Path(folder) / manifest.get("model_file", "model.onnx")
+    path = folder / manifest.get("model_file", "model.onnx")
     if not path.is_file():
         raise UserError(f"{folder} has no {path.name}; its manifest names it as the model file.")
     return onnx.load(str(path)), manifest
@@ -109,29 +119,33 @@ def compare_models(
 
     engine: what runs model_b, "onnxruntime" or "openvino" (the engine that will run it: its
     kernels round differently); model_a always runs on onnxruntime."""
-    sessions = []
-    for model in (model_a, model_b):
-        if FINAL_HIDDEN not in {o for n in model.graph.node for o in n.output}:
-            raise UserError(f"the graph has no {FINAL_HIDDEN} tensor: compare needs folders written by mbedge.")
-    sessions.append(session_with_outputs(model_a, [FINAL_HIDDEN], threads))
+    ours = all(FINAL_HIDDEN in {o for n in m.graph.node for o in n.output} for m in (model_a, model_b))
+    extra = [FINAL_HIDDEN] if ours else []  # a graph made elsewhere: its final output is compared instead
+    sessions = [session_with_outputs(model_a, extra, threads)]
     if engine == "openvino":
-        sessions.append(_OpenVinoOutputs(serialize_with_outputs(model_b, [FINAL_HIDDEN]), threads))
+        sessions.append(_OpenVinoOutputs(serialize_with_outputs(model_b, extra), threads))
     else:
-        sessions.append(session_with_outputs(model_b, [FINAL_HIDDEN], threads))
-    names = [o.name for o in sessions[0].get_outputs()][:-1]
+        sessions.append(session_with_outputs(model_b, extra, threads))
+    names = [o.name for o in sessions[0].get_outputs()][: -1 if ours else None]
+    wanted = names + extra
+    zeros = [[n for n in ZERO_INPUTS if n in {i.name for i in m.graph.input}] for m in (model_a, model_b)]
     slices = {}
     for label, batches in (("calibration", data.calibration), ("held-out", data.heldout)):
         cos: list[np.ndarray] = []
         agg: dict[str, list] = {"agree": [], "diff": [], "ref_max": []}
         for i, (batch, picked) in enumerate(masked_batches(batches, data.mask_token_id), 1):
             progress(f"evaluating {label}: batch {i}/{len(batches)}")
-            a = sessions[0].run(None, batch.feeds())
-            b = sessions[1].run(None, batch.feeds())
-            cos.append(_cosines(a[-1], b[-1]))
+            feeds = batch.feeds()
+            a = sessions[0].run(wanted, feeds | {n: np.zeros_like(batch.input_ids) for n in zeros[0]})
+            b = sessions[1].run(wanted, feeds | {n: np.zeros_like(batch.input_ids) for n in zeros[1]})
+            if ours:
+                cos.append(_cosines(a[-1], b[-1]))
+            else:
+                cos.append(_final_cosines(dict(zip(names, a, strict=True)), dict(zip(names, b, strict=True)), batch))
             m = _head_metrics(
                 task,
-                dict(zip(names, a[:-1], strict=True)),
-                dict(zip(names, b[:-1], strict=True)),
+                dict(zip(names, a[: len(names)], strict=True)),
+                dict(zip(names, b[: len(names)], strict=True)),
                 batch,
                 picked,
             )
@@ -159,6 +173,20 @@ def compare_models(
             min(s["agreement"] for s in slices.values()) if all("agreement" in s for s in slices.values()) else None
         ),
     }
+
+
+def _final_cosines(outs_a: dict, outs_b: dict, batch: Batch) -> np.ndarray:
+    """Cosines of a graph's final output: per real token of last_hidden_state or (B, S, L) logits, per
+    row of (B, L) logits, per row of start/end logits over the real tokens (padded positions zeroed)."""
+    valid = batch.attention_mask.astype(bool)
+    name = next(n for n in ("last_hidden_state", "logits", "start_logits") if n in outs_a)
+    a, b = outs_a[name], outs_b[name]
+    if a.ndim == 3:
+        return _cosines(a[valid], b[valid])
+    if name == "start_logits":
+        ends = [np.where(valid, o["end_logits"], 0.0) for o in (outs_a, outs_b)]
+        return np.concatenate([_cosines(np.where(valid, a, 0.0), np.where(valid, b, 0.0)), _cosines(*ends)])
+    return _cosines(a, b)
 
 
 def check_min_cosine(min_cosine: float) -> float:

@@ -180,21 +180,35 @@ def quantize(
     fallback: bool = True,
     log: Callable[[str], None] = print,
     engine: str = "onnxruntime",
+    file: str | None = None,
 ) -> dict:
     """Quantize an fp32 model folder into out_dir; returns the new manifest (with its fidelity).
 
     Raises UserError, writing nothing, when the worst-token cosine to fp32 is below min_cosine
     (after leaving the worst projections in float, when `fallback`), unless `force`. engine: the
     engine the gate runs the quantized model on, the one that will run it ("onnxruntime", or
-    "openvino" for int8-static of a portable folder)."""
+    "openvino" for int8-static of a portable folder). An ONNX folder made elsewhere (no manifest.json;
+    `file` picks its model file) gets onnxruntime's dynamic int8 and the same gate (foreign.py)."""
     from modernbert_edge.export.sentence import copy_sentence
     from modernbert_edge.folders import OutputFolder, package_versions, save_model
+    from modernbert_edge.runtime.foreign import is_foreign
 
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}; choose one of: {', '.join(MODES)}.")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     target = OutputFolder(out_dir, overwrite, sources=[model_dir])  # claimed before the (long) calibration
-    model, manifest = load_model(model_dir)
+    if is_foreign(model_dir):
+        from modernbert_edge.quantize.foreign import quantize_foreign
+
+        if keep_float or engine != "onnxruntime":
+            raise UserError(
+                f"{model_dir} is an ONNX folder made elsewhere: --keep-float and --engine work on folders "
+                "mbedge export wrote."
+            )
+        out_manifest = quantize_foreign(model_dir, target, file, mode, calibration, min_cosine, force, log)
+        log(f"wrote {out_dir}")
+        return out_manifest
+    model, manifest = load_model(model_dir, file)
     if manifest.get("precision", "fp32") != "fp32":
         raise UserError(f"{model_dir} holds a {manifest['precision']} model; quantize the fp32 folder it came from.")
     task = manifest["task"]

@@ -108,6 +108,7 @@ def foreign_manifest(folder: Path, file: str, outputs: dict[str, list]) -> dict:
         "model_file": file,
         "precision": precision_of(file),
         "outputs": list(outputs),
+        "config": {k: config[k] for k in ("hidden_size", "vocab_size", "max_position_embeddings") if k in config},
         "tokenizer_files": [f for f in TOKENIZER_FILES if (folder / f).is_file()],
         "source": {"checkpoint": str(folder), "foreign": True},
     }

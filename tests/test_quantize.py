@@ -173,9 +173,9 @@ def test_outlier_stress(checkpoint_factory, tmp_path):
     initializer_range 0.04 lets the layers write more into the residual stream than a 0.02 init
     does, so that errors in them show; the model stays well conditioned (1 % weight noise keeps
     every token's cosine above 0.999)."""
-    from modernbert_edge.bench.timing import quantize_dynamic_baseline
     from modernbert_edge.export.exporter import export
     from modernbert_edge.quantize.fidelity import compare_models, load_model
+    from modernbert_edge.quantize.foreign import quantize_dynamic_int8
     from modernbert_edge.quantize.quantizer import load_data
 
     ckpt = checkpoint_factory(
@@ -196,7 +196,7 @@ def test_outlier_stress(checkpoint_factory, tmp_path):
     outliers = np.argsort(size)[-3:]
     assert 20 <= size[outliers].min() / np.delete(size, outliers).mean() <= 50  # the stress the issue asks for
 
-    baseline = quantize_dynamic_baseline(src / "model.onnx", tmp_path / "plain.onnx")
+    baseline = quantize_dynamic_int8(src / "model.onnx", tmp_path / "plain.onnx")
     plain = compare_models(fp32, onnx.load(str(baseline)), "fill-mask", data)
     assert manifest["fidelity"]["cosine_worst"] >= 0.99 > plain["cosine_worst"] + 0.01, plain["cosine_worst"]
 
@@ -310,3 +310,61 @@ def test_choose_smoothing_takes_the_cheapest_choice_that_is_good_enough():
     c = choose_smoothing(_stats(tokens), w, allow_per_token=True)
     assert c.per_token and c.error_mean <= ERROR_TARGET < c.error_plain
     assert not choose_smoothing(_stats(tokens), w, allow_per_token=False).per_token
+
+
+def _foreign_folder(src: Path, dst: Path) -> Path:
+    """src as an ONNX folder made elsewhere: Hub layout (onnx/model.onnx), no manifest.json, a token_type_ids input."""
+    import shutil
+
+    (dst / "onnx").mkdir(parents=True)
+    for f in src.iterdir():
+        if f.suffix == ".json" and f.name != "manifest.json":
+            shutil.copy2(f, dst / f.name)
+    graph = onnx.load(str(src / "model.onnx"))
+    graph.graph.input.append(onnx.helper.make_tensor_value_info("token_type_ids", onnx.TensorProto.INT64, ["b", "s"]))
+    onnx.save(graph, str(dst / "onnx" / "model.onnx"))
+    return dst
+
+
+def test_foreign_folder_quantizes_behind_the_gate(exported_factory, tmp_path):
+    """An ONNX folder made elsewhere: onnxruntime's dynamic int8, the same gate, a folder the runtime loads."""
+    from typer.testing import CliRunner
+
+    from modernbert_edge.cli import app
+    from modernbert_edge.runtime import load
+
+    src = exported_factory("feature-extraction")
+    hub = _foreign_folder(src, tmp_path / "hub")
+    runner = CliRunner()
+    res = runner.invoke(app, ["quantize", str(hub), str(tmp_path / "q"), "--file", "onnx/model.onnx"])
+    assert res.exit_code == 0, res.output
+    assert "token cosine, worst" in res.output and ": passed" in res.output
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["quantization"]["foreign_graph"] is True
+    assert manifest["source"] == {"checkpoint": str(hub), "file": "onnx/model.onnx", "foreign": True}
+    assert manifest["fidelity"]["cosine_worst"] >= 0.99
+    assert {"config.json", "tokenizer.json"} <= {f.name for f in (tmp_path / "q").iterdir()}
+    ops = _ops(tmp_path / "q")
+    assert ops["MatMul"] < _ops(src)["MatMul"] and ops["DynamicQuantizeLinear"] > 0  # weights now int8
+
+    texts = ["alice works at acme", "the quick brown fox jumps over the lazy dog", "bob"]
+    fp32, int8 = load(hub), load(tmp_path / "q")
+    assert int8.info.precision == "int8" and int8.task == "feature-extraction"
+    a, b = np.asarray(fp32.embed(texts)), np.asarray(int8.embed(texts))
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() >= 0.99, cos
+    res = runner.invoke(app, ["run", str(tmp_path / "q"), *texts])
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 3, res.output
+
+    for a_dir, b_dir in ((hub, tmp_path / "q"), (src, hub)):  # either side foreign
+        res = runner.invoke(app, ["compare", str(a_dir), str(b_dir)])
+        assert res.exit_code == 0 and "token cosine, worst" in res.output, res.output
+    assert "1.00000" in res.output  # the same graph, fed token_type_ids or not
+
+    for args, said in (
+        (["--min-cosine", "1"], "below --min-cosine"),  # int8 cannot reach cosine 1
+        (["--mode", "int4"], "int8 only"),
+    ):
+        res = runner.invoke(app, ["quantize", str(hub), str(tmp_path / "q2"), *args])
+        assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
+        assert not (tmp_path / "q2").exists() and not list(tmp_path.glob(".q2*"))

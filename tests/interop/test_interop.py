@@ -107,7 +107,7 @@ def _optimum_export(ckpt: Path, out: Path, task: str) -> Path:
 
 
 def test_optimum_export_runs_here(checkpoint_factory, tmp_path) -> None:
-    """A folder optimum exported: load() and `mbedge run` match PyTorch."""
+    """A folder optimum exported: load() and `mbedge run` match PyTorch; `mbedge quantize` and compare take it."""
     from transformers import AutoModel, AutoTokenizer
 
     ckpt = checkpoint_factory("feature-extraction")
@@ -126,8 +126,12 @@ def test_optimum_export_runs_here(checkpoint_factory, tmp_path) -> None:
     assert run.exit_code == 0, run.output
     lines = [json.loads(line) for line in run.stdout.splitlines()]
     np.testing.assert_allclose([line["embedding"] for line in lines], want, atol=1e-5)
-    refused = CliRunner().invoke(app, ["quantize", str(folder), str(tmp_path / "int8")])  # one sentence, exit 2
-    assert refused.exit_code == 2 and "made elsewhere" in refused.output and "Traceback" not in refused.output
+    quantized = CliRunner().invoke(app, ["quantize", str(folder), str(tmp_path / "int8")])  # dynamic int8, gated
+    assert quantized.exit_code == 0 and "token cosine, worst" in quantized.output, quantized.output
+    got = mbe.load(tmp_path / "int8").embed(TEXTS)
+    assert ((got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)).min() >= 0.99
+    compared = CliRunner().invoke(app, ["compare", str(folder), str(tmp_path / "int8")])
+    assert compared.exit_code == 0 and "token cosine, worst" in compared.output, compared.output
 
 
 ORT_CLASSES = {

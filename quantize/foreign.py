@@ -1,0 +1,114 @@
+"""`mbedge quantize` of an ONNX folder made elsewhere (no manifest.json: an optimum export, a Hub
+`onnx/model.onnx`): onnxruntime's dynamic int8, since the project's quantizer rewrites its own graph
+by node name and cannot read another's.
+
+foreign folder ─ quantize_dynamic (int8 weights per output channel on MatMul/Gemm)
+               ─ fidelity of the final output vs fp32 (calibration + held-out) ─ gate ─ folder written atomically
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from modernbert_edge.errors import UserError
+
+if TYPE_CHECKING:
+    from modernbert_edge.folders import OutputFolder
+
+METHOD = "onnxruntime quantize_dynamic: int8 weights per output channel on MatMul/Gemm, uint8 activations (dynamic)"
+
+
+def quantize_dynamic_int8(src: Path, out: Path) -> Path:
+    """onnxruntime.quantization.quantize_dynamic(QInt8, per_channel) of an fp32 .onnx file (its external
+    data read from beside it); tensors of types it cannot infer (contrib ops) are taken as float."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(out),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return out
+
+
+def quantize_foreign(
+    model_dir: Path,
+    target: OutputFolder,
+    file: str | None,
+    mode: str,
+    calibration: str | Path | None,
+    min_cosine: float,
+    force: bool,
+    log: Callable[[str], None],
+) -> dict:
+    """Quantize a foreign folder's graph into target; returns the new manifest (see quantizer.quantize)."""
+    import shutil
+
+    from modernbert_edge.export.exporter import save_model
+    from modernbert_edge.export.sentence import copy_sentence, read_sentence
+    from modernbert_edge.folders import package_versions
+    from modernbert_edge.manifest import MODEL_FILE, write_manifest
+    from modernbert_edge.quantize.fidelity import apply_gate, compare_models, format_report, load_model
+    from modernbert_edge.quantize.quantizer import load_data
+
+    if mode != "int8":
+        raise UserError(
+            f"{model_dir} is an ONNX folder made elsewhere (no manifest.json): it quantizes to --mode int8 only "
+            f"(onnxruntime's dynamic quantization), not {mode}; export its checkpoint with mbedge export for {mode}."
+        )
+    model, manifest = load_model(model_dir, file)
+    if manifest["precision"] != "fp32":
+        raise UserError(
+            f"{model_dir / manifest['model_file']} looks like a {manifest['precision']} model; "
+            "quantize the fp32 model file (--file)."
+        )
+    task = manifest["task"]
+    sentence = read_sentence(model_dir, int(manifest["config"].get("hidden_size", 0)))
+    data = load_data(model_dir, manifest, calibration)
+    log(
+        f"calibration: {data.texts} texts from {data.source} "
+        f"({len(data.calibration)} + {len(data.heldout)} held-out batches)"
+    )
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        qmodel = onnx.load(str(quantize_dynamic_int8(model_dir / manifest["model_file"], Path(tmp) / MODEL_FILE)))
+    report = apply_gate(compare_models(model, qmodel, task, data, progress=log), min_cosine, force)
+    log(f"quantized and evaluated in {time.perf_counter() - t0:.1f} s")
+    log(format_report(report, f"int8 (foreign graph) vs fp32 ({task})"))
+    if report["gate"]["status"] == "failed":
+        raise UserError(
+            f"the int8 model's worst cosine to fp32 is {report['cosine_worst']:.5f}, below --min-cosine "
+            f"{min_cosine}; nothing was written (pass --force to write it anyway)."
+        )
+
+    out_manifest = dict(manifest)
+    out_manifest.update(
+        precision="int8",
+        model_file=MODEL_FILE,
+        source={"checkpoint": str(model_dir), "file": manifest["model_file"], "foreign": True},
+        versions=package_versions(),
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        quantization={"mode": "int8", "method": METHOD, "foreign_graph": True},
+        fidelity=report,
+    )
+    if sentence is not None:
+        out_manifest["sentence"] = sentence
+
+    def fill(tmp: Path) -> None:
+        save_model(qmodel, tmp / MODEL_FILE)
+        for f in ["config.json", *manifest["tokenizer_files"]]:
+            if (model_dir / f).is_file():
+                shutil.copy2(model_dir / f, tmp / f)
+        copy_sentence(model_dir, tmp, sentence)
+        write_manifest(tmp, out_manifest)
+
+    target.write(fill)
+    return out_manifest
