@@ -52,9 +52,8 @@ def quantize_foreign(
     """Quantize a foreign folder's graph into target; returns the new manifest (see quantizer.quantize)."""
     import shutil
 
-    from modernbert_edge.export.exporter import save_model
     from modernbert_edge.export.sentence import copy_sentence, read_sentence
-    from modernbert_edge.folders import package_versions
+    from modernbert_edge.folders import package_versions, save_model
     from modernbert_edge.manifest import MODEL_FILE, write_manifest
     from modernbert_edge.quantize.fidelity import apply_gate, compare_models, format_report, load_model
     from modernbert_edge.quantize.quantizer import load_data
