@@ -245,8 +245,10 @@ def markdown(results: dict) -> str:
         )
     if results.get("offline"):
         o = results["offline"]
+        served = o.get("served_p50_ms_interleaved")
         out += ["", f"Offline: embed(all texts) in one call {o['tokens_per_s']} tokens/s; "
-                f"direct embed([text]) median {o['direct_p50_ms']} ms."]  # fmt: skip
+                f"direct embed([text]) median {o['direct_p50_ms']} ms"
+                + (f", served {served} ms (interleaved)." if served is not None else ".")]  # fmt: skip
     if results.get("targets"):
         out += [""] + [f"- {line}" for line in results["targets"]]
     return "\n".join(out) + "\n"
