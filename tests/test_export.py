@@ -56,6 +56,18 @@ def assert_close_on_valid(ours: dict, ref: dict, mask: np.ndarray, atol: float =
         assert diff <= atol, f"{name}: max abs diff {diff:.2e}"
 
 
+def assert_rows_alone_match(out: Path, ids: np.ndarray, mask: np.ndarray, batched_outputs: dict) -> None:
+    """Each of a few rows run alone gives what it gave inside the padded batch (right padding)."""
+    for row in (0, 4, 7):
+        n = LENGTHS[row]
+        alone = onnx_outputs(out, ids[row : row + 1, :n], mask[row : row + 1, :n])
+        for name, value in alone.items():
+            batched = batched_outputs[name][row : row + 1]
+            if value.ndim >= 2 and value.shape[1] == n:
+                batched = batched[:, :n]
+            assert np.abs(value - batched).max() <= 1e-5, (name, n)
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 @pytest.mark.parametrize("flat_config", [False, True], ids=["layer_types", "flat"])
 def test_every_task_matches_pytorch_padded_and_alone(task, flat_config, checkpoint_factory, tmp_path):
@@ -68,15 +80,7 @@ def test_every_task_matches_pytorch_padded_and_alone(task, flat_config, checkpoi
     ids, mask = padded_batch(LENGTHS, vocab)
     ours = onnx_outputs(out, ids, mask)
     assert_close_on_valid(ours, torch_outputs(ckpt, task, ids, mask), mask)
-    # Each row alone gives what it gave inside the padded batch.
-    for row in (0, 4, 7):
-        n = LENGTHS[row]
-        alone = onnx_outputs(out, ids[row : row + 1, :n], mask[row : row + 1, :n])
-        for name, value in alone.items():
-            batched = ours[name][row : row + 1]
-            if value.ndim >= 2 and value.shape[1] == n:
-                batched = batched[:, :n]
-            assert np.abs(value - batched).max() <= 1e-5, (name, n)
+    assert_rows_alone_match(out, ids, mask, ours)
 
 
 def test_left_padding_and_empty_rows_match_pytorch(checkpoint_factory, tmp_path):

@@ -8,7 +8,14 @@ import json
 import numpy as np
 import onnx
 import pytest
-from test_export import LENGTHS, assert_close_on_valid, onnx_outputs, padded_batch, torch_outputs
+from test_export import (
+    LENGTHS,
+    assert_close_on_valid,
+    assert_rows_alone_match,
+    onnx_outputs,
+    padded_batch,
+    torch_outputs,
+)
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import MS_DOMAIN, node_domains
@@ -48,14 +55,7 @@ def test_every_task_matches_pytorch(task, exported_factory, checkpoint_factory):
     ref = torch_outputs(checkpoint_factory(task, max_position_embeddings=1024), task, ids, mask)
     ours = onnx_outputs(out, ids, mask)
     assert_close_on_valid(ours, ref, mask)
-    for row in (0, 4, 7):
-        n = LENGTHS[row]
-        alone = onnx_outputs(out, ids[row : row + 1, :n], mask[row : row + 1, :n])
-        for name, value in alone.items():
-            batched = ours[name][row : row + 1]
-            if value.ndim >= 2 and value.shape[1] == n:
-                batched = batched[:, :n]
-            assert np.abs(value - batched).max() <= 1e-5, (name, n)
+    assert_rows_alone_match(out, ids, mask, ours)
     if openvino_installed() and task != "fill-mask":
         assert_close_on_valid(openvino_outputs(out, ids, mask, "f32"), ref, mask)
         assert_close_on_valid(openvino_outputs(out, ids, mask, "bf16"), ref, mask, atol=BF16_ATOL)
