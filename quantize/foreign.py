@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from modernbert_edge.errors import UserError
@@ -37,6 +38,30 @@ def quantize_dynamic_int8(src: Path, out: Path) -> Path:
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     return out
+
+
+def make_pair_safe(model: onnx.ModelProto) -> int:
+    """Requantize, in place, the columns of quantize_dynamic's int8 weights (`W_quantized` with its
+    per-column `W_scale`) that hold a same-sign pair above the AVX2 kernel's limit, from their
+    dequantized values (quantize/kernels.py); returns how many weights it changed."""
+    from onnx import numpy_helper
+
+    from modernbert_edge.quantize.kernels import overflowing_pairs, pair_safe_int8_columns, u8s8_weights
+
+    inits = {t.name: t for t in model.graph.initializer}
+    changed = 0
+    for name, q in u8s8_weights(model).items():
+        scale_name = name.removesuffix("_quantized") + "_scale"
+        scale = numpy_helper.to_array(inits[scale_name]) if scale_name in inits else None
+        if not overflowing_pairs(q) or scale is None or scale.shape != (q.shape[1],):
+            continue
+        cols = np.flatnonzero([overflowing_pairs(q[:, [j]]) for j in range(q.shape[1])])
+        new_q, new_scale = q.copy(), scale.copy()
+        new_q[:, cols], new_scale[cols] = pair_safe_int8_columns(q[:, cols].astype(np.float32) * scale[cols])
+        inits[name].CopyFrom(numpy_helper.from_array(new_q, name))
+        inits[scale_name].CopyFrom(numpy_helper.from_array(new_scale.astype(scale.dtype), scale_name))
+        changed += 1
+    return changed
 
 
 def quantize_foreign(
@@ -79,6 +104,7 @@ def quantize_foreign(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         qmodel = onnx.load(str(quantize_dynamic_int8(model_dir / manifest["model_file"], Path(tmp) / MODEL_FILE)))
+    make_pair_safe(qmodel)  # exact on AVX2 without VNNI too (quantize/kernels.py)
     report = apply_gate(compare_models(model, qmodel, task, data, progress=log), min_cosine, force)
     log(f"quantized and evaluated in {time.perf_counter() - t0:.1f} s")
     log(format_report(report, f"int8 (foreign graph) vs fp32 ({task})"))

@@ -26,6 +26,7 @@ import onnx
 from modernbert_edge.export import names
 from modernbert_edge.quantize.calibration import Batch
 from modernbert_edge.quantize.projections import Projection, outlier_channels
+from modernbert_edge.quantize.weights import dequantize_int8_columns
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -104,12 +105,6 @@ def smoothing_scale(absmax_x: np.ndarray, w_kn: np.ndarray, alpha: float, wmax: 
     return np.clip(s, 1e-4, 1e4).astype(np.float32)
 
 
-def _fake_quant_weight(w_kn: np.ndarray) -> np.ndarray:
-    amax = np.abs(w_kn).max(axis=0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0)
-    return np.clip(np.rint(w_kn / scale), -127, 127) * scale
-
-
 def _fake_quant_dynamic(x: np.ndarray, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
     """ONNX Runtime's DynamicQuantizeLinear (uint8, asymmetric, range includes 0), then back;
     lo and hi are the tensor's range, or one range per row as (r, 1) arrays."""
@@ -145,7 +140,7 @@ def int8_error(
     if split is not None:
         keep[split] = False
     ws = w_kn if s is None else w_kn * s[:, None]
-    wq = _fake_quant_weight(ws * keep[:, None]).astype(np.float32)
+    wq = dequantize_int8_columns(ws * keep[:, None])
     xs = (rows if s is None else rows / s) * keep
     if per_token:
         m = per_token_max(xs)

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
+from modernbert_edge.quantize.kernels import pair_safe_int8_columns
+
 INT4_BLOCK = 32
 
 
 def quantize_int8_columns(w_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column: W ≈ q * scale, q in [-127, 127]."""
-    amax = np.abs(w_kn).max(axis=0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w_kn / scale), -127, 127).astype(np.int8)
-    return q, scale
+    """Symmetric int8 per output column, W ≈ q * scale, q in [-127, 127], exact on every int8 kernel
+    class: no same-sign pair of adjacent weights along K sums above 128 (quantize/kernels.py)."""
+    return pair_safe_int8_columns(w_kn)
+
+
+def dequantize_int8_columns(w_kn: np.ndarray) -> np.ndarray:
+    """W as the int8 graph holds it: quantize_int8_columns, then back to float32."""
+    q, scale = quantize_int8_columns(w_kn)
+    return q.astype(np.float32) * scale
 
 
 def quantize_int4_blocks(w_kn: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.ndarray, np.ndarray]:

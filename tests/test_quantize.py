@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
+from modernbert_edge.cpu import KERNEL_CLASSES, cpu_info
 from modernbert_edge.errors import UserError
 from modernbert_edge.export import names
 from modernbert_edge.export.names import FINAL_HIDDEN
@@ -17,6 +18,8 @@ from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize import weights
 from modernbert_edge.quantize.calibration import Batch, read_texts
+from modernbert_edge.quantize.foreign import quantize_dynamic_int8
+from modernbert_edge.quantize.kernels import PAIR_LIMIT, pair_check
 from modernbert_edge.quantize.projections import find_absorbers, find_projections, load_initializers
 from modernbert_edge.quantize.quantizer import quantize
 from modernbert_edge.quantize.smoothing import ERROR_TARGET, ActivationStats, choose_smoothing
@@ -77,6 +80,7 @@ def test_every_projection_of_every_task_is_quantized(exported_factory, tmp_path,
     manifest = quantize(src, out, mode=mode, **QUIET)
     assert manifest["precision"] == mode and manifest["fidelity"]["gate"]["status"] == "passed"
     assert {"model.onnx", "manifest.json", "config.json", "tokenizer.json"} <= {f.name for f in out.iterdir()}
+    _assert_every_kernel_class_covered(manifest, out)
     n_layers = manifest["config"]["num_hidden_layers"]
     expected = expected_projections(task, n_layers)
     floats = [names.CLASSIFIER] if names.CLASSIFIER in expected else []
@@ -137,6 +141,20 @@ def test_int8_size_and_tied_table(exported_factory, tmp_path):
         len(t.raw_data) for t in model.graph.initializer if not t.name.startswith(("/model/rotary", "/const"))
     )
     assert weight_bytes <= 1.25 * params  # about one byte per parameter (plus scales and norms)
+
+
+def _assert_every_kernel_class_covered(manifest: dict, folder: Path) -> None:
+    """No int8 weight pair of the folder can saturate AVX2's int16 pair sums, so the gate covers both
+    kernel classes with the measured figure, and the manifest says so."""
+    kc = manifest["fidelity"]["kernel_classes"]
+    check = pair_check(onnx.load(str(folder / "model.onnx")))
+    assert check == kc["weights"] and (check["int8_weights"] > 0 or manifest["precision"] == "int4")
+    assert check["overflowing_pairs"] == 0 and check["largest_pair_sum"] <= PAIR_LIMIT
+    assert kc["cpu"]["int8_kernel_class"] == cpu_info().kernel_class
+    assert {c: e["cosine_worst"] for c, e in kc["classes"].items()} == dict.fromkeys(
+        KERNEL_CLASSES, manifest["fidelity"]["cosine_worst"]
+    )
+    assert manifest["fidelity"]["gate"]["kernel_classes"] == sorted(KERNEL_CLASSES)
 
 
 def _bad_int8(w_kn):  # three levels per column instead of 255
@@ -344,6 +362,11 @@ def test_foreign_folder_quantizes_behind_the_gate(exported_factory, tmp_path):
     assert manifest["source"] == {"checkpoint": str(hub), "file": "onnx/model.onnx", "foreign": True}
     assert manifest["fidelity"]["cosine_worst"] >= 0.99
     assert {"config.json", "tokenizer.json"} <= {f.name for f in (tmp_path / "q").iterdir()}
+    # onnxruntime's own int8 weights hold pairs that saturate on AVX2; the folder written does not
+    assert pair_check(onnx.load(str(quantize_dynamic_int8(hub / "onnx/model.onnx", tmp_path / "raw.onnx"))))[
+        "overflowing_pairs"
+    ] > 0
+    _assert_every_kernel_class_covered(manifest, tmp_path / "q")
     ops = _ops(tmp_path / "q")
     assert ops["MatMul"] < _ops(src)["MatMul"] and ops["DynamicQuantizeLinear"] > 0  # weights now int8
 
