@@ -149,6 +149,7 @@ def info_cmd(
     file: Annotated[str | None, typer.Option(help=FILE_HELP)] = None,
 ) -> None:
     """Load a model folder (checking it) and print what it holds."""
+    from modernbert_edge.cpu import cpu_info
     from modernbert_edge.runtime.loader import load
 
     info = load(model_dir, engine=engine, file=file).describe()
@@ -184,6 +185,8 @@ def info_cmd(
         ),
         ("validation", _validation_line(info["validation"])),
         ("source", info["source"]),
+        ("cpu", cpu_info().line()),
+        *(("", line) for line in info["int8"]),
     ]
     for key, value in rows:
         if value:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modernbert_edge.cpu import INT16_SATURATING, INT32, cpu_info
 from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
@@ -42,7 +43,19 @@ OPENVINO_CONFIGS = {
 # Zen 4 machine; README, Engines): OpenVINO on an int8-static folder ran 1.0-1.6x faster than
 # onnxruntime on the same file from 8 x 128 to 1 x 2048 (0.7-1.4x at 1 x 128); on an fp32 folder at
 # f32 it was not consistently faster (0.6-1.3x). Hence:
-AUTO_RULE = "openvino for int8-static folders exported with --ops portable when openvino is installed, else onnxruntime"
+# On an AVX2 CPU without VNNI (AMD EPYC, CPU family 23; shared/notes/cpu-classes.md, base shape, 2 threads,
+# median of 3) OpenVINO ran the int8-static folder 1.8-2.1x slower than onnxruntime ran our int8 folder
+# (8 x 128: 7.51 against 3.54 s): the rule is one per int8 kernel class (modernbert_edge/cpu.py).
+AUTO_RULE = (
+    "openvino for int8-static folders exported with --ops portable when openvino is installed and the CPU's "
+    "int8 kernels accumulate in int32 (VNNI, AMX, ARM64), else onnxruntime"
+)
+# What int8 buys in speed over fp32, per kernel class, as measured (base shape, 2 threads, onnxruntime):
+INT8_SPEED = {
+    INT32: "int8 ran 3.3-3.8x PyTorch fp32 eager at 8 x 128 on an AMD EPYC Zen 4 (AVX512-VNNI; README, Benchmark)",
+    INT16_SATURATING: "int8 ran 1.00-1.14x this project's fp32 on an AMD EPYC with AVX2 only (8 x 128, 1 x 512; "
+    "shared/notes/cpu-classes.md): on this CPU class int8 buys a 4x smaller file, not speed",
+}
 
 ENGINE_HELP = "auto, onnxruntime, or openvino (folders exported with --ops portable)."
 
@@ -56,6 +69,28 @@ def engine_line(info: ModelInfo, engine: str) -> str:
         return f"{ONNXRUNTIME} (openvino is not installed)"
     reason = openvino_blocker(info)
     return f"{ONNXRUNTIME} ({f'OpenVINO cannot run it: {reason}' if reason else f'auto: {AUTO_RULE}'})"
+
+
+def int8_lines(info: ModelInfo) -> list[str]:
+    """For `mbedge info`: whether the folder's fidelity gate covered this CPU's int8 kernel class, and
+    what int8 buys here in speed (INT8_SPEED); empty for an fp32 folder."""
+    if info.precision == "fp32":
+        return []
+    cpu = cpu_info()
+    classes = ((info.manifest.get("fidelity") or {}).get("kernel_classes") or {}).get("classes") or {}
+    entry = classes.get(cpu.kernel_class) if isinstance(classes, dict) else None
+    cosine = entry.get("cosine_worst") if isinstance(entry, dict) else None
+    if isinstance(cosine, (int, float)):
+        lines = [f"gate covered this CPU's {cpu.kernel_class} int8 kernels: worst-token cosine {cosine:.5f}"]
+    elif cpu.kernel_class == INT16_SATURATING:
+        lines = [
+            f"WARNING: this folder's fidelity gate did not cover this CPU's {cpu.kernel_class} int8 kernels "
+            "(AVX2 without VNNI), where int8 weight pairs can overflow: quantize the fp32 folder again "
+            "with this version of mbedge"
+        ]
+    else:
+        lines = [f"the folder records no fidelity per int8 kernel class; this CPU's are {cpu.kernel_class}"]
+    return [*lines, INT8_SPEED[cpu.kernel_class]]
 
 
 class EngineMissingError(UserError):
@@ -86,7 +121,8 @@ def choose_engine(info: ModelInfo, engine: str) -> str:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
     if engine == AUTO:
         runs_it = openvino_installed() and openvino_blocker(info) is None
-        return OPENVINO if runs_it and info.precision == "int8-static" else ONNXRUNTIME
+        exact_int8 = cpu_info().kernel_class == INT32
+        return OPENVINO if runs_it and exact_int8 and info.precision == "int8-static" else ONNXRUNTIME
     if engine == OPENVINO:
         if not openvino_installed():
             raise EngineMissingError(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modernbert_edge.cpu import cpu_info
 from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import MODEL_FILE, read_manifest
 from modernbert_edge.runtime.errors import ModelFolderError
@@ -219,6 +220,7 @@ def describe(info: ModelInfo, session: Session, tok: TextTokenizer | None, max_l
         "validation": {k: validation[k] for k in ("status", "max_abs_diff", "atol", "reason") if k in validation},
         "source": (m.get("source") or {}).get("checkpoint"),
         "sentence": m.get("sentence"),
+        "cpu": cpu_info().to_dict(),
     }
 
 

@@ -28,7 +28,7 @@ from modernbert_edge.runtime.batching import (
     pad,
     plan_batches,
 )
-from modernbert_edge.runtime.engines import engine_line
+from modernbert_edge.runtime.engines import engine_line, int8_lines
 from modernbert_edge.runtime.errors import (
     InputError,
     InputTooLongError,
@@ -334,6 +334,7 @@ class Model:
         return {
             **describe(self.info, self._session, self.tokenizer, self.max_length),
             "engine": engine_line(self.info, self.engine),
+            "int8": int8_lines(self.info),
         }
 
 

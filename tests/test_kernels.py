@@ -188,3 +188,33 @@ def test_emulated_avx2_cpu(exported_factory, tmp_path):
         # the same int8 products; only float kernels (AVX2 against this CPU's) round differently,
         # which can move an activation across a quantization step now and then
         assert np.abs(ref - got).max() <= 1e-3 * np.abs(ref).max() + 1e-5, key
+
+
+def test_info_names_the_cpu_and_what_the_gate_covered(exported_factory, tmp_path):
+    """`mbedge info` names the CPU's features and kernel class, says the gate covered this CPU's class,
+    and warns on an AVX2 CPU about a folder quantized before kernel classes were recorded."""
+    import dataclasses
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from modernbert_edge.cli import app
+    from modernbert_edge.manifest import read_manifest, write_manifest
+    from modernbert_edge.runtime import engines
+
+    out = tmp_path / "q"
+    quantize(exported_factory("text-classification"), out, **QUIET)
+    runner = CliRunner()
+    res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert cpu_info().line() in res.output and f"gate covered this CPU's {cpu_info().kernel_class}" in res.output
+    assert engines.INT8_SPEED[cpu_info().kernel_class] in res.output
+
+    manifest = read_manifest(out)
+    del manifest["fidelity"]["kernel_classes"]  # as written before this version
+    write_manifest(out, manifest)
+    avx2 = dataclasses.replace(cpu_info(), kernel_class=INT16_SATURATING)
+    with mock.patch.object(engines, "cpu_info", lambda: avx2):
+        res = runner.invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "WARNING: this folder's fidelity gate did not cover" in res.output, res.output
+    assert "buys a 4x smaller file, not speed" in res.output

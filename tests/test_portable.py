@@ -3,7 +3,9 @@ for every task, its structure, and parity on OpenVINO when openvino is installed
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from unittest import mock
 
 import numpy as np
 import onnx
@@ -17,6 +19,7 @@ from test_export import (
     torch_outputs,
 )
 
+from modernbert_edge.cpu import INT16_SATURATING, INT32, cpu_info
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import MS_DOMAIN, node_domains
 from modernbert_edge.export.tasks import TASKS
@@ -96,9 +99,14 @@ def test_int8_static_keeps_the_portable_graph_standard(exported_factory, tmp_pat
     assert not (tmp_path / "q8").exists()
     if openvino_installed():  # auto runs an int8-static portable folder on OpenVINO (runtime/engines.py AUTO_RULE)
         import modernbert_edge as mbe
+        from modernbert_edge.runtime import engines
 
-        model = mbe.load(tmp_path / "q")
-        assert model.engine == "openvino" and "auto:" in model.describe()["engine"]
+        for cls, expected in ((INT32, "openvino"), (INT16_SATURATING, "onnxruntime")):  # one rule per kernel class
+            fake = dataclasses.replace(cpu_info(), kernel_class=cls)
+            with mock.patch.object(engines, "cpu_info", lambda fake=fake: fake):
+                model = mbe.load(tmp_path / "q")
+                assert model.engine == expected and "auto:" in model.describe()["engine"], cls
+        model = mbe.load(tmp_path / "q", engine="openvino")
         texts = ["a short text", "and a longer one, with a few more words in it"]
         same_file_on_ort = mbe.load(tmp_path / "q", engine="onnxruntime").embed(texts)
         assert (np.sum(model.embed(texts) * same_file_on_ort, axis=1) > 0.999).all()  # bf16 between int8 matmuls
