@@ -228,7 +228,15 @@ def chart(results: dict, path: Path, log: Callable[[str], None] = print) -> Path
     return path
 
 
-def write_outputs(results: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+def write_outputs(
+    results: dict,
+    out_dir: Path,
+    log: Callable[[str], None] = print,
+    markdown: Callable[[dict], str] = markdown,
+    chart: Callable[[dict, Path, Callable[[str], None]], Path | None] = chart,
+) -> dict[str, Path]:
+    """results.json, results.md and chart.png (skipped, saying so, without matplotlib) in out_dir;
+    markdown and chart default to the peer race's (`mbedge bench MODEL_DIR` passes folder_report's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / "results.json", "md": out_dir / "results.md"}
     files["json"].write_text(json.dumps(results, indent=2) + "\n")
