@@ -33,7 +33,6 @@ Log = Callable[[str], None]
 
 SCHEMA = "mbedge.bench.folders/1"
 DEFAULT_BATCH_SIZES = "1,8,32"
-EMBED_TASKS = ("embed", "feature-extraction")
 READY_TIMEOUT_S = 1800
 # the fidelity measure of each task: (name, what `fidelity` computes)
 MEASURES = {
@@ -181,9 +180,9 @@ def run_folders(
 
     if task is not None:
         try:
-            task = find_task(task).name
+            task = find_task(task).name  # embed: feature-extraction
         except KeyError:
-            task = None if task in EMBED_TASKS else task
+            pass
         if task not in FOLDER_TASKS:
             raise UserError(
                 f"--task must be one of embed, {', '.join(t for t in FOLDER_TASKS if t != 'feature-extraction')}."

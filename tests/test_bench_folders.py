@@ -128,6 +128,17 @@ def test_a_folder_that_does_not_load_is_one_line(three_folders, tmp_path):
     assert [r["batch_size"] for r in measured] == [1, 2] and all(r["folder"] == str(fp32) for r in measured)
 
 
+def test_reference_outside_the_folders_runs_untimed(three_folders, tmp_path):
+    fp32, int8, _, texts = three_folders
+    result = _bench(int8, "--reference", fp32, "--input", texts, "--batch-sizes", 2, "--repeats", 1,
+                    "--threads", 1, "--out", tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [r["folder"] for r in data["rows"]] == [str(int8)] and data["rows"][0]["fidelity"]["metric"] == "cosine"
+    assert [f.get("reference", False) for f in data["folders"]] == [False, True]
+    assert f"{fp32}  reference (not timed)" in result.output
+
+
 def test_folders_of_different_tasks_are_refused_unless_embed(three_folders, exported_factory, tmp_path):
     fp32, _, _, texts = three_folders
     fill_mask = exported_factory("fill-mask")
