@@ -212,24 +212,14 @@ def run_folders(
     for k, batch in enumerate(batch_sizes):
         first = k == 0
         live = [n for n in by_name if folders[n]["error"] is None and (first or n != "reference")]
-        workers: dict[str, Worker] = {}
+        workers: dict[str, Worker | None] = {}
         here: dict[str, dict] = {}
         try:
             for n in live:
-                t = by_name[n]
-                row = here[n] = _row(t, batch)
-                spec = {"kind": "folder", "path": str(t.folder), "file": t.file, "threads": threads, "engine": engine}
-                log(f"[batch {batch}] loading {t.label}")
-                try:
-                    workers[n] = w = Worker(f"folder{n}", spec)
-                    _, row["load_s"], row["import_s"] = w.recv(READY_TIMEOUT_S)
-                    described = w.call("describe")[1]
-                except Exception as e:
-                    folders[n]["error"] = row["error"] = f"load failed: {_short(e)}"
-                    log(f"  {t.label}: {row['error']}")
-                    continue
-                row["load_rss_mb"] = round(described.pop("load_rss_mb"), 1)
-                if first:
+                workers[n], here[n], described = _start(by_name[n], batch, threads, engine, log)
+                if here[n]["error"]:
+                    folders[n]["error"] = here[n]["error"]
+                elif first:
                     folders[n].update(described, size_mb=round(described["model_bytes"] / 1e6, 2))
             loaded = [n for n in live if folders[n]["error"] is None]
             if first:
@@ -246,19 +236,11 @@ def run_folders(
                 "pair": chosen == "question-answering",
             }
             for n in loaded:  # warm-up pass: its first call is the cold one; the first batch size keeps outputs
-                try:
-                    times, extra = workers[n].call("run", case, first)[1:]
-                except Exception as e:
-                    folders[n]["error"] = here[n]["error"] = f"run failed: {_short(e)}"
-                    log(f"  {by_name[n].label}: {here[n]['error']}")
-                    continue
-                row = here[n]
-                row["cold_s"], row["warmup_s"] = times[0], times
-                row["calls_per_pass"], row["texts_per_pass"] = len(times), len(times) * batch
-                row["tokens_per_pass"] = int(sum(extra["tokens"]))
-                if first:
-                    outputs[n] = extra["results"]
-                log(f"  {by_name[n].label}: cold call {1e3 * times[0]:.1f} ms, warm-up pass {1e3 * sum(times):.1f} ms")
+                results = _warm_up(workers[n], here[n], case, first, log)
+                if here[n]["error"]:
+                    folders[n]["error"] = here[n]["error"]
+                elif first:
+                    outputs[n] = results
             timed = [n for n in loaded if here[n]["error"] is None and n != "reference"]
             recorded = _rounds(workers, case, timed, repeats, log)
             for n in timed:
@@ -269,7 +251,8 @@ def run_folders(
                     here[n]["peak_rss_mb"] = round(workers[n].call("rss")[1], 1)
         finally:
             for w in workers.values():
-                w.close()
+                if w is not None:
+                    w.close()
         rows += [(n, _finish(here[n], folders[n])) for n in live if n != "reference"]
         if all(folders[n]["error"] for n in by_name if n != "reference"):
             break
@@ -290,6 +273,41 @@ def run_folders(
         "inputs": {"source": source, "count": len(inputs)},
         "notes": notes,
     }
+
+
+def _start(t: Target, batch: int, threads: int | None, engine: str, log: Log) -> tuple[object, dict, dict]:
+    """A worker process with the folder loaded (None if it failed), its row, and what the folder holds."""
+    from modernbert_edge.bench.harness import Worker
+
+    row = _row(t, batch)
+    spec = {"kind": "folder", "path": str(t.folder), "file": t.file, "threads": threads, "engine": engine}
+    log(f"[batch {batch}] loading {t.label}")
+    worker = None
+    try:
+        worker = Worker(f"folder-{t.folder.name}", spec)
+        _, row["load_s"], row["import_s"] = worker.recv(READY_TIMEOUT_S)
+        described = worker.call("describe")[1]
+    except Exception as e:
+        row["error"] = f"load failed: {_short(e)}"
+        log(f"  {t.label}: {row['error']}")
+        return worker, row, {}
+    row["load_rss_mb"] = round(described.pop("load_rss_mb"), 1)
+    return worker, row, described
+
+
+def _warm_up(worker: object, row: dict, case: dict, keep: bool, log: Log) -> list | None:
+    """One untimed pass (its first call is the cold call), recorded in the row; (keep) the outputs."""
+    try:
+        times, extra = worker.call("run", case, keep)[1:]
+    except Exception as e:
+        row["error"] = f"run failed: {_short(e)}"
+        log(f"  {row['folder']}: {row['error']}")
+        return None
+    row["cold_s"], row["warmup_s"] = times[0], times
+    row["calls_per_pass"], row["texts_per_pass"] = len(times), len(times) * case["batch"]
+    row["tokens_per_pass"] = int(sum(extra["tokens"]))
+    log(f"  {row['folder']}: cold call {1e3 * times[0]:.1f} ms, warm-up pass {1e3 * sum(times):.1f} ms")
+    return extra["results"]
 
 
 def _rounds(workers: dict, case: dict, names: list[str], repeats: int, log: Log) -> dict[str, list | str]:
