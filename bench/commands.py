@@ -43,6 +43,7 @@ def bench_cmd(
             help="Model folders to compare (any folder `mbedge run` takes, or an .onnx file in a folder made "
             "elsewhere); without them, the synthetic peer race on a random checkpoint (--size ...).",
             show_default=False,
+            metavar="MODEL_DIR",
         ),
     ] = None,
     input_file: Annotated[
@@ -63,19 +64,21 @@ def bench_cmd(
     progress: Annotated[bool, typer.Option(help="Folders: progress on stderr.")] = False,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Hugging Face checkpoint folder; default: a random checkpoint of --size per job."),
+        typer.Option(help="Peer race: Hugging Face checkpoint folder; default: a random checkpoint of --size per job."),
     ] = None,
-    size: Annotated[str, typer.Option(help="Random checkpoint size: base (ModernBERT-base shape) or tiny.")] = "base",
-    jobs: Annotated[str, typer.Option(help="Comma-separated: embeddings, fill-mask, classification.")] = (
+    size: Annotated[
+        str, typer.Option(help="Peer race: random checkpoint size: base (ModernBERT-base shape) or tiny.")
+    ] = "base",
+    jobs: Annotated[str, typer.Option(help="Peer race: comma-separated: embeddings, fill-mask, classification.")] = (
         "embeddings,fill-mask,classification"
     ),
-    shapes: Annotated[str, typer.Option(help="Comma-separated BxS shapes and/or 'mixed'.")] = (
+    shapes: Annotated[str, typer.Option(help="Peer race: comma-separated BxS shapes and/or 'mixed'.")] = (
         "1x128,8x128,1x512,1x2048,1x8192,mixed"
     ),
     systems: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: pytorch, pytorch-int8, trace-fp32, trace-int8, optimum-int8, ours-fp32, "
+            help="Peer race: comma-separated: pytorch, pytorch-int8, trace-fp32, trace-int8, optimum-int8, ours-fp32, "
             "ours-int8, ours-int4, ours-openvino-int8 (unavailable ones are skipped with a note)."
         ),
     ] = "pytorch,pytorch-int8,trace-fp32,trace-int8,optimum-int8,ours-fp32,ours-int8,ours-int4,ours-openvino-int8",
@@ -91,14 +94,18 @@ def bench_cmd(
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Where results.json, results.md and chart.png go.")] = Path("bench-results"),
-    work: Annotated[Path, typer.Option(help="Cache of built checkpoints and model files.")] = DEFAULT_WORK,
-    lower_bound: Annotated[bool, typer.Option(help="Also time the int8-GEMM-only lower-bound graph.")] = True,
+    work: Annotated[Path, typer.Option(help="Peer race: cache of built checkpoints and model files.")] = DEFAULT_WORK,
+    lower_bound: Annotated[
+        bool, typer.Option(help="Peer race: also time the int8-GEMM-only lower-bound graph.")
+    ] = True,
     max_seconds: Annotated[
-        float, typer.Option(help="A system whose warm-up run takes longer is timed once (the warm-up).")
+        float, typer.Option(help="Peer race: a system whose warm-up run takes longer is timed once (the warm-up).")
     ] = 60.0,
-    prepare_only: Annotated[bool, typer.Option(help="Build every system's files into --work and stop.")] = False,
+    prepare_only: Annotated[
+        bool, typer.Option(help="Peer race: build every system's files into --work and stop.")
+    ] = False,
     skip: Annotated[
-        str, typer.Option(help="Comma-separated system@shape pairs not to run, e.g. trace-int8@1x8192.")
+        str, typer.Option(help="Peer race: comma-separated system@shape pairs not to run, e.g. trace-int8@1x8192.")
     ] = "",
 ) -> None:
     """Compare model folders on your texts (speed, memory, fidelity); without MODEL_DIR, race PyTorch, plain
