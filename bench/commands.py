@@ -20,6 +20,7 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+RACE_SCHEMA = "mbedge.bench.race/1"  # results.json of the peer race; folders: bench.folders.SCHEMA
 RACE_OPTIONS = (
     "checkpoint",
     "size",
@@ -228,6 +229,7 @@ def run(
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
     def finish(results: dict, partial: bool) -> dict:
+        results["schema"] = RACE_SCHEMA
         results["machine"] = report.machine(threads)
         results["machine"]["load_average_start"] = load_start
         results["command"] = "mbedge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
