@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.runtime.engines import ENGINE_HELP
 
 DEFAULT_WORK = Path.home() / ".cache" / "modernbert-edge" / "bench"
 
@@ -19,41 +20,111 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+RACE_SCHEMA = "mbedge.bench.race/1"  # results.json of the peer race; folders: bench.folders.SCHEMA
+RACE_OPTIONS = (
+    "checkpoint",
+    "size",
+    "jobs",
+    "shapes",
+    "systems",
+    "work",
+    "lower_bound",
+    "max_seconds",
+    "prepare_only",
+    "skip",
+)
+FOLDER_OPTIONS = ("input_file", "batch_sizes", "engine", "reference", "task", "progress")
+
+
 def bench_cmd(
+    ctx: typer.Context,
+    model_dirs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Model folders to compare (any folder `mbedge run` takes, or an .onnx file in a folder made "
+            "elsewhere); without them, the synthetic peer race on a random checkpoint (--size ...).",
+            show_default=False,
+            metavar="MODEL_DIR",
+        ),
+    ] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", "-i", help="Folders: texts, one per line or JSONL with a text field (default: built-in texts)."
+        ),
+    ] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Folders: comma-separated texts per call.")] = "1,8,32",
+    engine: Annotated[str, typer.Option(help="Folders: " + ENGINE_HELP)] = "auto",
+    reference: Annotated[
+        Path | None, typer.Option(help="Folders: fidelity against this folder (default: the first MODEL_DIR).")
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Folders: the task to run on every folder; 'embed' compares embeddings of any folders."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Folders: progress on stderr.")] = False,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(help="Hugging Face checkpoint folder; default: a random checkpoint of --size per job."),
+        typer.Option(help="Peer race: Hugging Face checkpoint folder; default: a random checkpoint of --size per job."),
     ] = None,
-    size: Annotated[str, typer.Option(help="Random checkpoint size: base (ModernBERT-base shape) or tiny.")] = "base",
-    jobs: Annotated[str, typer.Option(help="Comma-separated: embeddings, fill-mask, classification.")] = (
+    size: Annotated[
+        str, typer.Option(help="Peer race: random checkpoint size: base (ModernBERT-base shape) or tiny.")
+    ] = "base",
+    jobs: Annotated[str, typer.Option(help="Peer race: comma-separated: embeddings, fill-mask, classification.")] = (
         "embeddings,fill-mask,classification"
     ),
-    shapes: Annotated[str, typer.Option(help="Comma-separated BxS shapes and/or 'mixed'.")] = (
+    shapes: Annotated[str, typer.Option(help="Peer race: comma-separated BxS shapes and/or 'mixed'.")] = (
         "1x128,8x128,1x512,1x2048,1x8192,mixed"
     ),
     systems: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: pytorch, pytorch-int8, trace-fp32, trace-int8, optimum-int8, ours-fp32, "
+            help="Peer race: comma-separated: pytorch, pytorch-int8, trace-fp32, trace-int8, optimum-int8, ours-fp32, "
             "ours-int8, ours-int4, ours-openvino-int8 (unavailable ones are skipped with a note)."
         ),
     ] = "pytorch,pytorch-int8,trace-fp32,trace-int8,optimum-int8,ours-fp32,ours-int8,ours-int4,ours-openvino-int8",
-    repeats: Annotated[int, typer.Option(help="Timed rounds per shape, after one warm-up run.")] = 5,
-    threads: Annotated[int, typer.Option(help="Threads per system (ORT intra-op, torch.set_num_threads).")] = 2,
+    repeats: Annotated[
+        int, typer.Option(help="Timed rounds per shape (folders: per batch size), after one warm-up run.")
+    ] = 5,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Threads per system (ORT intra-op, torch.set_num_threads); default: folders one per physical "
+            "core (the runtime's default), the peer race 2.",
+            show_default=False,
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Where results.json, results.md and chart.png go.")] = Path("bench-results"),
-    work: Annotated[Path, typer.Option(help="Cache of built checkpoints and model files.")] = DEFAULT_WORK,
-    lower_bound: Annotated[bool, typer.Option(help="Also time the int8-GEMM-only lower-bound graph.")] = True,
+    work: Annotated[Path, typer.Option(help="Peer race: cache of built checkpoints and model files.")] = DEFAULT_WORK,
+    lower_bound: Annotated[
+        bool, typer.Option(help="Peer race: also time the int8-GEMM-only lower-bound graph.")
+    ] = True,
     max_seconds: Annotated[
-        float, typer.Option(help="A system whose warm-up run takes longer is timed once (the warm-up).")
+        float, typer.Option(help="Peer race: a system whose warm-up run takes longer is timed once (the warm-up).")
     ] = 60.0,
-    prepare_only: Annotated[bool, typer.Option(help="Build every system's files into --work and stop.")] = False,
+    prepare_only: Annotated[
+        bool, typer.Option(help="Peer race: build every system's files into --work and stop.")
+    ] = False,
     skip: Annotated[
-        str, typer.Option(help="Comma-separated system@shape pairs not to run, e.g. trace-int8@1x8192.")
+        str, typer.Option(help="Peer race: comma-separated system@shape pairs not to run, e.g. trace-int8@1x8192.")
     ] = "",
 ) -> None:
-    """Time PyTorch, plain ONNX export + quantize_dynamic, optimum and this project side by side."""
+    """Compare model folders on your texts (speed, memory, fidelity); without MODEL_DIR, race PyTorch, plain
+    ONNX export + quantize_dynamic, optimum and this project on a random checkpoint."""
+    given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+    if model_dirs:
+        stray = [_flag(n) for n in RACE_OPTIONS if n in given]
+        if stray:
+            raise UserError(f"{', '.join(stray)} {_verb(stray)} to the peer race (no MODEL_DIR), not to model folders.")
+        folders_cmd(model_dirs, input_file, batch_sizes, engine, reference, task, progress, repeats, threads, out)
+        return
+    stray = [_flag(n) for n in FOLDER_OPTIONS if n in given]
+    if stray:
+        raise UserError(f"{', '.join(stray)} {_verb(stray)} to model folders: name them (mbedge bench MODEL_DIR ...).")
     from modernbert_edge.bench import harness, report
     from modernbert_edge.bench import systems as sysmod
+
+    threads = 2 if threads is None else threads
 
     if checkpoint is not None and not (checkpoint / "config.json").is_file():
         raise UserError(f"checkpoint folder {checkpoint} has no config.json.")
@@ -75,6 +146,65 @@ def bench_cmd(
     for t in results["targets"]:
         typer.echo(f"target {t['line']}")
     typer.echo("wrote " + ", ".join(str(p) for p in files.values()))
+
+
+def _verb(flags: list[str]) -> str:
+    return "applies" if len(flags) == 1 else "apply"
+
+
+def _flag(name: str) -> str:
+    return {"input_file": "--input", "lower_bound": "--lower-bound"}.get(name, "--" + name.replace("_", "-"))
+
+
+def folders_cmd(
+    model_dirs: list[str],
+    input_file: Path | None,
+    batch_sizes: str,
+    engine: str,
+    reference: Path | None,
+    task: str | None,
+    progress: bool,
+    repeats: int,
+    threads: int | None,
+    out: Path,
+) -> None:
+    """`mbedge bench MODEL_DIR ...`: the folders on texts, interleaved (bench/folders.py); prints the table."""
+    from modernbert_edge.bench import folder_report, folders, report
+    from modernbert_edge.runtime.engines import ENGINES
+    from modernbert_edge.runtime.session import check_threads
+
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1.")
+    check_threads(threads)
+    if engine not in ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+    if input_file is not None and not input_file.is_file():
+        raise UserError(f"input file {input_file} does not exist.")
+    sizes = folders.parse_batch_sizes(batch_sizes)
+    targets = [folders.target(d) for d in model_dirs]
+    ref = folders.target(str(reference)) if reference is not None else None
+    load_start = folders.load_average()
+    run_out = folders.run_folders(
+        targets, sizes, input_file, repeats, threads, engine, task, ref, _log if progress else lambda _m: None
+    )
+    settings = {
+        "folders": model_dirs,
+        "reference": str(reference) if reference is not None else model_dirs[0],
+        "batch_sizes": sizes,
+        "repeats": repeats,
+        "threads": threads,
+        "engine": engine,
+        "task": task,
+    }
+    results = folders.results_dict(run_out, settings, threads, load_start)
+    typer.echo(folder_report.table(results))
+    files = report.write_outputs(results, out, _log, folder_report.markdown, folder_report.chart)
+    typer.echo("wrote " + ", ".join(str(p) for p in files.values()))
+    failed = [f["folder"] for f in results["folders"] if f["error"]]
+    if failed:
+        raise UserError(
+            f"{len(failed)} of {len(results['folders'])} folders failed ({', '.join(failed)}): see the table."
+        )
 
 
 def run(
@@ -99,6 +229,7 @@ def run(
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
     def finish(results: dict, partial: bool) -> dict:
+        results["schema"] = RACE_SCHEMA
         results["machine"] = report.machine(threads)
         results["machine"]["load_average_start"] = load_start
         results["command"] = "mbedge " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -10,46 +10,47 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-PACKAGES = ("modernbert-edge", "onnxruntime", "onnx", "onnxscript", "torch", "transformers", "optimum", "numpy")
+PACKAGES = (
+    "modernbert-edge", "onnxruntime", "openvino", "tokenizers", "numpy",
+    "onnx", "onnxscript", "torch", "transformers", "optimum",
+)  # fmt: skip
 
 
-def machine(threads: int) -> dict:
-    """CPU model, core count, thread count, load average, package versions."""
-    cpu = platform.processor() or platform.machine()
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu in ("", platform.machine(), platform.processor()):
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags") and not flags:
-                have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_int8") if f in have]
-    except OSError:
-        pass
+def package_versions() -> dict[str, str]:
+    """The installed versions of PACKAGES (those not installed are left out)."""
     versions = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
+    return versions
+
+
+def machine(threads: int | None) -> dict:
+    """The CPU as the int8 kernels see it (modernbert_edge.cpu), cores, threads, load average, package versions."""
+    from modernbert_edge.cpu import cpu_info
+
+    info = cpu_info()
     return {
-        "cpu": cpu,
-        "cpu_flags": flags,
+        "cpu": info.name,
+        "cpu_info": info.to_dict(),
+        "cpu_line": info.line(),
         "logical_cores": os.cpu_count(),
         "threads": threads,
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
-        "versions": versions,
+        "versions": package_versions(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 
 def machine_line(m: dict) -> str:
     v = m["versions"]
-    vers = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "torch", "transformers", "optimum") if k in v)
-    flags = "/".join(m["cpu_flags"])
+    vers = ", ".join(f"{k} {v[k]}" for k in ("onnxruntime", "openvino", "torch", "transformers", "optimum") if k in v)
+    threads = "default (one per physical core)" if m["threads"] in (None, 0) else m["threads"]
     return (
-        f"{m['cpu']} ({flags}), {m['logical_cores']} logical cores, {m['threads']} threads per system; "
+        f"{m['cpu_line']}; {m['logical_cores']} logical cores, {threads} threads per system; "
         f"load average {m.get('load_average_start')} at start, {m.get('load_average')} at end; {vers}; {m['date']}"
     )
 
@@ -227,7 +228,15 @@ def chart(results: dict, path: Path, log: Callable[[str], None] = print) -> Path
     return path
 
 
-def write_outputs(results: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+def write_outputs(
+    results: dict,
+    out_dir: Path,
+    log: Callable[[str], None] = print,
+    markdown: Callable[[dict], str] = markdown,
+    chart: Callable[[dict, Path, Callable[[str], None]], Path | None] = chart,
+) -> dict[str, Path]:
+    """results.json, results.md and chart.png (skipped, saying so, without matplotlib) in out_dir;
+    markdown and chart default to the peer race's (`mbedge bench MODEL_DIR` passes folder_report's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"json": out_dir / "results.json", "md": out_dir / "results.md"}
     files["json"].write_text(json.dumps(results, indent=2) + "\n")

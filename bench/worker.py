@@ -3,6 +3,7 @@
     coordinator ── spec ──> serve(conn, spec): set threads, import, load (timed) ── ("ready", load_s, import_s)
                 ── ("run", case, keep) ──> run the case's batches (timed) ── ("done", seconds, outputs?)
                 ── ("rss",) ──> ("rss", peak MB)        ── ("stop",) ──> exit
+                ── ("describe",) ──> ("describe", what the folder holds)   (kind "folder" only)
 
 A case is a list of token-id rows and how to batch them: "fixed" (input order, `batch_rows` rows
 per batch, right-padded; batches built before the clock starts) or "budget" (the runtime's
@@ -13,7 +14,9 @@ logits (classification).
 
 Kinds: "torch" (transformers, SDPA), "torch-int8" (the same with torch.ao dynamic int8 nn.Linear),
 "onnx" (a .onnx file in a plain session), "ours" (this project's runtime), "openvino" (the runtime
-on its OpenVINO engine), "gemm" (the int8-GEMM-only lower-bound graph of lowerbound.py).
+on its OpenVINO engine), "gemm" (the int8-GEMM-only lower-bound graph of lowerbound.py), and
+"folder": any folder `load()` accepts, run on texts through its task method (FolderRunner: tokenizer
+included; a run answers the seconds of each call, and ("describe",) what the folder holds).
 """
 
 from __future__ import annotations
@@ -159,6 +162,103 @@ class Runner:
         return elapsed, (np.stack(results) if keep else None)
 
 
+# ── a model folder on texts (`mbedge bench MODEL_DIR ...`) ────────────────────────────────────────
+
+QA_QUESTION = "What is this about?"  # asked of every plain text by a question-answering folder
+
+
+def with_mask(text: str, mask_token: str) -> str:
+    """The text as given when it holds the mask token, else with its middle word replaced by it."""
+    if mask_token in text:
+        return text
+    words = text.split(" ")
+    spots = [i for i, w in enumerate(words) if w.strip()]
+    words[spots[len(spots) // 2]] = mask_token
+    return " ".join(words)
+
+
+def _top1_ids(result: list) -> list[int]:
+    """fill_mask's result for one text (one mask: a list of predictions; several: a list of lists) -> top-1 ids."""
+    masks = result if result and isinstance(result[0], list) else [result]
+    return [int(preds[0]["token"]) for preds in masks]
+
+
+# task -> (call(model, inputs), what fidelity keeps of one input's result)
+FOLDER_CALLS: dict[str, tuple[Callable, Callable]] = {
+    "feature-extraction": (lambda m, x: m.embed(x), lambda r: np.asarray(r, dtype=np.float32)),
+    "fill-mask": (lambda m, x: m.fill_mask(x), _top1_ids),
+    "text-classification": (lambda m, x: m.classify(x), lambda r: {d["label"]: float(d["score"]) for d in r}),
+    "token-classification": (
+        lambda m, x: m.tag(x),
+        lambda r: sorted((int(e["start"]), int(e["end"]), str(e.get("entity_group", e.get("entity")))) for e in r),
+    ),
+    "question-answering": (
+        lambda m, x: m.answer([q for q, _ in x], [c for _, c in x]),
+        lambda r: (int(r["start"]), int(r["end"])),
+    ),
+}
+
+
+class FolderRunner:
+    """A folder loaded with the runtime's `load()`; a case is texts cut into calls of `batch` texts each."""
+
+    def __init__(self, spec: dict) -> None:
+        from modernbert_edge.runtime import load
+
+        self.spec = spec
+        self.model = load(spec["path"], threads=spec["threads"], engine=spec["engine"], file=spec.get("file"))
+
+    def describe(self) -> dict:
+        """What the folder holds, and the process's peak RSS after loading it."""
+        d = self.model.describe()
+        tok = self.model.tokenizer
+        return {
+            "task": d["task"],
+            "precision": d["precision"],
+            "engine": self.model.engine,
+            "engine_line": d["engine"],
+            "model_file": d["model_file"],
+            "model_bytes": d["model_bytes"],
+            "mask_token": None if tok is None else tok.mask_token,
+            "load_rss_mb": peak_rss_mb(),
+        }
+
+    def prepare(self, case: dict) -> tuple[list[tuple[list[int], list]], list[int]]:
+        """The calls (input indices, inputs) of one pass and their real tokens: every call holds exactly
+        `batch` inputs, taken in order and wrapping around, until each input has run at least once."""
+        task, inputs, b = case["task"], case["inputs"], case["batch"]
+        if task == "fill-mask":
+            mask = self.model.tokenizer.mask_token if self.model.tokenizer else None
+            inputs = [with_mask(t, mask) for t in inputs] if mask else inputs
+        n_calls = -(-len(inputs) // b)
+        calls = []
+        for c in range(n_calls):
+            idx = [(c * b + j) % len(inputs) for j in range(b)]
+            calls.append((idx, [inputs[i] for i in idx]))
+        tok = self.model.tokenizer
+        if tok is None:  # the task method raises the runtime's own error (the folder has no tokenizer)
+            FOLDER_CALLS[task][0](self.model, calls[0][1])
+        tokens = []
+        for _, x in calls:
+            encoded = tok.encode_pairs(x) if case["pair"] else tok.encode(x)
+            tokens.append(sum(len(e.ids) for e in encoded if hasattr(e, "ids")))
+        return calls, tokens
+
+    def run(self, case: dict, prepared: tuple, keep: bool) -> tuple[list[float], dict]:
+        """One pass: the seconds of each call, each call's tokens, and (keep) what fidelity needs per input."""
+        call, extract = FOLDER_CALLS[case["task"]]
+        calls, tokens = prepared
+        times, kept = [], {}
+        for idx, x in calls:
+            t0 = time.perf_counter()
+            result = call(self.model, x)
+            times.append(time.perf_counter() - t0)
+            if keep:
+                for i, r in zip(idx, result, strict=True):
+                    kept.setdefault(i, extract(r))
+        return times, {"tokens": tokens, "results": [kept[i] for i in sorted(kept)] if keep else None}
+
+
 def serve(conn: Connection, spec: dict) -> None:
     """The worker process's main loop (see the module docstring)."""
     threads = str(spec["threads"])
@@ -172,7 +272,7 @@ def serve(conn: Connection, spec: dict) -> None:
         else:
             import onnxruntime  # noqa: F401
         t1 = time.perf_counter()
-        runner = Runner(spec)
+        runner = FolderRunner(spec) if spec["kind"] == "folder" else Runner(spec)
         conn.send(("ready", time.perf_counter() - t1, t1 - t0))
     except Exception as e:  # reported to the coordinator, which records the failure
         conn.send(("error", f"{type(e).__name__}: {e}"))
@@ -191,6 +291,9 @@ def serve(conn: Connection, spec: dict) -> None:
             return
         if msg[0] == "rss":
             conn.send(("rss", peak_rss_mb()))
+            continue
+        if msg[0] == "describe":
+            conn.send(("describe", runner.describe()))
             continue
         _, case, keep = msg
         try:

@@ -44,6 +44,7 @@ def test_bench_end_to_end(tmp_path):
     assert rows["ours-fp32"]["fidelity"]["worst"] > 0.9999  # fp32 export of the same weights
     assert rows["ours-fp32"]["size_mb"] > 0
     assert data["machine"]["threads"] == 2 and data["machine"]["versions"]["onnxruntime"]
+    assert data["schema"] == "mbedge.bench.race/1" and data["machine"]["cpu_info"]["int8_kernel_class"]
     # Every target needs a shape or system this run did not time: none may claim a figure.
     assert data["targets"] and all(t["status"] == "not measured" and t["value"] is None for t in data["targets"])
 
