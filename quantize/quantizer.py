@@ -7,6 +7,7 @@ fp32 folder ─ calibration batches ─ activation statistics ─ smoothing alph
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import shutil
@@ -150,6 +151,39 @@ def _manifest_entry(plan: qg.QuantPlan, pp: qg.ProjectionPlan, choices: dict[str
     return entry
 
 
+SPEED_SHAPE = (8, 128)  # (batch, tokens) of the speed check after quantizing
+SPEED_ROUNDS = 3
+
+
+def measure_speed(fp32_file: Path, qmodel: onnx.ModelProto, config: dict, rounds: int = SPEED_ROUNDS) -> dict:
+    """The quantized graph's speed against its fp32 source on this CPU: one random (8, 128) batch,
+    both sessions interleaved (bench/timing.py), median of `rounds`, the runtime's default threads.
+    Fill-mask graphs decode one marked row per text, as the runtime runs them."""
+    from modernbert_edge.bench.timing import summarize, time_calls
+    from modernbert_edge.cpu import cpu_info
+    from modernbert_edge.runtime.session import create_session
+
+    b, s = SPEED_SHAPE
+    s = min(s, int(config.get("max_position_embeddings") or s))
+    vocab = int(config.get("vocab_size") or 6)
+    rng = np.random.default_rng(0)
+    mask = np.ones((b, s), dtype=np.int64)
+    if any(p.key == names.MARKED_ROWS for p in qmodel.metadata_props):
+        mask[:, s // 2] = names.MARK
+    feeds = {"input_ids": rng.integers(5, max(vocab, 6), size=(b, s), dtype=np.int64), "attention_mask": mask}
+    sessions = {"fp32": create_session(fp32_file), "quantized": create_session(qmodel.SerializeToString())}
+    times = time_calls({k: functools.partial(sess.run, None, feeds) for k, sess in sessions.items()}, rounds)
+    ms = {k: summarize(t)["median_ms"] for k, t in times.items()}
+    return {
+        "cpu": cpu_info().line(),
+        "int8_kernel_class": cpu_info().kernel_class,
+        "shape": f"{b}x{s}",
+        "fp32_ms": round(ms["fp32"], 2),
+        "quantized_ms": round(ms["quantized"], 2),
+        "speedup": round(ms["fp32"] / ms["quantized"], 3),
+    }
+
+
 def _is_table(model: onnx.ModelProto, p: Projection) -> bool:
     return any(n.name == names.EMBED_GATHER and n.input[0] == p.weight for n in model.graph.node)
 
@@ -258,8 +292,14 @@ def quantize(
             f"{min_cosine}; nothing was written (pass --force to write it anyway)."
         )
 
+    speed = measure_speed(model_dir / manifest.get("model_file", MODEL_FILE), qmodel, manifest.get("config") or {})
+    log(
+        f"speed on this CPU ({speed['cpu']}): {mode} {speed['quantized_ms']:.1f} ms, fp32 {speed['fp32_ms']:.1f} ms "
+        f"per {speed['shape']} batch ({speed['speedup']:.2f}x)"
+    )
     out_manifest = dict(manifest)
     out_manifest.update(
+        speed=speed,
         precision=mode,
         model_file=MODEL_FILE,
         versions=package_versions(),

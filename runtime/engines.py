@@ -90,6 +90,12 @@ def int8_lines(info: ModelInfo) -> list[str]:
         ]
     else:
         lines = [f"the folder records no fidelity per int8 kernel class; this CPU's are {cpu.kernel_class}"]
+    speed = info.manifest.get("speed")
+    if isinstance(speed, dict) and isinstance(speed.get("speedup"), (int, float)):
+        lines.append(
+            f"when quantized: {speed['speedup']:.2f}x its fp32 source at {speed.get('shape')} "
+            f"on {speed.get('cpu', 'an unrecorded CPU')}"
+        )
     return [*lines, INT8_SPEED[cpu.kernel_class]]
 
 

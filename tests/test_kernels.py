@@ -209,6 +209,11 @@ def test_info_names_the_cpu_and_what_the_gate_covered(exported_factory, tmp_path
     assert res.exit_code == 0, res.output
     assert cpu_info().line() in res.output and f"gate covered this CPU's {cpu_info().kernel_class}" in res.output
     assert engines.INT8_SPEED[cpu_info().kernel_class] in res.output
+    speed = read_manifest(out)["speed"]  # measured when quantizing, on this CPU, against the fp32 source
+    assert speed["cpu"] == cpu_info().line() and speed["speedup"] == pytest.approx(
+        speed["fp32_ms"] / speed["quantized_ms"], rel=0.01
+    )
+    assert f"when quantized: {speed['speedup']:.2f}x its fp32 source" in res.output
 
     manifest = read_manifest(out)
     del manifest["fidelity"]["kernel_classes"]  # as written before this version
