@@ -129,6 +129,9 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     rows = measure(args.fp32_dir, args.work, args.modes.split(","), shapes, args.repeats, args.calibration)
+    from modernbert_edge.cpu import cpu_info
+
+    print(f"Measured on {cpu_info().line()}:\n")  # every figure names its CPU
     print(format_rows(rows, shapes))
 
 

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modernbert_edge.cpu import INT16_SATURATING, INT32, KERNEL_CLASSES, cpu_info, kernel_class
+from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.quantize import kernels
 from modernbert_edge.quantize.quantizer import quantize
 
@@ -151,6 +152,17 @@ def _emulated(out: Path, folders: list[Path]) -> tuple[dict, dict, dict]:
     return json.loads((out / "cpu.json").read_text()), report, dict(np.load(out / "outputs.npz"))
 
 
+# tests/test_quantize.py's test_every_projection_of_every_task_is_quantized cases (8 of them failed on an
+# AVX2-only EPYC with plain 8-bit weights: 15-27 % of the output's largest value against a 5 % bound)
+EVERY_PROJECTION_CASES = (
+    *((task, "int8") for task in sorted(TASKS)),
+    ("fill-mask", "int8-static"),
+    ("fill-mask", "int4"),
+    ("text-classification", "int4"),
+    ("token-classification", "int8-static"),
+)
+
+
 @pytest.mark.skipif(not QEMU.is_file(), reason=f"{QEMU} is absent: run bash .ci/emulators.sh to emulate an AVX2 CPU")
 def test_emulated_avx2_cpu(exported_factory, tmp_path):
     """On an emulated AVX2 CPU without VNNI (onnxruntime's own kernels, run instruction by instruction
@@ -158,7 +170,7 @@ def test_emulated_avx2_cpu(exported_factory, tmp_path):
     quantizer's weights errs <= 2 % of the output's max (plain 8-bit: far more), and quantized folders
     give this CPU's answers."""
     folders, sources = [], []
-    for task, mode in (("fill-mask", "int8"), ("text-classification", "int8"), ("token-classification", "int8-static")):
+    for task, mode in EVERY_PROJECTION_CASES:
         out = tmp_path / f"{task}-{mode}"
         sources.append(exported_factory(task))
         quantize(sources[-1], out, mode=mode, **QUIET)
@@ -180,7 +192,8 @@ def test_emulated_avx2_cpu(exported_factory, tmp_path):
     fp32 = np.load(tmp_path / "fp32/outputs.npz")
     for key in native.files:
         if not key.endswith(("input_ids", "attention_mask")):  # test_quantize's bound, now on AVX2 too
-            assert np.abs(fp32[key] - emulated[key]).max() <= 0.05 * np.abs(fp32[key]).max() + 1e-3, key
+            rel = 0.15 if EVERY_PROJECTION_CASES[int(key.split("/")[0])][1] == "int4" else 0.05
+            assert np.abs(fp32[key] - emulated[key]).max() <= rel * np.abs(fp32[key]).max() + 1e-3, key
         if key.endswith(("input_ids", "attention_mask")):
             assert np.array_equal(native[key], emulated[key])
             continue
