@@ -90,11 +90,12 @@ class CpuInfo:
 
 
 def _numpy_features() -> dict[str, bool]:
+    """numpy's table; a feature an older numpy does not list is absent (reported as unread, None)."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__  # numpy >= 2
     except ImportError:  # numpy 1.x
         from numpy.core._multiarray_umath import __cpu_features__  # type: ignore[no-redef]
-    return dict(__cpu_features__)
+    return {k: bool(v) for k, v in __cpu_features__.items()}
 
 
 # x86-64 System V: cpuid(leaf=edi, subleaf=esi, out=rdx) -> out[0..3] = eax, ebx, ecx, edx
@@ -178,10 +179,10 @@ def cpu_info() -> CpuInfo:
     arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
     numpy_features = _numpy_features()
     if arch == "x86_64":
-        features: dict[str, bool | None] = {ours: bool(numpy_features.get(k)) for k, ours in _NUMPY_X86.items()}
+        features: dict[str, bool | None] = {ours: numpy_features.get(k) for k, ours in _NUMPY_X86.items()}
         features.update(_x86_extra())
     elif arch == "aarch64":
-        features = {ours: bool(numpy_features.get(k)) for k, ours in _NUMPY_ARM.items()}
+        features = {ours: numpy_features.get(k) for k, ours in _NUMPY_ARM.items()}
         features.update(_arm_extra())
     else:
         features = {}

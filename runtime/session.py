@@ -106,14 +106,28 @@ def create_session(
         session = ort.InferenceSession(source, options, providers=[PROVIDER])
     except Exception as e:  # ORT raises several types for unreadable models
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if _version(ort.__version__) < _version(MIN_ONNXRUNTIME) and any(m in first for m in _TOO_OLD):
+            advice = f"this project's graphs need onnxruntime >= {MIN_ONNXRUNTIME}: pip install -U onnxruntime"
+        else:
+            advice = "the file may be truncated or corrupt: export the model again"
         raise ModelFolderError(
-            f"{name} could not be loaded by onnxruntime {ort.__version__} ({first}); "
-            "the file may be truncated or corrupt: export the model again."
+            f"{name} could not be loaded by onnxruntime {ort.__version__} ({first}); {advice}."
         ) from None
     in_use = session.get_providers()
     if PROVIDER not in in_use:
         raise ModelFolderError(f"onnxruntime did not use {PROVIDER} for {name} (in use: {in_use}).")
     return session
+
+
+# The oldest onnxruntime that loads every graph this project writes (GroupQueryAttention's `causal`
+# attribute, opset-23 Attention/RotaryEmbedding): 1.24.1-1.29 refuse them; 1.30 and 1.31 load them all.
+# pyproject.toml's floor says the same.
+MIN_ONNXRUNTIME = "1.30"
+_TOO_OLD = ("Unrecognized attribute", "is not a registered function/op", "opset", "Unsupported model IR version")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
 
 
 class Session:

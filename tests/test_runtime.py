@@ -433,3 +433,29 @@ def test_spinning_reaches_the_session(models, spinning, allowed) -> None:
     np.testing.assert_allclose(model.embed(TEXTS), default.embed(TEXTS), atol=1e-6)
     with pytest.raises(modernbert_edge.UserError, match="spinning must be one of off, brief, on"):
         load(folder, spinning="fast")
+
+
+def test_an_onnxruntime_too_old_for_the_graph_is_named(monkeypatch):
+    """A graph that an older onnxruntime refuses (an op or attribute it does not know) is not called
+    corrupt there: the error names the version the project's graphs need."""
+    import onnx
+    import onnxruntime as ort
+
+    from modernbert_edge.runtime.errors import ModelFolderError
+    from modernbert_edge.runtime.session import MIN_ONNXRUNTIME, create_session
+
+    node = onnx.helper.make_node("NoSuchOp", ["x"], ["y"], domain="com.microsoft")
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("com.microsoft", 1)]
+    ).SerializeToString()
+    with pytest.raises(ModelFolderError, match="export the model again"):
+        create_session(model)  # this onnxruntime is recent: the file is what is wrong
+    monkeypatch.setattr(ort, "__version__", "1.23.2")
+    with pytest.raises(ModelFolderError, match=f"need onnxruntime >= {MIN_ONNXRUNTIME}: pip install -U onnxruntime"):
+        create_session(model)
