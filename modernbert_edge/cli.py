@@ -18,9 +18,26 @@ app = typer.Typer(
     name="mbedge",
     help="Export ModernBERT checkpoints to fused ONNX graphs, quantize them, and run them on CPU.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from modernbert_edge import __version__
+        from modernbert_edge.cpu import cpu_info
+
+        typer.echo(f"mbedge {__version__} (Python {sys.version.split()[0]}; {cpu_info().line()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and this CPU's int8 kernel class.", callback=_version, is_eager=True
+    ),
+) -> None:
+    """Export ModernBERT checkpoints to fused ONNX graphs, quantize them, and run them on CPU."""
 
 
 def user_errors(fn: Callable) -> Callable:

@@ -88,3 +88,14 @@ def test_each_command_help_without_onnxruntime(blocked_env) -> None:
         assert code == 0 and "Usage: mbedge " + name in page, name
         for option in (opt for param in COMMANDS[name].params for opt in param.opts if opt.startswith("--")):
             assert option in page, (name, option)
+
+
+def test_version_names_the_package_and_the_cpu():
+    from typer.testing import CliRunner
+
+    from modernbert_edge import __version__
+    from modernbert_edge.cli import app
+    from modernbert_edge.cpu import cpu_info
+
+    res = CliRunner().invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.startswith(f"mbedge {__version__} ") and cpu_info().line() in res.output
