@@ -256,6 +256,23 @@ def apply_gate(report: dict, min_cosine: float, force: bool) -> dict:
     return report
 
 
+def check_gate(report: dict, mode: str) -> None:
+    """Raise the UserError that says why the gate failed (nothing was written), unless it passed or was forced."""
+    gate = report["gate"]
+    if gate["status"] != "failed":
+        return
+    if gate.get("not_covered"):
+        pairs = report["kernel_classes"]["weights"]["overflowing_pairs"]
+        present = report["kernel_classes"]["cpu"]["int8_kernel_class"]
+        why = (
+            f"{pairs} pairs of its int8 weights can saturate AVX2's int16 pair sums, so the gate, measured on "
+            f"{present} int8 kernels, does not cover {', '.join(gate['not_covered'])} ones"
+        )
+    else:
+        why = f"its worst-token cosine to fp32 is {report['cosine_worst']:.5f}, below --min-cosine {gate['min_cosine']}"
+    raise UserError(f"the {mode} model failed the gate: {why}; nothing was written (pass --force to write it anyway).")
+
+
 def format_report(report: dict, title: str) -> str:
     """The report as a small table, one column per slice."""
     slices = report["slices"]

@@ -80,7 +80,7 @@ def quantize_foreign(
     from modernbert_edge.export.sentence import copy_sentence, read_sentence
     from modernbert_edge.folders import package_versions, save_model
     from modernbert_edge.manifest import MODEL_FILE, write_manifest
-    from modernbert_edge.quantize.fidelity import apply_gate, compare_models, format_report, load_model
+    from modernbert_edge.quantize.fidelity import apply_gate, check_gate, compare_models, format_report, load_model
     from modernbert_edge.quantize.quantizer import load_data
 
     if mode != "int8":
@@ -108,11 +108,7 @@ def quantize_foreign(
     report = apply_gate(compare_models(model, qmodel, task, data, progress=log), min_cosine, force)
     log(f"quantized and evaluated in {time.perf_counter() - t0:.1f} s")
     log(format_report(report, f"int8 (foreign graph) vs fp32 ({task})"))
-    if report["gate"]["status"] == "failed":
-        raise UserError(
-            f"the int8 model's worst cosine to fp32 is {report['cosine_worst']:.5f}, below --min-cosine "
-            f"{min_cosine}; nothing was written (pass --force to write it anyway)."
-        )
+    check_gate(report, "int8")
 
     out_manifest = dict(manifest)
     out_manifest.update(

@@ -23,7 +23,7 @@ from modernbert_edge.export import names
 from modernbert_edge.manifest import MODEL_FILE, write_manifest
 from modernbert_edge.quantize import graph as qg
 from modernbert_edge.quantize.calibration import CalibrationSet, calibration_set
-from modernbert_edge.quantize.fidelity import apply_gate, compare_models, format_report, load_model
+from modernbert_edge.quantize.fidelity import apply_gate, check_gate, compare_models, format_report, load_model
 from modernbert_edge.quantize.projections import (
     KEEP_FLOAT_ALWAYS,
     Projection,
@@ -285,12 +285,7 @@ def quantize(
     log(f"evaluated in {time.perf_counter() - t0:.1f} s")
     table = format_report(report, f"{mode} on {engine} vs fp32 ({task})")
     log(table)
-    if report["gate"]["status"] == "failed":
-        raise UserError(
-            f"the {mode} model's worst-token cosine to fp32 is {report['cosine_worst']:.5f}, "
-            f"below --min-cosine "
-            f"{min_cosine}; nothing was written (pass --force to write it anyway)."
-        )
+    check_gate(report, mode)
 
     speed = measure_speed(model_dir / manifest.get("model_file", MODEL_FILE), qmodel, manifest.get("config") or {})
     log(

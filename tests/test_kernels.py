@@ -236,3 +236,32 @@ def test_info_names_the_cpu_and_what_the_gate_covered(exported_factory, tmp_path
         res = runner.invoke(app, ["info", str(out)])
     assert res.exit_code == 0 and "WARNING: this folder's fidelity gate did not cover" in res.output, res.output
     assert "buys a 4x smaller file, not speed" in res.output
+
+
+def test_gate_refuses_weights_that_can_saturate(exported_factory, tmp_path, monkeypatch):
+    """int8 weights with same-sign pairs above 128 (plain amax/127, what the quantizer wrote before)
+    leave the int16-saturating class uncovered: the gate fails saying so and writes nothing."""
+    from modernbert_edge.errors import UserError
+    from modernbert_edge.manifest import read_manifest
+    from modernbert_edge.quantize import weights
+
+    def plain(w_kn, steps=0):
+        amax = np.abs(w_kn).max(axis=0) / 127
+        return np.clip(np.rint(w_kn / amax), -127, 127).astype(np.int8), amax.astype(np.float32)
+
+    monkeypatch.setattr(weights, "pair_safe_int8_columns", plain)
+    src = exported_factory("fill-mask")
+    other = next(c for c in KERNEL_CLASSES if c != cpu_info().kernel_class)
+    with pytest.raises(UserError, match=rf"pairs of its int8 weights can saturate .* does not cover {other} ones"):
+        quantize(src, tmp_path / "q", fallback=False, **QUIET)
+    assert not (tmp_path / "q").exists()
+    quantize(src, tmp_path / "q", fallback=False, force=True, **QUIET)
+    fidelity = read_manifest(tmp_path / "q")["fidelity"]
+    assert fidelity["gate"] == {
+        "min_cosine": 0.99,
+        "status": "forced",
+        "kernel_classes": sorted(KERNEL_CLASSES),
+        "not_covered": [other],
+    }
+    assert fidelity["kernel_classes"]["weights"]["overflowing_pairs"] > 0
+    assert fidelity["kernel_classes"]["classes"][other]["cosine_worst"] is None
