@@ -7,7 +7,7 @@ its int8 products is the instruction set, read here from CPUID (x86) or the kern
 - numpy's CPU feature table (``__cpu_features__``, read with CPUID at import and kept up to date
   with numpy) gives AVX2, AVX512-VNNI, AVX512-BF16 and, on ARM64, dot product (ASIMDDP) and SVE;
 - what numpy does not list is read from the same sources directly: AVX-VNNI and AMX from CPUID
-  leaf 7 (a 30-byte stub run through ctypes), i8mm and bf16 from ``getauxval(AT_HWCAP2)``.
+  leaf 7 (a 27-byte stub run through ctypes), i8mm and bf16 from ``getauxval(AT_HWCAP2)``.
 
 /proc/cpuinfo is not read for features: under an emulator (qemu-user) it describes the host, not
 the CPU the code runs on (py-cpuinfo, which merges it, reported AMX under an emulated Haswell).
@@ -60,6 +60,8 @@ class CpuInfo:
                 return "AMX tiles (int32)"
             if f.get("avx512_vnni") or f.get("avx_vnni"):
                 return "VNNI vpdpbusd (int32)"
+            if f.get("avx512f"):  # Skylake-SP/X, Cascade Lake without VNNI... MLAS's AVX512-core kernel
+                return "AVX-512 vpmaddubsw (int16 pair sums, saturating)"
             if f.get("avx2"):
                 return "AVX2 vpmaddubsw (int16 pair sums, saturating)"
             return "SSE widening (int32)"

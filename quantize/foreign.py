@@ -22,7 +22,10 @@ from modernbert_edge.errors import UserError
 if TYPE_CHECKING:
     from modernbert_edge.folders import OutputFolder
 
-METHOD = "onnxruntime quantize_dynamic: int8 weights per output channel on MatMul/Gemm, uint8 activations (dynamic)"
+METHOD = (
+    "onnxruntime quantize_dynamic: int8 weights per output channel on MatMul/Gemm, uint8 activations (dynamic); "
+    "columns with a same-sign weight pair above 128 requantized pair-safe (exact on AVX2 without VNNI)"
+)
 
 
 def quantize_dynamic_int8(src: Path, out: Path) -> Path:
@@ -40,24 +43,37 @@ def quantize_dynamic_int8(src: Path, out: Path) -> Path:
     return out
 
 
-def make_pair_safe(model: onnx.ModelProto) -> int:
-    """Requantize, in place, the columns of quantize_dynamic's int8 weights (`W_quantized` with its
-    per-column `W_scale`) that hold a same-sign pair above the AVX2 kernel's limit, from their
-    dequantized values (quantize/kernels.py); returns how many weights it changed."""
+def make_pair_safe(qmodel: onnx.ModelProto, fp32: onnx.ModelProto) -> int:
+    """Requantize, in place, the columns of quantize_dynamic's int8 weights (`W_quantized`, with its
+    per-column `W_scale`) that hold a same-sign pair above the AVX2 kernel's limit
+    (quantize/kernels.py), from the fp32 weight `W` where the source graph has it (else from the
+    dequantized values); returns how many weights it changed. Others are left as they are and the
+    gate reports them."""
     from onnx import numpy_helper
 
-    from modernbert_edge.quantize.kernels import overflowing_pairs, pair_safe_int8_columns, u8s8_weights
+    from modernbert_edge.quantize.kernels import PAIR_LIMIT, pair_safe_int8_columns, u8s8_weights
 
-    inits = {t.name: t for t in model.graph.initializer}
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    sources = {t.name: t for t in fp32.graph.initializer}
     changed = 0
-    for name, q in u8s8_weights(model).items():
-        scale_name = name.removesuffix("_quantized") + "_scale"
+    for name, q in u8s8_weights(qmodel)[0].items():
+        base = name.removesuffix("_quantized")
+        scale_name = base + "_scale"
+        t = inits.get(name)
         scale = numpy_helper.to_array(inits[scale_name]) if scale_name in inits else None
-        if not overflowing_pairs(q) or scale is None or scale.shape != (q.shape[1],):
+        if t is None or scale is None or scale.shape != (q.shape[1],) or tuple(t.dims) != q.shape:
             continue
-        cols = np.flatnonzero([overflowing_pairs(q[:, [j]]) for j in range(q.shape[1])])
+        qi = q.astype(np.int32)
+        if qi.shape[0] % 2:
+            qi = np.pad(qi, ((0, 1), (0, 0)))
+        a, b = qi[0::2], qi[1::2]
+        cols = np.flatnonzero(((a * b > 0) & (np.abs(a) + np.abs(b) > PAIR_LIMIT)).any(axis=0))
+        if not len(cols):
+            continue
+        src = numpy_helper.to_array(sources[base]) if base in sources else None
+        w = src if src is not None and src.shape == q.shape else q.astype(np.float32) * scale
         new_q, new_scale = q.copy(), scale.copy()
-        new_q[:, cols], new_scale[cols] = pair_safe_int8_columns(q[:, cols].astype(np.float32) * scale[cols])
+        new_q[:, cols], new_scale[cols] = pair_safe_int8_columns(w[:, cols].astype(np.float32))
         inits[name].CopyFrom(numpy_helper.from_array(new_q, name))
         inits[scale_name].CopyFrom(numpy_helper.from_array(new_scale.astype(scale.dtype), scale_name))
         changed += 1
@@ -104,7 +120,7 @@ def quantize_foreign(
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         qmodel = onnx.load(str(quantize_dynamic_int8(model_dir / manifest["model_file"], Path(tmp) / MODEL_FILE)))
-    make_pair_safe(qmodel)  # exact on AVX2 without VNNI too (quantize/kernels.py)
+    make_pair_safe(qmodel, model)  # exact on AVX2 without VNNI too (quantize/kernels.py)
     report = apply_gate(compare_models(model, qmodel, task, data, progress=log), min_cosine, force)
     log(f"quantized and evaluated in {time.perf_counter() - t0:.1f} s")
     log(format_report(report, f"int8 (foreign graph) vs fp32 ({task})"))

@@ -108,10 +108,10 @@ def rewrite(model: onnx.ModelProto, inits: dict[str, np.ndarray], plan: QuantPla
             )
             e = e.copy()
             e[:, plan.table_split] = 0.0
-        q, scale = weights.quantize_int8_columns(e.T)  # (D, V), one scale per vocabulary row
+        dec = next((pp for pp in by_node.values() if pp.projection.weight == table), None)
+        q, scale = weights.quantize_int8_columns(e.T, product=dec is not None)  # (D, V), a scale per vocabulary row
         table_q = (r.const(f"{table}_quantized", q), r.const(f"{table}_scale", scale))
         del r.inits[table]
-        dec = next((pp for pp in by_node.values() if pp.projection.weight == table), None)
         if dec is not None and dec.scale is not None:
             unsmooth = (1.0 / dec.scale).astype(np.float32)  # the decoder's s lives in the table
     for node in model.graph.node:

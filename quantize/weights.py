@@ -9,10 +9,15 @@ from modernbert_edge.quantize.kernels import pair_safe_int8_columns
 INT4_BLOCK = 32
 
 
-def quantize_int8_columns(w_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column, W ≈ q * scale, q in [-127, 127], exact on every int8 kernel
-    class: no same-sign pair of adjacent weights along K sums above 128 (quantize/kernels.py)."""
-    return pair_safe_int8_columns(w_kn)
+def quantize_int8_columns(w_kn: np.ndarray, product: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output column, W ≈ q * scale, q in [-127, 127]. For a weight that an int8
+    product reads (`product`), exact on every int8 kernel class: no same-sign pair of adjacent weights
+    along K sums above 128 (quantize/kernels.py); a table that is only gathered from gets amax/127."""
+    if product:
+        return pair_safe_int8_columns(w_kn)
+    amax = np.abs(w_kn).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    return np.clip(np.rint(w_kn / scale), -127, 127).astype(np.int8), scale
 
 
 def dequantize_int8_columns(w_kn: np.ndarray) -> np.ndarray:

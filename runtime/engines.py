@@ -47,14 +47,14 @@ OPENVINO_CONFIGS = {
 # median of 3) OpenVINO ran the int8-static folder 1.8-2.1x slower than onnxruntime ran our int8 folder
 # (8 x 128: 7.51 against 3.54 s): the rule is one per int8 kernel class (modernbert_edge/cpu.py).
 AUTO_RULE = (
-    "openvino for int8-static folders exported with --ops portable when openvino is installed and the CPU's "
-    "int8 kernels accumulate in int32 (VNNI, AMX, ARM64), else onnxruntime"
+    "openvino for int8-static folders exported with --ops portable when openvino is installed and the CPU "
+    "has VNNI or AMX (where it was measured faster), else onnxruntime"
 )
 # What int8 buys in speed over fp32, per kernel class, as measured (base shape, 2 threads, onnxruntime):
 INT8_SPEED = {
     INT32: "int8 ran 3.3-3.8x PyTorch fp32 eager at 8 x 128 on an AMD EPYC Zen 4 (AVX512-VNNI; README, Benchmark)",
     INT16_SATURATING: "int8 ran 1.00-1.14x this project's fp32 on an AMD EPYC with AVX2 only (8 x 128, 1 x 512; "
-    "shared/notes/cpu-classes.md): on this CPU class int8 buys a 4x smaller file, not speed",
+    "docs/cpu-classes.md): on this CPU class int8 buys a smaller file, not speed",
 }
 
 ENGINE_HELP = "auto, onnxruntime, or openvino (folders exported with --ops portable)."
@@ -71,6 +71,13 @@ def engine_line(info: ModelInfo, engine: str) -> str:
     return f"{ONNXRUNTIME} ({f'OpenVINO cannot run it: {reason}' if reason else f'auto: {AUTO_RULE}'})"
 
 
+def _has_vnni() -> bool:
+    """VNNI or AMX: the x86 CPUs on which OpenVINO's int8 was measured faster than onnxruntime's (Zen 4);
+    on AVX2 without them it was 2.1x slower; on SSE-only x86 and ARM64 it was not measured."""
+    f = cpu_info().features
+    return any(f.get(k) for k in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
 def int8_lines(info: ModelInfo) -> list[str]:
     """For `mbedge info`: whether the folder's fidelity gate covered this CPU's int8 kernel class, and
     what int8 buys here in speed (INT8_SPEED); empty for an fp32 folder."""
@@ -82,6 +89,11 @@ def int8_lines(info: ModelInfo) -> list[str]:
     cosine = entry.get("cosine_worst") if isinstance(entry, dict) else None
     if isinstance(cosine, (int, float)):
         lines = [f"gate covered this CPU's {cpu.kernel_class} int8 kernels: worst-token cosine {cosine:.5f}"]
+    elif isinstance(entry, dict):  # recorded, not covered: written past the gate with --force
+        lines = [
+            f"WARNING: this folder's fidelity gate did not cover this CPU's {cpu.kernel_class} int8 kernels "
+            f"({entry.get('how')}); it was written with --force"
+        ]
     elif cpu.kernel_class == INT16_SATURATING:
         lines = [
             f"WARNING: this folder's fidelity gate did not cover this CPU's {cpu.kernel_class} int8 kernels "
@@ -89,7 +101,7 @@ def int8_lines(info: ModelInfo) -> list[str]:
             "with this version of mbedge"
         ]
     else:
-        lines = [f"the folder records no fidelity per int8 kernel class; this CPU's are {cpu.kernel_class}"]
+        lines = ["the folder records no fidelity per int8 kernel class (made before they were recorded, or elsewhere)"]
     speed = info.manifest.get("speed")
     if isinstance(speed, dict) and isinstance(speed.get("speedup"), (int, float)):
         lines.append(
@@ -127,8 +139,7 @@ def choose_engine(info: ModelInfo, engine: str) -> str:
         raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
     if engine == AUTO:
         runs_it = openvino_installed() and openvino_blocker(info) is None
-        exact_int8 = cpu_info().kernel_class == INT32
-        return OPENVINO if runs_it and exact_int8 and info.precision == "int8-static" else ONNXRUNTIME
+        return OPENVINO if runs_it and _has_vnni() and info.precision == "int8-static" else ONNXRUNTIME
     if engine == OPENVINO:
         if not openvino_installed():
             raise EngineMissingError(

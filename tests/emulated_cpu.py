@@ -27,15 +27,16 @@ def kernel_models(out: Path) -> None:
     ~20 s under emulation)."""
     from onnx import TensorProto, helper
 
-    x_u8 = helper.make_tensor_value_info("a", TensorProto.UINT8, [None, K])
+    x_u8 = helper.make_tensor_value_info("a", TensorProto.UINT8, [None, "K"])  # any K: odd ones too
     x_f = helper.make_tensor_value_info("a", TensorProto.FLOAT, [None, K])
     w = helper.make_tensor_value_info("w", TensorProto.INT8, [K, N])
+    w_any = helper.make_tensor_value_info("w", TensorProto.INT8, ["K", "N"])
     graphs = {
         "MatMulInteger": helper.make_graph(
             [helper.make_node("MatMulInteger", ["a", "w", "za"], ["y"])],
             "g",
-            [x_u8, w, helper.make_tensor_value_info("za", TensorProto.UINT8, [])],
-            [helper.make_tensor_value_info("y", TensorProto.INT32, [None, N])],
+            [x_u8, w_any, helper.make_tensor_value_info("za", TensorProto.UINT8, [])],
+            [helper.make_tensor_value_info("y", TensorProto.INT32, [None, "N"])],
         ),
         "DynamicQuantizeMatMul": helper.make_graph(
             [helper.make_node("DynamicQuantizeMatMul", ["a", "w", "s"], ["y"], domain="com.microsoft")],
@@ -77,7 +78,14 @@ def kernel_cases(seed: int = 0) -> dict[str, np.ndarray]:
     cases["quantizer/q"], cases["quantizer/scale"] = kernels.pair_safe_int8_columns(w)
     for act, x in activations(rng).items():
         cases[f"x/{act}"] = x
+    for k in ODD_K:  # K that is odd or not a multiple of 4: how the kernel pads and pairs; large same-sign weights
+        sign = rng.choice(np.array([-1, 1], dtype=np.int8), size=(1, 8))
+        cases[f"k{k}/q"] = (rng.integers(60, 128, (k, 8)) * sign).astype(np.int8)
+        cases[f"k{k}/a"] = rng.integers(200, 256, (5, k), dtype=np.uint8)
     return cases
+
+
+ODD_K = (1, 3, 7, 30, 97, 130, 259)
 
 
 ZA = 117  # MatMulInteger's activation zero point
@@ -92,6 +100,9 @@ def run_kernels(cases: dict[str, np.ndarray], models: Path) -> dict[str, np.ndar
         out[f"MatMulInteger/{name}"] = mmi.run(None, {"a": cases["a"], "w": q, "za": np.array(ZA, np.uint8)})[0]
         for act in ("gaussian", "spiky"):
             out[f"DynamicQuantizeMatMul/{name}/{act}"] = dqmm.run(None, {"a": cases[f"x/{act}"], "w": q, "s": scale})[0]
+    for k in ODD_K:
+        feed = {"a": cases[f"k{k}/a"], "w": cases[f"k{k}/q"], "za": np.array(ZA, np.uint8)}
+        out[f"MatMulInteger/k{k}"] = mmi.run(None, feed)[0]
     return out
 
 
@@ -101,11 +112,12 @@ def kernel_report(cases: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> d
     report: dict = {"bit_exact": {}, "error": {}}
     for key, y in got.items():
         op, name, *act = key.split("/")
-        q, scale = cases[f"{name}/q"], cases[f"{name}/scale"].astype(np.float32)
+        q = cases[f"{name}/q"]
         if op == "MatMulInteger":
-            sims = {c: kernels.int8_product(cases["a"], q, c, ZA) for c in (INT32, INT16_SATURATING)}
+            a = cases.get(f"{name}/a", cases["a"])
+            sims = {c: kernels.int8_product(a, q, c, ZA) for c in (INT32, INT16_SATURATING)}
         else:
-            x = cases[f"x/{act[0]}"]
+            x, scale = cases[f"x/{act[0]}"], cases[f"{name}/scale"].astype(np.float32)
             sims = {c: kernels.dynamic_quantize_matmul(x, q, scale, c) for c in (INT32, INT16_SATURATING)}
             ref = x @ (q.astype(np.float32) * scale)
             report["error"][f"{name}/{act[0]}"] = float(np.abs(y - ref).max() / np.abs(ref).max())
@@ -114,10 +126,10 @@ def kernel_report(cases: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> d
 
 
 def run_folders(folders: list[str], out: Path) -> None:
-    """Each folder's raw graph outputs on a fixed padded batch, through the runtime."""
-    rng = np.random.default_rng(0)
+    """Each folder's raw graph outputs on tests/test_quantize.py's padded batch, through the runtime."""
     arrays = {}
     for i, folder in enumerate(folders):
+        rng = np.random.default_rng(0)
         model = load(folder, threads=1)
         vocab = int(model.info.manifest["config"]["vocab_size"])
         ids = rng.integers(5, vocab, size=(2, 40))

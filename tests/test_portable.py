@@ -19,7 +19,7 @@ from test_export import (
     torch_outputs,
 )
 
-from modernbert_edge.cpu import INT16_SATURATING, INT32, cpu_info
+from modernbert_edge.cpu import cpu_info, kernel_class
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import MS_DOMAIN, node_domains
 from modernbert_edge.export.tasks import TASKS
@@ -101,11 +101,13 @@ def test_int8_static_keeps_the_portable_graph_standard(exported_factory, tmp_pat
         import modernbert_edge as mbe
         from modernbert_edge.runtime import engines
 
-        for cls, expected in ((INT32, "openvino"), (INT16_SATURATING, "onnxruntime")):  # one rule per kernel class
-            fake = dataclasses.replace(cpu_info(), kernel_class=cls)
+        vnni = {"avx2": True, "avx512_vnni": True}
+        avx2 = {"avx2": True, "avx512_vnni": False, "avx_vnni": False, "amx_int8": False}
+        for features, expected in ((vnni, "openvino"), (avx2, "onnxruntime")):  # the rule per CPU class
+            fake = dataclasses.replace(cpu_info(), features=features, kernel_class=kernel_class("x86_64", features))
             with mock.patch.object(engines, "cpu_info", lambda fake=fake: fake):
                 model = mbe.load(tmp_path / "q")
-                assert model.engine == expected and "auto:" in model.describe()["engine"], cls
+                assert model.engine == expected and "auto:" in model.describe()["engine"], features
         model = mbe.load(tmp_path / "q", engine="openvino")
         texts = ["a short text", "and a longer one, with a few more words in it"]
         same_file_on_ort = mbe.load(tmp_path / "q", engine="onnxruntime").embed(texts)

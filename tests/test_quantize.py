@@ -157,7 +157,7 @@ def _assert_every_kernel_class_covered(manifest: dict, folder: Path) -> None:
     assert manifest["fidelity"]["gate"]["kernel_classes"] == sorted(KERNEL_CLASSES)
 
 
-def _bad_int8(w_kn):  # three levels per column instead of 255
+def _bad_int8(w_kn, product=True):  # three levels per column instead of 255
     amax = np.abs(w_kn).max(axis=0)
     scale = np.where(amax > 0, amax, 1.0).astype(np.float32)
     return np.clip(np.rint(w_kn / scale), -1, 1).astype(np.int8), scale
