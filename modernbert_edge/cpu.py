@@ -16,7 +16,9 @@ Two int8 kernel classes (shared/notes/cpu-classes.md, checked bit for bit in tes
 
 - ``int32-accumulating``: VNNI (vpdpbusd), AMX tiles, ARM64 (sdot/smmla, or NEON widening
   multiplies), x86 without AVX2 (SSE widening to int16 operands, pmaddwd into int32): a product of
-  u8 activations and s8 weights is exact.
+  u8 activations and s8 weights is exact. On ARM64 CPUs with SME, onnxruntime's DynamicQuantizeMatMul
+  runs KleidiAI's kernel instead, which quantizes the activations per row (signed int8, one scale per
+  row) rather than per tensor: exact products too, of different (finer) integers (docs/arm64.md).
 - ``int16-saturating``: AVX2 without VNNI: ``vpmaddubsw`` adds the products of adjacent byte
   pairs into int16 with saturation, so a₁w₁ + a₂w₂ > 32767 is clipped (quantize/kernels.py).
 """
@@ -38,7 +40,8 @@ KERNEL_CLASSES = (INT32, INT16_SATURATING)
 # numpy's names -> ours, in the order `mbedge info` prints them
 _NUMPY_X86 = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
 _NUMPY_ARM = {"ASIMD": "neon", "ASIMDDP": "dotprod", "ASIMDHP": "fp16", "SVE": "sve"}
-_HWCAP2_ARM = {"i8mm": 1 << 13, "bf16": 1 << 14, "sve2": 1 << 1}  # linux/arch/arm64/include/uapi/asm/hwcap.h
+# linux/arch/arm64/include/uapi/asm/hwcap.h
+_HWCAP2_ARM = {"i8mm": 1 << 13, "bf16": 1 << 14, "sve2": 1 << 1, "sme": 1 << 23, "sme2": 1 << 37}
 _AT_HWCAP2 = 26
 
 
@@ -64,6 +67,8 @@ class CpuInfo:
                 return "AVX2 vpmaddubsw (int16 pair sums, saturating)"
             return "SSE widening (int32)"
         if self.arch == "aarch64":
+            if f.get("sme"):  # onnxruntime's KleidiAI kernels; docs/arm64.md
+                return "KleidiAI SME mopa, activations quantized per row (int32)"
             if f.get("i8mm"):
                 return "i8mm smmla (int32)"
             if f.get("dotprod"):
