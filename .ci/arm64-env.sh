@@ -37,7 +37,7 @@ if [ ! -f "$ARM/root.done" ]; then
     apt-get "${opts[@]}" update >"$APT/update.log" 2>&1 || fail "apt-get update for Debian $SUITE failed (see $APT/update.log)"
     (cd "$APT" && apt-get "${opts[@]}" download debootstrap >"$APT/download.log" 2>&1) ||
       fail "downloading Debian $SUITE's debootstrap failed (see $APT/download.log)"
-    rm -rf "$ARM/debootstrap" && dpkg -x "$APT"/debootstrap_*.deb "$ARM/debootstrap"
+    rm -rf "$ARM/debootstrap" && dpkg -x "$APT"/debootstrap_*.deb "$ARM/debootstrap" && rm -rf "$APT"
     export DEBOOTSTRAP_DIR="$ARM/debootstrap/usr/share/debootstrap"
     DEBOOTSTRAP=("$ARM/debootstrap/usr/sbin/debootstrap")
   fi
