@@ -14,8 +14,9 @@ the CPU the code runs on (py-cpuinfo, which merges it, reported AMX under an emu
 
 Two int8 kernel classes (shared/notes/cpu-classes.md, checked bit for bit in tests/test_kernels.py):
 
-- ``int32-accumulating``: VNNI (vpdpbusd), AMX tiles, ARM64 (sdot/smmla, or NEON widening
-  multiplies), x86 without AVX2 (SSE widening to int16 operands, pmaddwd into int32): a product of
+- ``int32-accumulating``: VNNI (vpdpbusd), AMX tiles, ARM64 (udot/ummla, or NEON without dot
+  product, whose int16 pair sums overflow only for two weights of -128, which mbedge quantize never
+  writes: docs/arm64.md), x86 without AVX2 (SSE widening to int16 operands, pmaddwd into int32): a product of
   u8 activations and s8 weights is exact. On ARM64 CPUs with SME, onnxruntime's DynamicQuantizeMatMul
   runs KleidiAI's kernel instead, which quantizes the activations per row (signed int8, one scale per
   row) rather than per tensor: exact products too, of different (finer) integers (docs/arm64.md).
@@ -70,10 +71,10 @@ class CpuInfo:
             if f.get("sme"):  # onnxruntime's KleidiAI kernels; docs/arm64.md
                 return "KleidiAI SME mopa, activations quantized per row (int32)"
             if f.get("i8mm"):
-                return "i8mm smmla (int32)"
+                return "i8mm ummla/smmla (int32)"
             if f.get("dotprod"):
-                return "dot product sdot/udot (int32)"
-            return "NEON widening multiply-accumulate (int32)"
+                return "dot product udot/sdot (int32)"
+            return "NEON smull/smlal2, int16 pair sums exact for weights in [-127, 127] (int32)"
         return "portable C (int32)"
 
     def feature_line(self) -> str:

@@ -215,6 +215,7 @@ def _fidelity_graph(folder: Path, tmp: Path, name: str) -> Path:
 
 
 PROBE_SHAPES = [(1, 768, 64), (3, 33, 17), (64, 768, 768)]  # (M, K, N): the vector path, odd K and N, a block
+EDGE_OPERANDS = [(0, -128), (0, -127), (255, -128), (255, 127)]  # (a, b) filling the whole operands
 
 
 def _graph(node: onnx.NodeProto, inputs: list, outputs: list, inits: list, path: Path) -> str:
@@ -242,6 +243,10 @@ def _probes(tmp: Path) -> list[dict]:
         feeds = {"a": rng.integers(0, 256, size=(m, k), dtype=np.uint8), "b": rng.integers(-128, 128, (k, n), np.int8)}
         np.savez(tmp / f"probe-mmi-{i}.npz", **feeds)
         probes.append({"name": f"probe/mmi-{i}", "path": mmi, "feeds": str(tmp / f"probe-mmi-{i}.npz")})
+    for av, bv in EDGE_OPERANDS:  # constant operands: the extremes of the int16 pair sums
+        feeds = {"a": np.full((8, 64), av, np.uint8), "b": np.full((64, 16), bv, np.int8)}
+        np.savez(tmp / f"probe-edge-{av}{bv}.npz", **feeds)
+        probes.append({"name": f"probe/edge-{av}{bv}", "path": mmi, "feeds": str(tmp / f"probe-edge-{av}{bv}.npz")})
     w = rng.integers(-127, 128, size=(256, 64)).astype(np.int8)
     w_scale = (rng.random(64) * 0.01 + 0.001).astype(np.float32)
     dq = _graph(
@@ -293,6 +298,22 @@ def test_int8_products_accumulate_in_int32(work, where):
         exact.append(np.array_equal(got["y"], feeds["a"].astype(np.int64) @ feeds["b"].astype(np.int64)))
     expected = where != "x86" or cpu_info().kernel_class == INT32
     assert exact == [expected] * len(PROBE_SHAPES), (where, work["out"][where]["cpu"]["int8_kernel"])
+
+
+@pytest.mark.parametrize("where", ["x86", *CPUS])
+def test_int8_products_at_the_extremes(work, where):
+    """The extremes: exact everywhere but in MLAS's NEON kernel without dot product (Cortex-A72), which
+    makes activations signed (a - 128) and adds two int8 x int8 products in int16 before widening: only
+    (-128)(-128) + (-128)(-128) = 32768 overflows, i.e. a = 0 against two weights of -128. The weights of
+    mbedge quantize lie in [-127, 127] (quantize/weights.py), where the sums stay within 32512: exact.
+    (x86's AVX2 class saturates only with large activations times large same-sign weights.)"""
+    kernel = work["out"][where]["cpu"]["int8_kernel"]
+    for av, bv in EDGE_OPERANDS:
+        feeds, got = np.load(work["tmp"] / f"probe-edge-{av}{bv}.npz"), _outputs(work, where, f"probe/edge-{av}{bv}")
+        exact = np.array_equal(got["y"], feeds["a"].astype(np.int64) @ feeds["b"].astype(np.int64))
+        overflows = kernel.startswith("NEON") and (av, bv) == (0, -128)
+        saturates = work["out"][where]["cpu"]["int8_kernel_class"] != INT32 and av == 255
+        assert exact == (not overflows and not saturates), (where, kernel, av, bv)
 
 
 @pytest.mark.parametrize("where", ["x86", *CPUS])
