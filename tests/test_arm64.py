@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -83,9 +82,12 @@ QUIET = {"log": lambda _m: None}
 
 def _env_problem() -> str | None:
     """Why the emulated ARM64 Python cannot run here, or None."""
-    for path, how in ((QEMU, "bash .ci/emulators.sh"), (ARM / "root.done", "bash .ci/arm64-env.sh")):
+    for path in (QEMU, ARM / "root.done"):
         if not path.exists():
-            return f"no ARM64 emulation here ({path} is missing): run `{how}` (arm64-env needs root for debootstrap)"
+            return (
+                f"no ARM64 emulation here ({path} is missing): run `bash .ci/emulators.sh && bash .ci/arm64-env.sh` "
+                "after building .venv (debootstrap needs root)"
+            )
     return None
 
 
@@ -515,5 +517,5 @@ def _assert_close(a: object, b: object, tol: float, where: str) -> None:
 def test_emulation_env_script_is_wired_into_ci():
     """CI builds the arm64 env (so these tests run there) after the emulator and the x86 venv."""
     ci = (ROOT / ".ci" / "run").read_text()
-    assert ci.index("emulators.sh") < ci.index("arm64-env.sh") < ci.index("pytest")
-    assert shutil.which("bash")
+    assert ci.index("emulators.sh") < ci.index('pip install -q -e ".[dev]"') < ci.index("arm64-env.sh")
+    assert ci.index("arm64-env.sh") < ci.index("pytest")
