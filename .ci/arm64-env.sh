@@ -22,6 +22,30 @@ fail() {
   echo "arm64-env: $*" >&2
   exit 1
 }
+# install_project DIR: this package (pure Python) into DIR, built from a private copy of its sources so
+# that two builds (CI, a test, a person) never share the tree's build/ folder.
+install_project() {
+  local src
+  src=$(mktemp -d)
+  "$PY" - "$src" <<'PYEOF' || fail "copying this project's sources failed"
+import shutil, sys, tomllib
+from pathlib import Path
+setup = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["setuptools"]
+for name in ["pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", *setup["package-dir"].values()]:
+    if Path(name).is_dir():
+        shutil.copytree(name, Path(sys.argv[1]) / name, ignore=shutil.ignore_patterns("__pycache__"))
+    elif Path(name).is_file():
+        shutil.copy2(name, Path(sys.argv[1]) / name)
+PYEOF
+  rm -rf "$1"
+  "$PY" -m pip install -q --no-deps --no-build-isolation --target "$1" "$src" >"$1.log" 2>&1 ||
+    fail "pip install --target $1 of this project failed (see $1.log)"
+  rm -rf "$src"
+}
+if [ "${1:-}" = "--project" ]; then # tests/test_arm64.py: the working tree's package, nothing else
+  install_project "$2"
+  exit 0
+fi
 [ -x "$QEMU" ] || fail "$QEMU is missing: run .ci/emulators.sh first"
 mkdir -p "$ARM"
 
@@ -65,7 +89,8 @@ if [ "$(cat "$ARM/site.pins" 2>/dev/null)" != "$pins" ]; then
   echo "$pins" >"$ARM/site.pins"
 fi
 
-# 3. python: the wrapper; project/: this package, for use by hand (tests/test_arm64.py installs its own).
+# 3. python: the wrapper; project/: this package, for use by hand (tests/test_arm64.py installs the
+#    working tree's own with --project DIR).
 cat >"$ARM/python" <<EOF
 #!/bin/sh
 # ARM64 Python 3.11 under qemu-user (.ci/arm64-env.sh); QEMU_CPU=cortex-a72 for a CPU without dot product.
@@ -73,8 +98,6 @@ export PYTHONPATH="\${MBEDGE_ARM64_PATH:-$ARM/project}:$ARM/site"
 exec "$QEMU" -cpu "\${QEMU_CPU:-max}" -L "$ARM/root" "$ARM/root/usr/bin/python3.11" "\$@"
 EOF
 chmod +x "$ARM/python"
-rm -rf "$ARM/project"
-"$PY" -m pip install -q --no-deps --no-build-isolation --target "$ARM/project" . >"$ARM/project.log" 2>&1 ||
-  fail "pip install --target of this project failed (see $ARM/project.log)"
+install_project "$ARM/project"
 "$ARM/python" -c 'import numpy, onnxruntime, platform; print("arm64-env:", platform.machine(),
 "python", platform.python_version(), "onnxruntime", onnxruntime.__version__, "numpy", numpy.__version__)'

@@ -103,12 +103,9 @@ def work(tmp_path_factory, exported_factory):
     tmp = tmp_path_factory.mktemp("arm64")
     t0 = time.perf_counter()
     # The working tree's own package (pure Python), so the code under test is never a stale copy.
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-        + ["--target", str(tmp / "project"), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(ROOT / ".ci" / "arm64-env.sh"), "--project", str(tmp / "project")], env=env)
+    assert proc.returncode == 0, "installing the working tree's package for the emulated Python failed (stderr above)"
     folders, graphs, manifests = [], [], {}
 
     def add(name: str, path: Path, task: str, texts: list[str], graph: bool = True) -> None:
