@@ -14,9 +14,12 @@ the CPU the code runs on (py-cpuinfo, which merges it, reported AMX under an emu
 
 Two int8 kernel classes (shared/notes/cpu-classes.md, checked bit for bit in tests/test_kernels.py):
 
-- ``int32-accumulating``: VNNI (vpdpbusd), AMX tiles, ARM64 (sdot/smmla, or NEON widening
-  multiplies), x86 without AVX2 (SSE widening to int16 operands, pmaddwd into int32): a product of
-  u8 activations and s8 weights is exact.
+- ``int32-accumulating``: VNNI (vpdpbusd), AMX tiles, ARM64 (udot/ummla, or NEON without dot
+  product, whose int16 pair sums overflow only for two weights of -128, which mbedge quantize never
+  writes: docs/arm64.md), x86 without AVX2 (SSE widening to int16 operands, pmaddwd into int32): a product of
+  u8 activations and s8 weights is exact. On ARM64 CPUs with SME, onnxruntime's DynamicQuantizeMatMul
+  runs KleidiAI's kernel instead, which quantizes the activations per row (signed int8, one scale per
+  row) rather than per tensor: exact products too, of different (finer) integers (docs/arm64.md).
 - ``int16-saturating``: AVX2 without VNNI: ``vpmaddubsw`` adds the products of adjacent byte
   pairs into int16 with saturation, so a₁w₁ + a₂w₂ > 32767 is clipped (quantize/kernels.py).
 """
@@ -38,7 +41,8 @@ KERNEL_CLASSES = (INT32, INT16_SATURATING)
 # numpy's names -> ours, in the order `mbedge info` prints them
 _NUMPY_X86 = {"AVX2": "avx2", "AVX512F": "avx512f", "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
 _NUMPY_ARM = {"ASIMD": "neon", "ASIMDDP": "dotprod", "ASIMDHP": "fp16", "SVE": "sve"}
-_HWCAP2_ARM = {"i8mm": 1 << 13, "bf16": 1 << 14, "sve2": 1 << 1}  # linux/arch/arm64/include/uapi/asm/hwcap.h
+# linux/arch/arm64/include/uapi/asm/hwcap.h
+_HWCAP2_ARM = {"i8mm": 1 << 13, "bf16": 1 << 14, "sve2": 1 << 1, "sme": 1 << 23, "sme2": 1 << 37}
 _AT_HWCAP2 = 26
 
 
@@ -66,11 +70,13 @@ class CpuInfo:
                 return "AVX2 vpmaddubsw (int16 pair sums, saturating)"
             return "SSE widening (int32)"
         if self.arch == "aarch64":
+            if f.get("sme"):  # onnxruntime's KleidiAI kernels; docs/arm64.md
+                return "KleidiAI SME mopa, activations quantized per row (int32)"
             if f.get("i8mm"):
-                return "i8mm smmla (int32)"
+                return "i8mm ummla/smmla (int32)"
             if f.get("dotprod"):
-                return "dot product sdot/udot (int32)"
-            return "NEON widening multiply-accumulate (int32)"
+                return "dot product udot/sdot (int32)"
+            return "NEON smull/smlal2, int16 pair sums exact for weights in [-127, 127] (int32)"
         return "portable C (int32)"
 
     def feature_line(self) -> str:
