@@ -350,9 +350,10 @@ def test_fp32_folders_match_x86(work, cpu):
 # int4 on a CPU with dot product runs onnxruntime's KleidiAI MatMulNBits kernels (…_qai8dxp…_qsi4c32p…
 # _neon_dotprod / _neon_i8mm in the aarch64 wheel), which quantize the activations per row, not per
 # block of 32 as MLAS does on x86 and on the Cortex-A72: the tiny fill-mask folder's largest logit
-# difference came out 0.0337 against the report's 0.0325 (worst-token cosine kept). The report has no
-# figure for that path; this marks the gap (strict: it fails once the report covers it).
-INT4_KLEIDIAI = pytest.mark.xfail(reason="int4 via KleidiAI (per-row int8 activations): no report figure", strict=True)
+# difference came out 0.0337 against the report's 0.0325 (worst-token cosine kept), and 0.0329 against
+# 0.0337 once the quantizer's weights changed: within or beyond the report by chance. The report has no
+# figure for that path; this marks the gap (not strict: whether it holds is luck until the report covers it).
+INT4_KLEIDIAI = pytest.mark.xfail(reason="int4 via KleidiAI (per-row int8 activations): no report figure", strict=False)
 
 
 @pytest.mark.parametrize(
@@ -513,6 +514,7 @@ def _assert_close(a: object, b: object, tol: float, where: str) -> None:
 
 def test_emulation_env_script_is_wired_into_ci():
     """CI builds the arm64 env (so these tests run there) after the emulator and the x86 venv."""
-    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
+    ci = "\n".join(line.split(" #")[0] for line in commands)  # the commands, not their comments
     assert ci.index("emulators.sh") < ci.index('pip install -q -e ".[dev]"') < ci.index("arm64-env.sh")
     assert ci.index("arm64-env.sh") < ci.index("pytest")
