@@ -4,6 +4,7 @@ imported inside the command bodies, so `mbedge --help` needs neither)."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -87,6 +88,8 @@ def serve_cmd(
     for flag, value in timeouts.items():
         if not 0 < value <= 3600:
             raise UserError(f"{flag} must be more than 0 and at most 3600 seconds, got {value}.")
+    if api_key is None and os.environ.get("MBEDGE_API_KEY") is not None:
+        api_key = os.environ["MBEDGE_API_KEY"]  # click reads an empty variable as unset: it is not
     if api_key is not None and not api_key.strip():
         raise UserError("--api-key (or MBEDGE_API_KEY) is empty: give a key, or unset it to serve without one.")
     if log_level not in ("debug", "info", "warning", "error"):
@@ -178,7 +181,10 @@ def loadtest_cmd(
     if not 1 <= min_tokens <= max_tokens:
         raise UserError(f"--min-tokens and --max-tokens must satisfy 1 <= min <= max, got {min_tokens}, {max_tokens}.")
     client = loadtest.Client(url, api_key)
-    pool = loadtest.make_texts(texts, min_tokens, max_tokens, client.count_tokens)
+    try:
+        pool = loadtest.make_texts(texts, min_tokens, max_tokens, client.count_tokens)
+    except OSError as e:
+        raise UserError(f"no server answers at {url} ({e.strerror or e}): start mbedge serve there first.") from None
     results = loadtest.run(client, pool, levels, requests, seconds, route, inputs_per_request, backoff_ms / 1000)
     files = loadtest.write_outputs(results, out)
     typer.echo(loadtest.markdown(results))

@@ -52,6 +52,9 @@ class State:
     failed: str | None = None  # why warm-up failed (then /health answers 503 with it)
 
 
+FOLDER_TASK = {"rerank": "text-classification", "tokenize": "feature-extraction"}  # the model a route picks
+
+
 # ── the shared path of every model route ──────────────────────────────────────────────────────────
 
 
@@ -117,7 +120,7 @@ async def run_task(
 ) -> tuple[str, list, int]:
     """(model name, one result per input, tokens) through the model's batcher; `counted` are the
     inputs whose tokens are admitted (default: `inputs`; rerank: one (query, document) pair each)."""
-    name, model = pick_model(state, model_name, task)
+    name, model = pick_model(state, model_name, FOLDER_TASK.get(task, task))
     if task != "tokenize":
         try:
             model.resolve_task(task)
