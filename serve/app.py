@@ -150,6 +150,8 @@ def create_app(models: dict, settings: Settings) -> Starlette:
 
         try:
             await app(scope, receive, capture)
+        except asyncio.CancelledError:  # --shutdown-timeout passed: one access-log line, not a traceback
+            status[0] = 503
         finally:
             path = scope["path"]
             route = path if path in POST_ROUTES or path in ("/health", "/info", "/metrics") else "other"

@@ -50,14 +50,20 @@ def serve_cmd(
     max_connections: Annotated[
         int, typer.Option(help="Open connections; beyond it the oldest idle one is closed.")
     ] = 1000,
-    limit_concurrency: Annotated[int, typer.Option(help="Requests in progress; beyond it: 503 (uvicorn).")] = 512,
+    limit_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="uvicorn's cap on open connections plus requests in progress, beyond it 503 (default: off; "
+            "--max-connections bounds connections)."
+        ),
+    ] = None,
     header_timeout: Annotated[float, typer.Option(help="Seconds a connection may take to send a request head.")] = 10.0,
     body_timeout: Annotated[float, typer.Option(help="Seconds a request's body may take to arrive (408).")] = 30.0,
     keep_alive_timeout: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     max_header_bytes: Annotated[int, typer.Option(help="Largest request head in bytes (h11; beyond: 400).")] = 16384,
     shutdown_timeout: Annotated[
         float, typer.Option(help="Seconds SIGTERM waits for requests in flight before cancelling them.")
-    ] = 30.0,
+    ] = 10.0,
     api_key: Annotated[
         str | None, typer.Option(envvar="MBEDGE_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /health).")
     ] = None,
@@ -74,7 +80,7 @@ def serve_cmd(
     import modernbert_edge
 
     counts = (batch_tokens, max_queue_tokens, max_client_batch_size, max_body_bytes, max_top_k, max_masks,
-              max_connections, limit_concurrency, max_header_bytes)  # fmt: skip
+              max_connections, 1 if limit_concurrency is None else limit_concurrency, max_header_bytes)  # fmt: skip
     if min(counts) < 1:
         raise UserError("--batch-tokens, --max-queue-tokens, --max-client-batch-size, --max-body-bytes, --max-top-k, "
                         "--max-masks, --max-connections, --limit-concurrency and --max-header-bytes must be at "

@@ -293,7 +293,8 @@ def test_sigterm_with_a_half_sent_body_exits_within_the_grace_period(folders, tm
         up.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n" + b" " * 1000)
         time.sleep(0.3)
         s.proc.send_signal(signal.SIGTERM)
-        assert s.proc.wait(30) == 0  # --shutdown-timeout cancels it; the client never finished
+        assert s.stop() == 0  # --shutdown-timeout cancels it; the client never finished
+    assert '"POST /embed" 503' in s.log() and "Traceback" not in s.log()
 
 
 # ── options (defect 9) ────────────────────────────────────────────────────────────────────────────
