@@ -83,7 +83,16 @@ def folder_info(folder: Path, manifest: dict) -> ModelInfo:
     """ModelInfo from a manifest (read from the folder, or made for a folder without one) and config.json."""
     manifest_path = folder / "manifest.json"
     task = manifest["task"]
-    if task not in FOLDER_TASKS:
+    for key, kind, what in (
+        ("config", dict, "an object"),
+        ("outputs", list, "a list"),
+        ("sentence", dict, "an object"),
+    ):
+        if manifest.get(key) is not None and not isinstance(manifest[key], kind):
+            raise ModelFolderError(f"{manifest_path}'s {key!r} must be {what}: the folder is corrupt; export it again.")
+    if not all(isinstance(o, str) for o in manifest.get("outputs") or ()):
+        raise ModelFolderError(f"{manifest_path}'s 'outputs' must be a list of names: the folder is corrupt.")
+    if not isinstance(task, str) or task not in FOLDER_TASKS:
         raise ModelFolderError(
             f"{manifest_path} names task {task!r}, which this runtime does not run "
             f"(it runs: {', '.join(FOLDER_TASKS)})."
@@ -91,7 +100,9 @@ def folder_info(folder: Path, manifest: dict) -> ModelInfo:
     model_path = folder / str(manifest.get("model_file") or MODEL_FILE)
     if not model_path.is_file():
         raise ModelFolderError(f"{folder} has no {model_path.name}: the folder is incomplete; export it again.")
-    check_inside(folder, model_path, model_path.with_name(model_path.name + ".data"), folder / "tokenizer.json")
+    check_inside(
+        folder, model_path, model_path.with_name(model_path.name + ".data"), folder / "tokenizer.json", folder / CONFIG
+    )
     if model_path.stat().st_size == 0:
         raise ModelFolderError(f"{model_path} is empty: the folder is corrupt; export it again.")
 
@@ -126,17 +137,34 @@ def folder_info(folder: Path, manifest: dict) -> ModelInfo:
         max_position_embeddings=setting("max_position_embeddings"),
         id2label=labels,
         problem_type=config.get("problem_type"),
-        pad_token_id=pad if isinstance(pad, int) and 0 <= pad else 0,
-        cls_token_id=cls if isinstance(cls, int) and 0 <= cls else None,
+        pad_token_id=pad if _token_id(pad, setting("vocab_size")) else 0,
+        cls_token_id=cls if _token_id(cls, setting("vocab_size")) else None,
         manifest=manifest,
-        sentence=Embedder.from_manifest(folder, manifest.get("sentence")),
+        sentence=_sentence(folder, manifest),
         activation=_activation(config),
     )
 
 
+def _token_id(value: object, vocab_size: int) -> bool:
+    """Whether a config.json token id is an id of the vocabulary (else the runtime's default is used)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size
+
+
+def _sentence(folder: Path, manifest: dict) -> Embedder:
+    """The manifest's sentence-transformers section; a section of the wrong shape is one sentence."""
+    try:
+        return Embedder.from_manifest(folder, manifest.get("sentence"))
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+        raise ModelFolderError(
+            f"{folder / 'manifest.json'}'s 'sentence' section is not what mbedge export writes: "
+            "the folder is corrupt; export it again."
+        ) from None
+
+
 def _activation(config: dict) -> str | None:
     """The activation a sentence-transformers CrossEncoder's config.json names, if any."""
-    named = (config.get("sentence_transformers") or {}).get("activation_fn")
+    section = config.get("sentence_transformers")
+    named = (section if isinstance(section, dict) else {}).get("activation_fn")
     named = named or config.get("sbert_ce_default_activation_function")
     return str(named) if named else None
 
