@@ -280,3 +280,21 @@ def test_output_is_checked_before_anything_runs(corpus, embedder, tmp_path):
     with pytest.raises(UserError, match="inside the input folder"):
         run_batch(embedder, root, root / "out")
     assert not (root / "out").exists()
+
+
+def test_bad_rows_of_every_format_are_error_rows(local_ray, embedder, tmp_path):
+    """Issue 24: a JSONL line nested 100k deep or with a 5,000-digit integer, a Latin-1 byte in a CSV:
+    one error row each, the other rows run (before, the whole job aborted with a Ray traceback)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [json.dumps({"id": 0, "text": "fine"}), '{"id": 1, "text": ' + "[" * 100_000 + "]" * 100_000 + "}",
+             '{"id": 2, "text": "x", "n": ' + "9" * 5000 + "}", json.dumps({"id": 3, "text": "also fine"})]  # fmt: skip
+    (src / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    (src / "rows.csv").write_bytes(b"id,text\n10,hello\n11,caf\xe9 au lait\n12,ok\n")
+    summary = run_batch(embedder, src, tmp_path / "out", shard_rows=2)
+    assert summary["rows"] == 7 and summary["failed"] == 3
+    got = _read(tmp_path / "out")
+    errors = {(s, r): e for s, r, e in zip(got["source"], got["row"], got["error"], strict=True)}
+    assert "nested too deeply" in errors[("rows.jsonl", 1)] and "could not be read" in errors[("rows.jsonl", 2)]
+    assert "not UTF-8" in errors[("rows.csv", 1)]
+    assert errors[("rows.jsonl", 0)] is None and errors[("rows.csv", 0)] is None and errors[("rows.csv", 2)] is None
