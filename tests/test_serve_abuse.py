@@ -329,3 +329,67 @@ def test_loadtest_urls_are_one_sentence(url) -> None:
 def test_info_names_the_new_limits(server) -> None:
     info = json.loads(httpx.get(server.url + "/info").text)
     assert info["max_top_k"] == 100 and info["max_masks"] == 16
+
+
+def test_no_empty_text_is_named_after_the_wrong_field(server) -> None:
+    _status(server.post("/answer", {"question": " ", "context": "b"}), 400, '"question[0]" is empty')
+    _status(server.post("/answer", {"question": "a", "context": ["b", ""]}), 400, '"context[1]" is empty')
+
+
+def test_mbedge_run_fill_mask_output_is_linear(folders, tmp_path) -> None:
+    """A line of 300 masks: one prediction list per mask, no whole sequence in each (before: masks ×
+    top_k copies of the line)."""
+    line = "[MASK] " * 300
+    (tmp_path / "in.txt").write_text(line + "\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "modernbert_edge.cli",
+        "run",
+        str(folders["mask"]),
+        "--input",
+        str(tmp_path / "in.txt"),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)["predictions"]
+    assert len(result) == 300 and all("sequence" not in p for m in result for p in m)
+    assert len(r.stdout) < 300 * 5 * 120  # per prediction: score, token, token_str only
+
+
+# ── any JSON on any route: never a 500 (hypothesis; MBEDGE_FUZZ_EXAMPLES=2000 for a larger run) ─────
+
+ROUTES = ("/embed", "/v1/embeddings", "/predict", "/rerank", "/fill_mask", "/tag", "/answer", "/tokenize")
+FIELDS = ("inputs", "input", "model", "top_k", "max_answer_len", "truncate", "normalize", "question", "context",
+          "query", "texts", "return_text", "add_special_tokens", "dimensions", "encoding_format", "prompt_name",
+          "aggregation", "ignore_labels", "align_to_words", "raw_scores")  # fmt: skip
+
+
+def _bodies():  # noqa: ANN202 - a hypothesis strategy
+    from hypothesis import strategies as st
+
+    words = st.sampled_from(["emb", "mask", "qa", "ce", "a [MASK] b", "float", "base64"])
+    numbers = st.integers(-(10**30), 10**30) | st.floats(allow_nan=False, allow_infinity=False)
+    scalars = st.none() | st.booleans() | numbers | st.text(max_size=30) | words
+    containers = lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=3)  # noqa: E731
+    values = st.recursive(scalars, containers, max_leaves=8)
+    return st.dictionaries(st.sampled_from(FIELDS), values, max_size=5)
+
+
+def test_any_json_on_any_route_is_never_a_500(server) -> None:
+    import os
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=int(os.environ.get("MBEDGE_FUZZ_EXAMPLES", "60")), deadline=None, database=None)
+    @given(path=st.sampled_from(ROUTES), body=_bodies())
+    def check(path: str, body: dict) -> None:
+        r = server.post(path, body)
+        assert r.status_code < 500 or r.status_code == 503, (path, body, r.text)
+        if r.status_code >= 400:
+            error = r.json()["error"]
+            assert error["message"] if path.startswith("/v1/") else error, (path, body)
+
+    check()
+    assert "Traceback" not in server.log()
