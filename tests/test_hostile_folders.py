@@ -82,3 +82,20 @@ def test_a_foreign_folder_with_odd_config_types(classifier, tmp_path, config) ->
         load(folder)
     except UserError:
         pass  # one sentence is the contract; loading with defaults is fine too
+
+
+@pytest.mark.parametrize("pattern, refused", [("a*a*a*[^a]", True), (r"\w+|[^\w\s]+", False)])
+def test_a_pre_tokenizer_regex_that_backtracks_polynomially_is_refused(classifier, tmp_path, pattern, refused) -> None:
+    """tokenizers (Oniguruma) stops exponential backtracking but not polynomial: `a*a*a*[^a]` took
+    111 s on 800 characters. The folder is refused when it loads, before any input runs."""
+    folder = _copy(classifier, tmp_path)
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text())
+    split = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [split, data["pre_tokenizer"]]}
+    path.write_text(json.dumps(data))
+    if refused:
+        with pytest.raises(UserError, match="backtracks polynomially"):
+            load(folder)
+    else:
+        assert len(load(folder).classify(["a b c"])) == 1
