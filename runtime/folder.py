@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from modernbert_edge.runtime.tokenize import TextTokenizer
 
 CONFIG = "config.json"
+# The dimensions of each folder task's first output (DESIGN.md, Contract): per token, or per input.
+OUTPUT_RANK = {"feature-extraction": 3, "fill-mask": 3, "token-classification": 3, "text-classification": 2,
+               "question-answering": 2}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,14 @@ def check_graph(info: ModelInfo, session: Session) -> ModelInfo:
             f"{where} has outputs {session.output_names}, but the manifest says {list(info.outputs)} "
             f"and a {info.task} model needs {list(spec.outputs)}: the folder is inconsistent; export it again."
         )
-    last = session.output_shapes[spec.outputs[0]][-1]
+    shape = session.output_shapes[spec.outputs[0]]
+    rank = OUTPUT_RANK.get(info.task)
+    if rank is not None and len(shape) != rank:
+        raise ModelFolderError(
+            f"{where}'s {spec.outputs[0]} output has {len(shape)} dimensions {shape}, but a {info.task} model's has "
+            f"{rank}: the manifest names the wrong task; export it again."
+        )
+    last = shape[-1]
     expected = spec.head_size(info)
     if isinstance(last, int) and expected is not None and last != expected:
         raise ModelFolderError(

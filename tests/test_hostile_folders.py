@@ -99,3 +99,12 @@ def test_a_pre_tokenizer_regex_that_backtracks_polynomially_is_refused(classifie
             load(folder)
     else:
         assert len(load(folder).classify(["a b c"])) == 1
+
+
+def test_a_manifest_that_names_the_wrong_task_is_one_sentence(classifier, tmp_path) -> None:
+    """A text-classification graph (logits per input) whose manifest says token-classification used to
+    load and answer [] for every text (and, served, warm up into nothing); now it is refused."""
+    folder = _copy(classifier, tmp_path)
+    _edit(folder / "manifest.json", task="token-classification")
+    with pytest.raises(UserError, match="names the wrong task"):
+        load(folder)
