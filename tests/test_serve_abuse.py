@@ -411,3 +411,10 @@ def test_any_json_on_any_route_is_never_a_500(fast_server) -> None:
 
     check()
     assert "Traceback" not in server.log()
+
+
+def test_mbedge_run_on_a_graph_that_fails_at_run_time_is_one_sentence(folders, tmp_path) -> None:
+    bad = _broken_copy(folders["emb"], tmp_path, "bad", "bad")
+    cmd = [sys.executable, "-m", "modernbert_edge.cli", "run", str(bad), "hello"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "failed when it ran" in r.stderr and "Traceback" not in r.stderr, r.stderr
