@@ -418,3 +418,10 @@ def test_mbedge_run_on_a_graph_that_fails_at_run_time_is_one_sentence(folders, t
     cmd = [sys.executable, "-m", "modernbert_edge.cli", "run", str(bad), "hello"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "failed when it ran" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_mbedge_run_reads_a_process_substitution(folders) -> None:
+    """`--input <(echo hi)` is a pipe, not a regular file: it is read once (it used to say "does not exist")."""
+    cli = f"{sys.executable} -m modernbert_edge.cli run {folders['emb']} --input <(echo hi)"
+    r = subprocess.run(["bash", "-c", cli], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout)["index"] == 0, r.stderr
