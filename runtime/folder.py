@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from modernbert_edge.runtime.tokenize import TextTokenizer
 
 CONFIG = "config.json"
+# The dimensions of each folder task's first output (DESIGN.md, Contract): per token, or per input.
+OUTPUT_RANK = {"feature-extraction": 3, "fill-mask": 3, "token-classification": 3, "text-classification": 2,
+               "question-answering": 2}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,16 @@ def folder_info(folder: Path, manifest: dict) -> ModelInfo:
     """ModelInfo from a manifest (read from the folder, or made for a folder without one) and config.json."""
     manifest_path = folder / "manifest.json"
     task = manifest["task"]
-    if task not in FOLDER_TASKS:
+    for key, kind, what in (
+        ("config", dict, "an object"),
+        ("outputs", list, "a list"),
+        ("sentence", dict, "an object"),
+    ):
+        if manifest.get(key) is not None and not isinstance(manifest[key], kind):
+            raise ModelFolderError(f"{manifest_path}'s {key!r} must be {what}: the folder is corrupt; export it again.")
+    if not all(isinstance(o, str) for o in manifest.get("outputs") or ()):
+        raise ModelFolderError(f"{manifest_path}'s 'outputs' must be a list of names: the folder is corrupt.")
+    if not isinstance(task, str) or task not in FOLDER_TASKS:
         raise ModelFolderError(
             f"{manifest_path} names task {task!r}, which this runtime does not run "
             f"(it runs: {', '.join(FOLDER_TASKS)})."
@@ -91,7 +103,9 @@ def folder_info(folder: Path, manifest: dict) -> ModelInfo:
     model_path = folder / str(manifest.get("model_file") or MODEL_FILE)
     if not model_path.is_file():
         raise ModelFolderError(f"{folder} has no {model_path.name}: the folder is incomplete; export it again.")
-    check_inside(folder, model_path, model_path.with_name(model_path.name + ".data"), folder / "tokenizer.json")
+    check_inside(
+        folder, model_path, model_path.with_name(model_path.name + ".data"), folder / "tokenizer.json", folder / CONFIG
+    )
     if model_path.stat().st_size == 0:
         raise ModelFolderError(f"{model_path} is empty: the folder is corrupt; export it again.")
 
@@ -126,17 +140,34 @@ def folder_info(folder: Path, manifest: dict) -> ModelInfo:
         max_position_embeddings=setting("max_position_embeddings"),
         id2label=labels,
         problem_type=config.get("problem_type"),
-        pad_token_id=pad if isinstance(pad, int) and 0 <= pad else 0,
-        cls_token_id=cls if isinstance(cls, int) and 0 <= cls else None,
+        pad_token_id=pad if _token_id(pad, setting("vocab_size")) else 0,
+        cls_token_id=cls if _token_id(cls, setting("vocab_size")) else None,
         manifest=manifest,
-        sentence=Embedder.from_manifest(folder, manifest.get("sentence")),
+        sentence=_sentence(folder, manifest),
         activation=_activation(config),
     )
 
 
+def _token_id(value: object, vocab_size: int) -> bool:
+    """Whether a config.json token id is an id of the vocabulary (else the runtime's default is used)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < vocab_size
+
+
+def _sentence(folder: Path, manifest: dict) -> Embedder:
+    """The manifest's sentence-transformers section; a section of the wrong shape is one sentence."""
+    try:
+        return Embedder.from_manifest(folder, manifest.get("sentence"))
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError):
+        raise ModelFolderError(
+            f"{folder / 'manifest.json'}'s 'sentence' section is not what mbedge export writes: "
+            "the folder is corrupt; export it again."
+        ) from None
+
+
 def _activation(config: dict) -> str | None:
     """The activation a sentence-transformers CrossEncoder's config.json names, if any."""
-    named = (config.get("sentence_transformers") or {}).get("activation_fn")
+    section = config.get("sentence_transformers")
+    named = (section if isinstance(section, dict) else {}).get("activation_fn")
     named = named or config.get("sbert_ce_default_activation_function")
     return str(named) if named else None
 
@@ -171,7 +202,14 @@ def check_graph(info: ModelInfo, session: Session) -> ModelInfo:
             f"{where} has outputs {session.output_names}, but the manifest says {list(info.outputs)} "
             f"and a {info.task} model needs {list(spec.outputs)}: the folder is inconsistent; export it again."
         )
-    last = session.output_shapes[spec.outputs[0]][-1]
+    shape = session.output_shapes[spec.outputs[0]]
+    rank = OUTPUT_RANK.get(info.task)
+    if rank is not None and len(shape) != rank:
+        raise ModelFolderError(
+            f"{where}'s {spec.outputs[0]} output has {len(shape)} dimensions {shape}, but a {info.task} model's has "
+            f"{rank}: the manifest names the wrong task; export it again."
+        )
+    last = shape[-1]
     expected = spec.head_size(info)
     if isinstance(last, int) and expected is not None and last != expected:
         raise ModelFolderError(

@@ -96,10 +96,15 @@ def foreign_manifest(folder: Path, file: str, outputs: dict[str, list]) -> dict:
         raise ModelFolderError(
             f"{folder} has no config.json next to {file}: the runtime needs the model's config."
         ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ModelFolderError(f"{folder / 'config.json'} could not be read ({e}).") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{folder / 'config.json'} does not hold a JSON object; the folder may be corrupt.")
+    architectures = config.get("architectures")
+    architectures = [a for a in architectures if isinstance(a, str)] if isinstance(architectures, list) else []
+    vocab_size = config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None
     try:
-        task = task_of(outputs, list(config.get("architectures") or []), config.get("vocab_size"))
+        task = task_of(outputs, architectures, vocab_size)
     except ModelFolderError as e:
         raise ModelFolderError(f"{folder / file}: {e}") from None
     return {

@@ -62,8 +62,12 @@ def read_inputs(
             raise UserError("question answering needs --question with texts given as arguments.")
         return read_arguments(texts, spec, question), len(texts)
     if input_file is not None and str(input_file) != "-":
-        if not input_file.is_file():
+        if not input_file.exists():
             raise UserError(f"input file {input_file} does not exist.")
+        if input_file.is_dir():
+            raise UserError(f"input {input_file} is a folder; give a file of texts.")
+        if not input_file.is_file():  # a pipe (--input <(cmd)) or a device: read once, count unknown
+            return _file_items(input_file, fmt, spec, question, cap), None
         return _file_items(input_file, fmt, spec, question, cap), count_lines(input_file)
     if sys.stdin is None:  # closed (mbedge run MODEL <&-)
         raise UserError("no input: stdin is closed; pass texts as arguments, --input FILE, or pipe text to stdin.")

@@ -14,6 +14,7 @@ import numpy as np
 
 AGGREGATIONS = ("none", "simple", "first", "average", "max")
 # sentence-transformers Pooling modes (several in one model are concatenated)
+SPAN_BLOCK = 1 << 20  # span scores best_spans holds at once
 POOLINGS = ("cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
@@ -220,13 +221,21 @@ def best_spans(
     p_end = _masked_softmax(end_logits, in_softmax)
     s = len(p_start)
     width = max(1, min(max_answer_len, s))
-    # band[i, d] = score of span (i, i + d); spans leaving the context score -1.
-    ends = np.arange(s)[:, None] + np.arange(width)[None, :]  # (S, W)
-    valid = (ends < s) & allowed[:, None] & allowed[np.minimum(ends, s - 1)]
-    band = np.where(valid, p_start[:, None] * p_end[np.minimum(ends, s - 1)], -1.0)
-    flat = band.ravel()
-    picked = [i for i in top_k_indices(flat, top_k) if flat[i] >= 0]
-    return [(int(i // width), int(i // width + i % width), float(flat[i])) for i in picked]
+    block = max(1, SPAN_BLOCK // width)  # start tokens per step: memory stays O(SPAN_BLOCK + top_k)
+    scores, flats = [np.zeros(0, np.float64)], [np.zeros(0, np.int64)]
+    for first in range(0, s, block):
+        starts = np.arange(first, min(first + block, s))
+        # band[i, d] = score of span (i, i + d); spans leaving the context score -1.
+        ends = starts[:, None] + np.arange(width)[None, :]  # (R, W)
+        valid = (ends < s) & allowed[starts][:, None] & allowed[np.minimum(ends, s - 1)]
+        band = np.where(valid, p_start[starts][:, None] * p_end[np.minimum(ends, s - 1)], -1.0).ravel()
+        keep = top_k_indices(band, top_k)
+        keep = keep[band[keep] >= 0]
+        scores.append(band[keep].astype(np.float64))
+        flats.append(first * width + keep.astype(np.int64))  # i * W + d over the whole (S, W) band
+    score, flat = np.concatenate(scores), np.concatenate(flats)
+    order = np.lexsort((flat, -score))[:top_k]  # best first; equal scores: the earlier span, as argmax picks
+    return [(int(flat[i] // width), int(flat[i] // width + flat[i] % width), float(score[i])) for i in order]
 
 
 def _masked_softmax(logits: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -109,21 +109,24 @@ def fill_mask(batch: Batch, top_k: int) -> list:
         rows = np.flatnonzero(flat // width == b)  # this text's masks, in order
         positions = flat[rows] % width
         probs = softmax(logits[rows].astype(np.float32))  # (masks, V)
-        single = len(positions) == 1  # the pipeline keeps other masks visible in `sequence`
+        # One mask: each prediction carries the filled text (`sequence`), as the pipeline does. Several:
+        # no `sequence` (the whole text per prediction per mask would make the result grow as
+        # masks × length); the text and each mask's `token_str` rebuild it.
+        single = len(positions) == 1
         per_mask = []
         for m, position in enumerate(positions):
             predictions = []
             for token in top_k_indices(probs[m], top_k):
-                filled = ids.copy()
-                filled[position] = token
-                predictions.append(
-                    {
-                        "score": float(probs[m, token]),
-                        "token": int(token),
-                        "token_str": tok.decode([int(token)], skip_special_tokens=False),
-                        "sequence": tok.decode(filled.tolist(), skip_special_tokens=single),
-                    }
-                )
+                prediction = {
+                    "score": float(probs[m, token]),
+                    "token": int(token),
+                    "token_str": tok.decode([int(token)], skip_special_tokens=False),
+                }
+                if single:
+                    filled = ids.copy()
+                    filled[position] = token
+                    prediction["sequence"] = tok.decode(filled.tolist(), skip_special_tokens=True)
+                predictions.append(prediction)
             per_mask.append(predictions)
         results.append(per_mask)
     return results

@@ -135,6 +135,7 @@ class Session:
 
     def __init__(self, model_path: Path, threads: int | None = None, spinning: bool | str = DEFAULT_SPINNING) -> None:
         self._session = create_session(model_path, threads, spinning=spinning)
+        self.model_path = Path(model_path)
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
         self.output_shapes = {o.name: list(o.shape) for o in self._session.get_outputs()}
@@ -153,4 +154,13 @@ class Session:
         """(batch, sequence) int64 ids and mask -> {output name: array}."""
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         feed.update({name: np.zeros_like(input_ids) for name in self.zero_inputs})
-        return dict(zip(self.output_names, self._session.run(self.output_names, feed), strict=True))
+        try:
+            outputs = self._session.run(self.output_names, feed)
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:  # fmt: skip
+            detail = str(e).split("Status Message: ")[-1].splitlines()[0][:300]
+            raise ModelFolderError(
+                f"{self.model_path} loads but failed when it ran ({detail}); a graph made elsewhere may be corrupt: "
+                "export it again."
+            ) from None
+        return dict(zip(self.output_names, outputs, strict=True))

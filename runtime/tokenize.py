@@ -40,6 +40,12 @@ T = TypeVar("T")
 # is mostly characters the tokenizer drops (whitespace, control characters).
 CHARS_PER_TOKEN = 64
 ENCODE_CHARS = 1 << 18  # characters per encode_batch call: tokenizers peaks at about 300 bytes per character
+# A pre-tokenizer regex is probed on PROBE_CHARS repeats of each character it names: Oniguruma (the
+# tokenizers library's engine) stops exponential backtracking (retry-limit-in-match) but not
+# polynomial. Measured (one-off, 2026-12-05, tokenizers on this machine): on 160 characters,
+# `a*a*a*[^a]` 415 ms (16 s on 400), `a*a*[^a]` 7.8 ms, GPT-2's pattern and `\w+|[^\w\s]+` 0.04 ms.
+PROBE_CHARS = 160
+PROBE_LIMIT_S = 0.005  # the fastest of up to three tries; linear patterns take ~100x less
 
 
 def _special_tokens(folder: Path) -> dict[str, str]:
@@ -103,6 +109,7 @@ class TextTokenizer:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises plain Exception for bad files
             raise ModelFolderError(f"{path} could not be read by tokenizers ({e}); the file may be corrupt.") from None
+        check_split_regexes(path)
         return cls(tokenizer, max_length, _special_tokens(folder))
 
     def num_special_tokens(self, pair: bool = False) -> int:
@@ -205,6 +212,59 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._plain.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def check_split_regexes(path: Path) -> None:
+    """A ModelFolderError for a tokenizer.json whose Split pre-tokenizer regex backtracks polynomially
+    (it would let one input of a few thousand characters take minutes)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return  # tokenizers read it; nothing more to learn here
+    for pattern in _split_patterns(data.get("pre_tokenizer") if isinstance(data, dict) else None):
+        try:
+            split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+        except Exception:  # tokenizers loaded the file, so it compiles; be safe
+            continue
+        probes = {c for c in pattern if c.isalnum() or c in " .,'-_"} | {" ", "a", "0", "."}
+        for c in sorted(probes):
+            seconds = _time_split(split, c * PROBE_CHARS)
+            for _ in range(2):  # a slow try on a busy machine is tried again
+                if seconds <= PROBE_LIMIT_S:
+                    break
+                seconds = min(seconds, _time_split(split, c * PROBE_CHARS))
+            if seconds > PROBE_LIMIT_S:
+                raise ModelFolderError(
+                    f"{path}'s pre-tokenizer regex {pattern[:80]!r} backtracks polynomially ({1000 * seconds:.0f} ms "
+                    f"on {PROBE_CHARS} characters {c!r}): it would let one long input run for minutes; "
+                    "use a tokenizer without it."
+                )
+
+
+def _split_patterns(node: object) -> Iterator[str]:
+    """The Regex patterns of the Split pre-tokenizers in a pre_tokenizer section (Sequence included)."""
+    if isinstance(node, dict):
+        if node.get("type") == "Split" and isinstance(node.get("pattern"), dict):
+            regex = node["pattern"].get("Regex")
+            if isinstance(regex, str):
+                yield regex
+        for child in node.get("pretokenizers") or ():
+            yield from _split_patterns(child)
+
+
+def _time_split(split: object, text: str) -> float:
+    import time
+
+    start = time.perf_counter()
+    try:
+        split.pre_tokenize_str(text)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # noqa: BLE001 - a panic (Oniguruma's retry limit) ends the match: not slow
+        pass
+    return time.perf_counter() - start
 
 
 def _check_text(text: object, index: int, what: str) -> InputError | None:

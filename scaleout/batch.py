@@ -196,8 +196,7 @@ def run_batch(
     files, root = find_inputs(input)
     shards, has_ids = plan_shards(files, root, shard_rows, column, id_column)
     id_column = id_column or ("id" if has_ids else None)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _check_output(Path(output), Path(input), root)
     job = {
         "model": str(Path(model_dir).resolve()),
         "model_file": _file_stamp(model.info.model_path),
@@ -207,6 +206,7 @@ def run_batch(
         "id_column": id_column,
         "shard_rows": shard_rows,
         "inputs": [str(f) for f in files],
+        "input_files": [_file_stamp(f) for f in files],  # a changed (e.g. appended) input is refused
     }
     _check_job(out, job)
     for stale in out.glob(".*.tmp"):  # left by a killed run; never read as output
@@ -269,6 +269,23 @@ def _file_stamp(path: Path) -> dict:
     return {"name": path.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _check_output(out: Path, input: Path, root: Path) -> Path:  # noqa: A002
+    """OUTPUT made (or found) as a writable folder outside the input; one sentence otherwise."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUTPUT {out} is a file, not a folder: choose a folder for the shards.")
+    resolved = out.resolve()
+    inside = root if input.is_dir() or not input.exists() else None
+    if inside is not None and (resolved == inside or inside in resolved.parents):
+        raise UserError(f"OUTPUT {out} is inside the input folder {inside}: a rerun would read its own output.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"OUTPUT {out} cannot be created ({e.strerror}): choose another folder.") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"OUTPUT {out} is not writable: choose another folder.")
+    return out
+
+
 def _check_job(out: Path, job: dict) -> None:
     """Write OUTPUT/_batch.json, or check that the one there describes the same job."""
     path = out / JOB_FILE
@@ -278,6 +295,12 @@ def _check_job(out: Path, job: dict) -> None:
         except json.JSONDecodeError:
             old = {}
         differ = [k for k in job if old.get(k) != job[k]]
+        if differ == ["input_files"]:
+            changed = [f["name"] for f, g in zip(job[differ[0]], old.get(differ[0]), strict=True) if f != g]
+            raise UserError(
+                f"the input changed since {out} was started ({', '.join(changed)}: size or time differ), so its "
+                "shards no longer match the rows: choose a new OUTPUT folder, or delete this one."
+            )
         if differ:
             raise UserError(
                 f"{out} holds the output of another job (its {', '.join(differ)} differ): "

@@ -152,13 +152,30 @@ def read_shard(shard: Shard, column: str, id_column: str | None) -> list[Row]:
         rows = _read_jsonl(shard, column, id_column)
     else:
         columns = [column] + ([id_column] if id_column and id_column != column else [])
-        table = _read_parquet(shard, columns) if shard.fmt == "parquet" else _read_csv(shard, columns)
+        try:
+            table = _read_parquet(shard, columns) if shard.fmt == "parquet" else _read_csv(shard, columns)
+        except Exception as e:  # corrupt pages, a CSV line that does not parse: every row of the shard fails
+            reason = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            n = shard.stop - shard.start
+            return [Row(None, None, f"rows {shard.start + 1}-{shard.stop} could not be read ({reason}).")] * n
         texts = table.column(column).to_pylist()
         ids = table.column(id_column).to_pylist() if id_column else [None] * len(texts)
-        rows = [Row(i, t) for i, t in zip(ids, texts, strict=True)]
+        rows = [_decoded(shard.start + k, i, t) for k, (i, t) in enumerate(zip(ids, texts, strict=True))]
     if len(rows) != shard.stop - shard.start:
         raise RuntimeError(f"{shard.path} rows {shard.start}-{shard.stop} read as {len(rows)} rows: it changed?")
     return rows
+
+
+def _decoded(n: int, row_id: object, text: object) -> Row:
+    """A row whose CSV fields were read as bytes: text that is not UTF-8 is an error row."""
+    if isinstance(row_id, bytes):
+        row_id = row_id.decode("utf-8", errors="replace")
+    if not isinstance(text, bytes):
+        return Row(row_id, text)
+    try:
+        return Row(row_id, text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        return Row(row_id, None, f"row {n + 1} is not UTF-8 text (byte {e.object[e.start]:#04x} at {e.start}).")
 
 
 def _read_parquet(shard: Shard, columns: list[str]):  # noqa: ANN202 - pyarrow.Table
@@ -185,7 +202,8 @@ def _read_csv(shard: Shard, columns: list[str]):  # noqa: ANN202 - pyarrow.Table
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    convert = pcsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in columns})
+    # bytes, decoded row by row (_decoded): one line in another encoding is one error row, not a failed job
+    convert = pcsv.ConvertOptions(include_columns=columns, column_types={c: pa.binary() for c in columns})
     batches, at = [], 0
     for batch in pcsv.open_csv(shard.path, convert_options=convert):
         lo, hi = max(shard.start - at, 0), min(shard.stop - at, batch.num_rows)
@@ -194,7 +212,7 @@ def _read_csv(shard: Shard, columns: list[str]):  # noqa: ANN202 - pyarrow.Table
         at += batch.num_rows
         if at >= shard.stop:
             break
-    schema = pa.schema([(c, pa.string()) for c in columns])
+    schema = pa.schema([(c, pa.binary()) for c in columns])
     return pa.Table.from_batches(batches, schema=schema) if batches else schema.empty_table()
 
 
@@ -210,6 +228,12 @@ def _read_jsonl(shard: Shard, column: str, id_column: str | None) -> list[Row]:
                 record = json.loads(line)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 rows.append(Row(None, None, f"{where} is not valid JSON ({getattr(e, 'msg', e)})."))
+                continue
+            except RecursionError:
+                rows.append(Row(None, None, f"{where} is JSON nested too deeply to read."))
+                continue
+            except ValueError as e:  # an integer of more digits than Python converts
+                rows.append(Row(None, None, f"{where} could not be read ({e})."))
                 continue
             if not isinstance(record, dict):
                 rows.append(Row(None, None, f"{where} is not a JSON object (got {type(record).__name__})."))

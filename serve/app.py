@@ -29,6 +29,16 @@ log = logging.getLogger("mbedge.serve")
 access_log = logging.getLogger("mbedge.access")
 
 
+def authorized(request: Request, api_key: str) -> bool:
+    """Whether the request carries `Authorization: Bearer <api_key>` (RFC 6750: the scheme is
+    case-insensitive, one or more spaces, then the token; compared as UTF-8 bytes in constant time)."""
+    raw = request.headers.getlist("authorization")
+    if len(raw) != 1:
+        return False
+    scheme, _, token = raw[0].encode("latin-1").partition(b" ")  # header bytes as sent
+    return scheme.lower() == b"bearer" and hmac.compare_digest(token.lstrip(b" "), api_key.encode("utf-8"))
+
+
 def create_app(models: dict, settings: Settings) -> Starlette:
     """The app serving `models` ({name: loaded Model}); they are warmed up before /health says ready."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -62,9 +72,12 @@ def create_app(models: dict, settings: Settings) -> Starlette:
         tokens_rate.labels(name).set(stats.tokens / stats.seconds if stats.seconds else 0.0)
 
     def warm_up() -> None:
-        for model in models.values():
+        for name, model in models.items():
             text = f"warm up {model.tokenizer.mask_token or ''}".strip()
-            model.predict([(text, text)] if model.task == "question-answering" else [text], errors="return")
+            try:
+                model.predict([(text, text)] if model.task == "question-answering" else [text], errors="raise")
+            except Exception as e:
+                raise RuntimeError(f"model {name!r} ({model.info.folder}) could not run: {e}") from e
 
     @asynccontextmanager
     async def lifespan(app: Starlette):  # noqa: ANN202
@@ -79,7 +92,12 @@ def create_app(models: dict, settings: Settings) -> Starlette:
             queue_jobs.labels(name).set_function(lambda b=b: len(b.queue))
 
         async def get_ready() -> None:
-            await asyncio.to_thread(warm_up)
+            try:
+                await asyncio.to_thread(warm_up)
+            except Exception as e:  # a graph that loads but cannot run: say so on /health and in the log
+                state.failed = f"warm-up failed: {e}".splitlines()[0][:500]
+                log.error("%s", state.failed)
+                return
             state.ready = True
             log.info("ready: %s", ", ".join(f"{n} ({m.task}, {m.info.folder})" for n, m in models.items()))
 
@@ -93,11 +111,11 @@ def create_app(models: dict, settings: Settings) -> Starlette:
     async def dispatch(request: Request) -> Response:
         path = request.url.path
         try:
-            if settings.api_key is not None and path != "/health":
-                given = request.headers.get("authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {settings.api_key}".encode()):
-                    raise ApiError(401, "this server needs an Authorization: Bearer <api key> header.")
+            if settings.api_key is not None and path != "/health" and not authorized(request, settings.api_key):
+                raise ApiError(401, "this server needs an Authorization: Bearer <api key> header.")
             if path == "/health":
+                if state.failed:
+                    return JSONResponse({"status": "failed", "error": state.failed}, 503)
                 ok = state.ready
                 return JSONResponse({"status": "ok" if ok else "loading"}, 200 if ok else 503)
             if path == "/metrics":
@@ -107,9 +125,11 @@ def create_app(models: dict, settings: Settings) -> Starlette:
                 info = model_info(name, model, settings)
                 info["models"] = [model_info(n, m, settings) for n, m in models.items()]
                 return JSONResponse(info)
+            if state.failed:
+                raise ApiError(503, state.failed)
             if not state.ready:
                 raise ApiError(503, "the models are still warming up.", {"Retry-After": "1"})
-            body = await read_json(request, settings.max_body_bytes)
+            body = await read_json(request, settings.max_body_bytes, settings.body_timeout)
             return await POST_ROUTES[path](request, state, body)
         except ApiError as e:
             return error_response(path, e.status, e.message, e.headers)
@@ -130,6 +150,8 @@ def create_app(models: dict, settings: Settings) -> Starlette:
 
         try:
             await app(scope, receive, capture)
+        except asyncio.CancelledError:  # --shutdown-timeout passed: one access-log line, not a traceback
+            status[0] = 503
         finally:
             path = scope["path"]
             route = path if path in POST_ROUTES or path in ("/health", "/info", "/metrics") else "other"

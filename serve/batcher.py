@@ -194,7 +194,12 @@ class Batcher:
         start = time.perf_counter()
         inputs = [x for job in batch for x in job.inputs]
         try:
-            rows = self.model.predict(inputs, task=batch[0].task, errors="return", **batch[0].options)
+            if batch[0].task == "tokenize":  # no model run: the tokenizer's answer, queued like the rest
+                from modernbert_edge.serve.routes import tokenize_rows
+
+                rows = tokenize_rows(self.model, inputs, **batch[0].options)
+            else:
+                rows = self.model.predict(inputs, task=batch[0].task, errors="return", **batch[0].options)
         except Exception as e:  # options every job of the batch shares; each job gets it
             return [e] * len(batch)
         seconds = time.perf_counter() - start

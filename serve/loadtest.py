@@ -29,12 +29,18 @@ class Client:
     """A local server's address; `post` opens its own connection per thread via `connection()`."""
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = 60.0) -> None:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            port = parts.port
+        except ValueError as e:  # "Invalid IPv6 URL", "Port out of range 0-65535"
+            raise UserError(f"{url!r} is not a URL the load test can use ({e}).") from None
         if parts.scheme != "http" or parts.hostname not in LOCAL_HOSTS:
             raise UserError(
                 f"the load test only targets a server on this machine (http://127.0.0.1:PORT), got {url!r}."
             )
-        self.host, self.port, self.timeout = parts.hostname, parts.port or 80, timeout
+        if port == 0:
+            raise UserError(f"{url!r} has port 0; give the server's port (1-65535).")
+        self.host, self.port, self.timeout = parts.hostname, port or 80, timeout
         self.headers = {"Content-Type": "application/json"}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"

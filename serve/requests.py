@@ -6,13 +6,14 @@ size limits, 422 for malformed JSON or a field of the wrong type, 400 for an emp
 
 from __future__ import annotations
 
+import asyncio
 import json
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-ERROR_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 413: "Validation", 422: "Validation",
-               429: "Overloaded", 500: "Backend", 503: "Unhealthy"}  # fmt: skip
+ERROR_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 408: "Timeout", 413: "Validation",
+               422: "Validation", 429: "Overloaded", 499: "ClientClosed", 500: "Backend", 503: "Unhealthy"}  # fmt: skip
 
 
 class ApiError(Exception):
@@ -63,28 +64,53 @@ def texts(body: dict, name: str, limit: int) -> tuple[list[str], bool]:
     return items, single
 
 
-def positive(body: dict, name: str, default: int | None) -> int | None:
+def positive(body: dict, name: str, default: int | None, maximum: int | None = None) -> int | None:
+    """A positive integer field, at most `maximum` (422 naming the field and the bound otherwise)."""
     value = get(body, name, int, default)
     if value is not None and value < 1:
-        raise ApiError(422, f'"{name}" must be a positive integer, got {value}.')
+        raise ApiError(422, f'"{name}" must be a positive integer, got {_short(value)}.')
+    if value is not None and maximum is not None and value > maximum:
+        raise ApiError(422, f'"{name}" must be at most {maximum}, got {_short(value)}.')
     return value
 
 
-async def read_json(request: Request, limit: int) -> dict:
-    """The body as a JSON object: 413 beyond `limit` bytes, 422 when it is not a JSON object."""
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 20 else f"an integer of {len(text)} digits"
+
+
+async def read_json(request: Request, limit: int, timeout: float | None = None) -> dict:
+    """The body as a JSON object: 413 beyond `limit` bytes, 408 when it has not all arrived within
+    `timeout` seconds (the connection is closed), 422 when it is not a JSON object."""
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
         raise ApiError(413, f"the body has {int(size)} bytes, more than the {limit} this server accepts.")
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, f"the body is larger than the {limit} bytes this server accepts.")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def receive() -> None:
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, f"the body is larger than the {limit} bytes this server accepts.")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408, f"the body did not arrive within {timeout:g} s; send it at once.", {"Connection": "close"}
+        ) from None
+    except ClientDisconnect:
+        raise ApiError(499, "the client closed the connection while sending the body.") from None
     try:
         body = json.loads(b"".join(chunks))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(422, f"the body is not valid JSON ({getattr(e, 'msg', e)}).") from None
+    except RecursionError:
+        raise ApiError(422, "the body is not valid JSON here: it is nested too deeply.") from None
+    except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise ApiError(422, f"the body is not valid JSON here ({e}).") from None
     if not isinstance(body, dict):
         raise ApiError(422, f"the body must be a JSON object, got {_kind(body)}.")
     return body

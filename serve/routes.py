@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ class Settings:
     max_client_batch_size: int = 64
     max_body_bytes: int = 2 << 20
     api_key: str | None = None
+    max_top_k: int = 100  # top_k of /answer, /fill_mask and /predict
+    max_masks: int = 16  # mask tokens in one /fill_mask input
+    body_timeout: float = 30.0  # seconds a request's body may take to arrive (408 beyond)
 
 
 @dataclass
@@ -45,6 +49,10 @@ class State:
     settings: Settings
     batchers: dict = field(default_factory=dict)
     ready: bool = False
+    failed: str | None = None  # why warm-up failed (then /health answers 503 with it)
+
+
+FOLDER_TASK = {"rerank": "text-classification", "tokenize": "feature-extraction"}  # the model a route picks
 
 
 # ── the shared path of every model route ──────────────────────────────────────────────────────────
@@ -62,13 +70,24 @@ def pick_model(state: State, name: str | None, task: str) -> tuple[str, object]:
     return next(iter(state.models.items()))
 
 
-def count_tokens(model: object, inputs: list, pair: bool, truncate: bool, field_name: str) -> int:
-    """The tokens the inputs take (cut ones: max_length); 400 for an empty input, 413 for a long one."""
+def mask_cost(model: object) -> int:
+    """Tokens one [MASK] counts as: its decoder row (vocab floats) against a token's hidden state."""
+    return max(1, model.info.vocab_size // max(1, model.info.hidden_size))
+
+
+def count_tokens(
+    model: object, inputs: list, pair: bool, truncate: bool, field_name: str, max_masks: int | None = None
+) -> int:
+    """The tokens the inputs take (cut ones: max_length); 400 for an empty input, 413 for a long one.
+
+    With max_masks (fill-mask), each mask token counts as mask_cost(model) tokens, and an input
+    with more than max_masks of them is 413: a batch's decoder rows stay within its token budget."""
     tok = model.tokenizer
     encoded = tok.encode_pairs(inputs, "error") if pair else tok.encode(inputs, "error")
     total = 0
     for i, e in enumerate(encoded):
         if isinstance(e, InputTooLongError) and truncate:
+            e = tok.encode([inputs[i]], "truncate")[0] if max_masks is not None else None
             total += model.max_length
         elif isinstance(e, InputTooLongError):
             raise ApiError(413, f'"{field_name}[{i}]" {e.reason} Send "truncate": true to cut it.')
@@ -76,6 +95,14 @@ def count_tokens(model: object, inputs: list, pair: bool, truncate: bool, field_
             raise ApiError(400, f'"{field_name}[{i}]" {e.reason}')
         else:
             total += len(e.ids)
+        if max_masks is not None and e is not None and not isinstance(e, InputError) and tok.mask_id is not None:
+            masks = e.ids.count(tok.mask_id)
+            if masks > max_masks:
+                raise ApiError(
+                    413, f'"{field_name}[{i}]" has {masks} {tok.mask_token} tokens, more than the {max_masks} '
+                    "one input may have."
+                )  # fmt: skip
+            total += masks * (mask_cost(model) - 1)
     return total
 
 
@@ -89,16 +116,22 @@ async def run_task(
     truncate: bool,
     field_name: str,
     pair: bool = False,
+    counted: list | None = None,
 ) -> tuple[str, list, int]:
-    """(model name, one result per input, tokens) through the model's batcher."""
-    name, model = pick_model(state, model_name, task)
-    try:
-        model.resolve_task(task)
-    except UserError as e:
-        raise ApiError(400, str(e)) from None
+    """(model name, one result per input, tokens) through the model's batcher; `counted` are the
+    inputs whose tokens are admitted (default: `inputs`; rerank: one (query, document) pair each)."""
+    name, model = pick_model(state, model_name, FOLDER_TASK.get(task, task))
+    if task != "tokenize":
+        try:
+            model.resolve_task(task)
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
     if model.tokenizer is None:
         raise ApiError(400, f"model {name!r} has no tokenizer.json, so it cannot take text.")
-    tokens = await asyncio.to_thread(count_tokens, model, inputs, pair, truncate, field_name)
+    masks = state.settings.max_masks if task == "fill-mask" else None
+    tokens = await asyncio.to_thread(
+        count_tokens, model, inputs if counted is None else counted, pair, truncate, field_name, masks
+    )
     batcher: Batcher = state.batchers[name]
     if tokens > batcher.max_queue_tokens:
         raise ApiError(
@@ -123,7 +156,24 @@ async def run_task(
     for i, row in enumerate(rows):
         if isinstance(row, InputError):
             raise ApiError(400, f'"{field_name}[{i}]" {row.reason}')
+        if not _finite(row):
+            raise ApiError(
+                422, f'"{field_name}[{i}]" gave a non-finite result (NaN or infinity), which JSON cannot hold.'
+            )
     return name, rows, tokens
+
+
+def _finite(value: object) -> bool:
+    """Whether a result holds only finite numbers (strict JSON has no NaN or infinity)."""
+    if isinstance(value, np.ndarray):
+        return not np.issubdtype(value.dtype, np.floating) or bool(np.isfinite(value).all())
+    if isinstance(value, (float, np.floating)):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 async def _disconnected(request: Request) -> None:
@@ -140,7 +190,7 @@ async def embed(request: Request, state: State, body: dict) -> Response:
     truncate = get(body, "truncate", bool, False)
     options = {"normalize": normalize, "prompt_name": get(body, "prompt_name", str)}
     _, rows, _ = await run_task(
-        request, state, body.get("model"), "feature-extraction", inputs, options, truncate, "inputs"
+        request, state, get(body, "model", str), "feature-extraction", inputs, options, truncate, "inputs"
     )
     return JSONResponse(np.stack(rows).tolist())
 
@@ -181,19 +231,20 @@ async def predict(request: Request, state: State, body: dict) -> Response:
     inputs, single = texts(body, "inputs", state.settings.max_client_batch_size)
     if get(body, "raw_scores", bool, False):
         raise ApiError(400, '"raw_scores" is not supported: scores are softmax (or sigmoid) as the model defines.')
-    options = {"top_k": positive(body, "top_k", None)}
+    options = {"top_k": positive(body, "top_k", None, state.settings.max_top_k)}
     truncate = get(body, "truncate", bool, False)
     _, rows, _ = await run_task(
-        request, state, body.get("model"), "text-classification", inputs, options, truncate, "inputs"
+        request, state, get(body, "model", str), "text-classification", inputs, options, truncate, "inputs"
     )
     return JSONResponse(_one_or_many(rows, single))
 
 
 async def fill_mask(request: Request, state: State, body: dict) -> Response:
     inputs, single = texts(body, "inputs", state.settings.max_client_batch_size)
-    options = {"top_k": positive(body, "top_k", 5)}
+    options = {"top_k": positive(body, "top_k", 5, state.settings.max_top_k)}
     truncate = get(body, "truncate", bool, False)
-    _, rows, _ = await run_task(request, state, body.get("model"), "fill-mask", inputs, options, truncate, "inputs")
+    model_name = get(body, "model", str)
+    _, rows, _ = await run_task(request, state, model_name, "fill-mask", inputs, options, truncate, "inputs")
     return JSONResponse(_one_or_many(rows, single))
 
 
@@ -206,7 +257,7 @@ async def tag(request: Request, state: State, body: dict) -> Response:
     options = {"aggregation": aggregation, "ignore_labels": tuple(ignore)}
     truncate = get(body, "truncate", bool, False)
     _, rows, _ = await run_task(
-        request, state, body.get("model"), "token-classification", inputs, options, truncate, "inputs"
+        request, state, get(body, "model", str), "token-classification", inputs, options, truncate, "inputs"
     )
     return JSONResponse(_one_or_many(rows, single))
 
@@ -219,15 +270,22 @@ async def answer(request: Request, state: State, body: dict) -> Response:
         questions = questions * len(contexts)
     if len(questions) != len(contexts):
         raise ApiError(400, f'"question" has {len(questions)} texts for {len(contexts)} in "context".')
+    for name, items in (("question", questions), ("context", contexts)):
+        for i, text in enumerate(items):
+            if not text.strip():
+                raise ApiError(400, f'"{name}[{i}]" is empty.')
+    model_name = get(body, "model", str)
+    _, model = pick_model(state, model_name, "question-answering")
     options = {
-        "top_k": positive(body, "top_k", 1),
-        "max_answer_len": positive(body, "max_answer_len", 15),
+        "top_k": positive(body, "top_k", 1, state.settings.max_top_k),
+        # a span is at most the whole input: the span search looks at tokens × max_answer_len candidates
+        "max_answer_len": positive(body, "max_answer_len", 15, model.max_length),
         "align_to_words": get(body, "align_to_words", bool, True),
     }
     truncate = get(body, "truncate", bool, False)
     pairs = list(zip(questions, contexts, strict=True))
     _, rows, _ = await run_task(
-        request, state, body.get("model"), "question-answering", pairs, options, truncate, "context", pair=True
+        request, state, model_name, "question-answering", pairs, options, truncate, "context", pair=True
     )
     return JSONResponse(_one_or_many(rows, one_q and one_c))
 
@@ -236,15 +294,17 @@ async def rerank(request: Request, state: State, body: dict) -> Response:
     query = get(body, "query", str, required=True)
     docs, _ = texts(body, "texts", state.settings.max_client_batch_size)
     return_text = get(body, "return_text", bool, False)
-    name, model = pick_model(state, get(body, "model", str), "text-classification")
+    truncate = get(body, "truncate", bool, False)
     if not query.strip():
         raise ApiError(400, '"query" is empty.')
-    loop = asyncio.get_running_loop()
-    try:
-        ranked = await loop.run_in_executor(state.batchers[name].executor, model.rerank, query, docs)
-    except UserError as e:
-        raise ApiError(400, str(e)) from None
-    out = [{"index": r["index"], "score": r["score"]} for r in ranked]
+    for i, doc in enumerate(docs):
+        if not doc.strip():
+            raise ApiError(400, f'"texts[{i}]" is empty.')
+    _, rows, _ = await run_task(
+        request, state, get(body, "model", str), "rerank", [(query, docs)], {}, truncate, "texts", pair=True,
+        counted=[(query, d) for d in docs],
+    )  # fmt: skip
+    out = [{"index": r["index"], "score": r["score"]} for r in rows[0]]
     if return_text:
         for r in out:
             r["text"] = docs[r["index"]]
@@ -252,24 +312,29 @@ async def rerank(request: Request, state: State, body: dict) -> Response:
 
 
 async def tokenize(request: Request, state: State, body: dict) -> Response:
-    inputs, single = texts(body, "inputs", state.settings.max_client_batch_size)
+    inputs, _ = texts(body, "inputs", state.settings.max_client_batch_size)
     specials = get(body, "add_special_tokens", bool, True)
-    name, model = pick_model(state, get(body, "model", str), "feature-extraction")
-    if model.tokenizer is None:
-        raise ApiError(400, f"model {name!r} has no tokenizer.json.")
-    encoded = await asyncio.to_thread(model.tokenizer.encode, inputs, "truncate")
-    out = []
-    for i, (text, enc) in enumerate(zip(inputs, encoded, strict=True)):
+    options = {"add_special_tokens": specials}
+    # cut to the model's length, as before: counted (and queued, 429 / 413) like any other route's inputs
+    _, rows, _ = await run_task(request, state, get(body, "model", str), "tokenize", inputs, options, True, "inputs")
+    return JSONResponse(rows)
+
+
+def tokenize_rows(model: object, inputs: list, add_special_tokens: bool) -> list:
+    """/tokenize's answer for each input (on the model thread): [{id, text, special, start, stop}]."""
+    out: list = []
+    for text, enc in zip(inputs, model.tokenizer.encode(inputs, "truncate"), strict=True):
         if isinstance(enc, InputError):
-            raise ApiError(400, f'"inputs[{i}]" {enc.reason}')
+            out.append(enc)
+            continue
         out.append(
             [
                 {"id": t, "text": text[s:e] if not sp else token, "special": bool(sp), "start": s, "stop": e}
                 for t, token, (s, e), sp in zip(enc.ids, enc.tokens, enc.offsets, enc.special_tokens_mask, strict=True)
-                if specials or not sp
+                if add_special_tokens or not sp
             ]
         )
-    return JSONResponse(_one_or_many(out, False))
+    return out
 
 
 def model_info(name: str, model: object, settings: Settings) -> dict:
@@ -288,6 +353,8 @@ def model_info(name: str, model: object, settings: Settings) -> dict:
         "max_client_batch_size": settings.max_client_batch_size,
         "max_queue_tokens": settings.max_queue_tokens,
         "max_wait_ms": settings.max_wait_ms,
+        "max_top_k": settings.max_top_k,
+        "max_masks": settings.max_masks,
         "version": __version__,
     }
 

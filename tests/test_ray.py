@@ -247,3 +247,54 @@ def test_entities_as_arrow_equal_in_process(exported_factory, aggregation):
         "text is empty (or only whitespace).",
     ]
     assert stats.rows == 4 and stats.failed == 2 and stats.tokens > 10
+
+
+def test_rerun_after_appending_rows_is_refused_in_one_sentence(local_ray, embedder, tmp_path):
+    """Issue 24: 10 rows, --shard-rows 4, 5 rows appended, the same command again: refused, nothing
+    written (before, it ran 1 of 4 shards, exit 0, and rows 10 and 11 were never processed)."""
+    src = tmp_path / "in" / "rows.jsonl"
+    src.parent.mkdir()
+    src.write_text("".join(json.dumps({"id": i, "text": f"row {i}"}) + "\n" for i in range(10)))
+    out = tmp_path / "out"
+    run_batch(embedder, src, out, shard_rows=4)
+    shards = sorted(p.name for p in out.glob("*.parquet"))
+    with src.open("a") as f:
+        f.write("".join(json.dumps({"id": i, "text": f"row {i}"}) + "\n" for i in range(10, 15)))
+    with pytest.raises(UserError, match=r"the input changed since .* \(rows\.jsonl: size or time differ\)"):
+        run_batch(embedder, src, out, shard_rows=4)
+    assert sorted(p.name for p in out.glob("*.parquet")) == shards
+    result = subprocess.run(
+        [sys.executable, "-m", "modernbert_edge.cli", "batch", str(embedder), str(src), str(out), "--shard-rows", "4"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2 and "the input changed" in result.stderr and "Traceback" not in result.stderr
+    fresh = run_batch(embedder, src, tmp_path / "fresh", shard_rows=4)  # a new OUTPUT: every row once
+    assert fresh["rows"] == 15 and sorted(_read(tmp_path / "fresh")["id"]) == list(range(15))
+
+
+def test_output_is_checked_before_anything_runs(corpus, embedder, tmp_path):
+    root, _ = corpus
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        run_batch(embedder, root / "docs.parquet", tmp_path / "file")
+    with pytest.raises(UserError, match="inside the input folder"):
+        run_batch(embedder, root, root / "out")
+    assert not (root / "out").exists()
+
+
+def test_bad_rows_of_every_format_are_error_rows(local_ray, embedder, tmp_path):
+    """Issue 24: a JSONL line nested 100k deep or with a 5,000-digit integer, a Latin-1 byte in a CSV:
+    one error row each, the other rows run (before, the whole job aborted with a Ray traceback)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    lines = [json.dumps({"id": 0, "text": "fine"}), '{"id": 1, "text": ' + "[" * 100_000 + "]" * 100_000 + "}",
+             '{"id": 2, "text": "x", "n": ' + "9" * 5000 + "}", json.dumps({"id": 3, "text": "also fine"})]  # fmt: skip
+    (src / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    (src / "rows.csv").write_bytes(b"id,text\n10,hello\n11,caf\xe9 au lait\n12,ok\n")
+    summary = run_batch(embedder, src, tmp_path / "out", shard_rows=2)
+    assert summary["rows"] == 7 and summary["failed"] == 3
+    got = _read(tmp_path / "out")
+    errors = {(s, r): e for s, r, e in zip(got["source"], got["row"], got["error"], strict=True)}
+    assert "nested too deeply" in errors[("rows.jsonl", 1)] and "could not be read" in errors[("rows.jsonl", 2)]
+    assert "not UTF-8" in errors[("rows.csv", 1)]
+    assert errors[("rows.jsonl", 0)] is None and errors[("rows.csv", 0)] is None and errors[("rows.csv", 2)] is None
