@@ -141,13 +141,13 @@ def choose_engine(info: ModelInfo, engine: str) -> str:
         runs_it = openvino_installed() and openvino_blocker(info) is None
         return OPENVINO if runs_it and _has_vnni() and info.precision == "int8-static" else ONNXRUNTIME
     if engine == OPENVINO:
+        reason = openvino_blocker(info)  # first: installing openvino would not help
+        if reason:
+            raise UserError(f"{info.folder} cannot run on OpenVINO: {reason}.")
         if not openvino_installed():
             raise EngineMissingError(
                 "engine 'openvino' needs the openvino package: pip install 'modernbert-edge[openvino]'."
             )
-        reason = openvino_blocker(info)
-        if reason:
-            raise UserError(f"{info.folder} cannot run on OpenVINO: {reason}.")
     return engine
 
 
