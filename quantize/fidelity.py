@@ -23,7 +23,7 @@ from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize import kernels
 from modernbert_edge.quantize.calibration import Batch, CalibrationSet
 from modernbert_edge.quantize.smoothing import serialize_with_outputs, session_with_outputs
-from modernbert_edge.runtime.session import ZERO_INPUTS
+from modernbert_edge.runtime.session import ZERO_INPUTS, run_graph
 
 MASK_FRACTION = 0.15
 HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
@@ -137,8 +137,15 @@ def compare_models(
         for i, (batch, picked) in enumerate(masked_batches(batches, data.mask_token_id), 1):
             progress(f"evaluating {label}: batch {i}/{len(batches)}")
             feeds = batch.feeds()
-            a = sessions[0].run(wanted, feeds | {n: np.zeros_like(batch.input_ids) for n in zeros[0]})
-            b = sessions[1].run(wanted, feeds | {n: np.zeros_like(batch.input_ids) for n in zeros[1]})
+            a = run_graph(
+                sessions[0],
+                wanted,
+                feeds | {n: np.zeros_like(batch.input_ids) for n in zeros[0]},
+                "the reference model",
+            )
+            b = run_graph(
+                sessions[1], wanted, feeds | {n: np.zeros_like(batch.input_ids) for n in zeros[1]}, "the compared model"
+            )
             if ours:
                 cos.append(_cosines(a[-1], b[-1]))
             else:

@@ -78,13 +78,15 @@ def collect_stats(
     seed: int = 0,
 ) -> dict[str, ActivationStats]:
     """Run the fp32 model on the calibration batches and record every projection's input."""
+    from modernbert_edge.runtime.session import run_graph
+
     inputs = list(dict.fromkeys(p.x for p in projections))
     sess = session_with_outputs(model, inputs)
     rng = np.random.default_rng(seed)
     stats: dict[str, ActivationStats] = {}
     for b, batch in enumerate(batches, 1):
         progress(f"calibrating: batch {b}/{len(batches)}")
-        values = dict(zip(inputs, sess.run(inputs, batch.feeds()), strict=True))
+        values = dict(zip(inputs, run_graph(sess, inputs, batch.feeds(), "the fp32 model"), strict=True))
         for p in projections:
             x = values[p.x].reshape(-1, p.k).astype(np.float32)
             st = stats.setdefault(p.name, ActivationStats(np.zeros(p.k, dtype=np.float32)))

@@ -119,6 +119,21 @@ def create_session(
     return session
 
 
+def run_graph(
+    session: ort.InferenceSession, names: list[str] | None, feeds: dict[str, np.ndarray], model: Path | str
+) -> list[np.ndarray]:
+    """session.run, where a graph that loads but fails when it runs (a fixed Reshape, an Expand to a
+    terabyte: a hostile or corrupt graph) is one ModelFolderError naming `model`, not a traceback."""
+    errors = ort.capi.onnxruntime_pybind11_state
+    try:
+        return session.run(names, feeds)
+    except (errors.Fail, errors.InvalidArgument, errors.RuntimeException) as e:
+        detail = str(e).split("Status Message: ")[-1].splitlines()[0][:300]
+        raise ModelFolderError(
+            f"{model} loads but failed when it ran ({detail}); a graph made elsewhere may be corrupt: export it again."
+        ) from None
+
+
 # The oldest onnxruntime that loads every graph this project writes (GroupQueryAttention's `causal`
 # attribute, opset-23 Attention/RotaryEmbedding): 1.24.1-1.29 refuse them; 1.30 and 1.31 load them all.
 # pyproject.toml's floor says the same.
@@ -154,13 +169,5 @@ class Session:
         """(batch, sequence) int64 ids and mask -> {output name: array}."""
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         feed.update({name: np.zeros_like(input_ids) for name in self.zero_inputs})
-        try:
-            outputs = self._session.run(self.output_names, feed)
-        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:  # fmt: skip
-            detail = str(e).split("Status Message: ")[-1].splitlines()[0][:300]
-            raise ModelFolderError(
-                f"{self.model_path} loads but failed when it ran ({detail}); a graph made elsewhere may be corrupt: "
-                "export it again."
-            ) from None
+        outputs = run_graph(self._session, self.output_names, feed, self.model_path)
         return dict(zip(self.output_names, outputs, strict=True))

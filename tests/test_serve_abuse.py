@@ -420,6 +420,14 @@ def test_mbedge_run_on_a_graph_that_fails_at_run_time_is_one_sentence(folders, t
     assert r.returncode == 2 and "failed when it ran" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_mbedge_quantize_on_a_graph_that_fails_at_run_time_is_one_sentence(folders, tmp_path) -> None:
+    bad = _broken_copy(folders["emb"], tmp_path, "bad", "bad")
+    cmd = [sys.executable, "-m", "modernbert_edge.cli", "quantize", str(bad), str(tmp_path / "q")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "failed when it ran" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "q").exists()
+
+
 def test_mbedge_run_reads_a_process_substitution(folders) -> None:
     """`--input <(echo hi)` is a pipe, not a regular file: it is read once (it used to say "does not exist")."""
     cli = f"{sys.executable} -m modernbert_edge.cli run {folders['emb']} --input <(echo hi)"
