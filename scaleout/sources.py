@@ -100,6 +100,9 @@ def plan_shards(
             names, count = _columns_and_rows(path, fmt)
             if column not in names:
                 raise UserError(f"{path} has no column {column!r} (it has {', '.join(names)}): pass --column.")
+            kind = _parquet_type(path, column) if fmt == "parquet" else None
+            if kind is not None and not kind.startswith(("string", "large_string", "binary", "large_binary")):
+                raise UserError(f"{path}'s column {column!r} holds {kind} values, not text: pass --column naming text.")
             if id_column is not None and id_column not in names:
                 raise UserError(f"{path} has no id column {id_column!r} (it has {', '.join(names)}).")
             has_ids = has_ids and "id" in names
@@ -132,10 +135,10 @@ def _columns_and_rows(path: Path, fmt: str) -> tuple[list[str], int]:
         import pyarrow.parquet as pq
 
         try:
-            meta = pq.ParquetFile(path).metadata
+            f = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises several types for a bad file
             raise UserError(f"{path} is not a readable Parquet file ({e}).") from None
-        return list(meta.schema.names), meta.num_rows
+        return list(f.schema_arrow.names), f.metadata.num_rows  # top-level columns, not nested leaves
     import pyarrow.csv as pcsv
 
     try:
@@ -144,6 +147,13 @@ def _columns_and_rows(path: Path, fmt: str) -> tuple[list[str], int]:
         return names, sum(batch.num_rows for batch in reader)
     except Exception as e:
         raise UserError(f"{path} is not a readable CSV file ({e}).") from None
+
+
+def _parquet_type(path: Path, column: str) -> str:
+    """The Arrow type of a Parquet file's column, as text ("string", "list<element: string>", …)."""
+    import pyarrow.parquet as pq
+
+    return str(pq.read_schema(path).field(column).type)
 
 
 def read_shard(shard: Shard, column: str, id_column: str | None) -> list[Row]:

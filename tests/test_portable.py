@@ -142,3 +142,14 @@ def test_engine_choice(exported_factory):
         mbe.load(contrib, engine="openvino")
     with pytest.raises(UserError, match="engine must be one of"):
         mbe.load(portable, engine="tensorrt")
+
+
+def test_openvino_on_a_folder_it_can_never_run_says_why_not_install(exported_factory, monkeypatch):
+    """A contrib (com.microsoft) folder cannot run on OpenVINO installed or not: the message says so
+    instead of asking to install openvino."""
+    import modernbert_edge as mbe
+    from modernbert_edge.runtime import engines
+
+    monkeypatch.setattr(engines, "openvino_installed", lambda: False)
+    with pytest.raises(UserError, match="cannot run on OpenVINO: it was exported with ONNX Runtime's com.microsoft"):
+        mbe.load(exported_factory("feature-extraction"), engine="openvino")

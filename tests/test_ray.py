@@ -215,6 +215,13 @@ def test_input_errors(corpus, embedder, tmp_path):
         run_batch(embedder, root / "missing.parquet", tmp_path / "b")
     with pytest.raises(UserError, match="matches no"):
         run_batch(embedder, str(root / "*.txt"), tmp_path / "c")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, values in (("lists", [["a", "b"], ["c"]]), ("structs", [{"t": "a"}, {"t": "b"}])):
+        pq.write_table(pa.table({"text": values}), tmp_path / f"{name}.parquet")
+        with pytest.raises(UserError, match=r"column 'text' holds (list|struct)<.*> values, not text"):
+            run_batch(embedder, tmp_path / f"{name}.parquet", tmp_path / f"out-{name}")
 
 
 def test_cli_registers_batch_without_importing_ray():
