@@ -43,13 +43,6 @@ np.savez(sys.argv[2], **out)
 """
 
 
-def _plain_int8_columns(w_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What the quantizer wrote before pair-safe weights: symmetric 8-bit per column, amax/127."""
-    amax = np.abs(w_kn).max(axis=0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    return np.clip(np.rint(w_kn / scale), -127, 127).astype(np.int8), scale
-
-
 def build(work: Path, layers: int, hidden: int) -> tuple[Path, dict[str, Path]]:
     """The fp32 folder and the two int8 folders (quantizer's weights, plain 8-bit weights)."""
     from unittest import mock
@@ -78,7 +71,8 @@ def build(work: Path, layers: int, hidden: int) -> tuple[Path, dict[str, Path]]:
         if out.exists():
             continue
         if "plain" in name:
-            with mock.patch.object(weights, "pair_safe_int8_columns", _plain_int8_columns):
+            plain = lambda w_kn: weights.quantize_int8_columns(w_kn, product=False)  # noqa: E731 - amax/127
+            with mock.patch.object(weights, "pair_safe_int8_columns", plain):
                 quantize(src, out, fallback=False, force=True, **quiet)
         else:
             quantize(src, out, fallback=False, **quiet)
