@@ -322,6 +322,9 @@ def format_report(report: dict, title: str) -> str:
     gate = report.get("gate")
     if gate:
         verdict = {"passed": "passed", "failed": "FAILED", "forced": "FAILED (written anyway: --force)"}[gate["status"]]
-        sign = ">=" if gate["status"] == "passed" else "<"
-        lines.append(f"gate: worst-token cosine {report['cosine_worst']:.5f} {sign} {gate['min_cosine']}: {verdict}")
+        sign = ">=" if report["cosine_worst"] >= gate["min_cosine"] else "<"
+        uncovered = f", {', '.join(gate['not_covered'])} not covered" if gate.get("not_covered") else ""
+        lines.append(
+            f"gate: worst-token cosine {report['cosine_worst']:.5f} {sign} {gate['min_cosine']}{uncovered}: {verdict}"
+        )
     return "\n".join(lines)
