@@ -123,6 +123,15 @@ def per_token_max(x: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(x).max(axis=1, keepdims=True), PER_TOKEN_FLOOR)
 
 
+def quantized_weight(w_kn: np.ndarray, s: np.ndarray | None, split: np.ndarray | None) -> np.ndarray:
+    """Q(diag(s) W) as the int8 graph holds it, the split input channels' rows zeroed."""
+    keep = np.ones(w_kn.shape[0], dtype=bool)
+    if split is not None:
+        keep[split] = False
+    ws = w_kn if s is None else w_kn * s[:, None]
+    return dequantize_int8_columns(ws * keep[:, None])
+
+
 def int8_error(
     stats: ActivationStats,
     w_kn: np.ndarray,
@@ -130,19 +139,21 @@ def int8_error(
     split: np.ndarray | None = None,
     per_token: bool = False,
     ref: np.ndarray | None = None,
+    wq: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(mean, worst) relative row error ||xW - Q(x/s) Q(diag(s) W)|| / ||xW|| on the kept rows.
 
     With `split`, those input channels are multiplied in float and left out of the int8 product.
     With `per_token`, each row is divided by its largest |value| before the (per-tensor) int8
     quantization, as the graph's per-token scaling does; otherwise the range is the batch's.
-    `ref` (x @ w_kn for stats.rows()) may be passed to save recomputing it per candidate."""
+    `ref` (x @ w_kn for stats.rows()) and `wq` (Q(diag(s) W) with the split rows zeroed, as
+    quantized_weight gives it) may be passed to save recomputing them per candidate."""
     rows = stats.rows()  # (R, K)
     keep = np.ones(w_kn.shape[0], dtype=bool)
     if split is not None:
         keep[split] = False
-    ws = w_kn if s is None else w_kn * s[:, None]
-    wq = dequantize_int8_columns(ws * keep[:, None])
+    if wq is None:
+        wq = quantized_weight(w_kn, s, split)
     xs = (rows if s is None else rows / s) * keep
     if per_token:
         m = per_token_max(xs)
@@ -213,11 +224,16 @@ def choose_smoothing(
 
     Candidate = tuple[float | None, np.ndarray | None, bool]  # alpha, split channels, per-token
 
+    weights: dict[tuple, np.ndarray] = {}  # (alpha, split) -> quantized weight: per-token candidates share it
+
     def best_of(candidates: Sequence[Candidate], best: Choice | None = None) -> Choice:
         """The candidate with the smallest error, each beating `best` and those before it by 2 %."""
         for alpha, sp, per_token in candidates:
             s = None if alpha is None else scales[alpha]
-            mean, worst = int8_error(stats, w_eval, s, sp, per_token, ref)
+            key = (alpha, None if sp is None else tuple(sp))
+            if key not in weights:
+                weights[key] = quantized_weight(w_eval, s, sp)
+            mean, worst = int8_error(stats, w_eval, s, sp, per_token, ref, weights[key])
             if best is None or mean < best.error_mean * 0.98:
                 best = Choice(alpha, s, sp, mean, worst, 0.0, per_token)
         assert best is not None
