@@ -24,19 +24,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _plain(x: object) -> object:
-    """Results as JSON: numpy arrays and scalars to lists and numbers."""
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
-    return x
-
-
 def api_results(folder: dict) -> dict:
     """What load() returns for the folder's task on its texts."""
     from modernbert_edge import load
@@ -102,6 +89,7 @@ def run_probe(probe: dict) -> dict[str, np.ndarray]:
 
 def main(job_file: str, out_dir: str) -> None:
     from modernbert_edge.cpu import cpu_info
+    from modernbert_edge.runtime.stream import jsonable
 
     job = json.loads(Path(job_file).read_text())
     out = Path(out_dir)
@@ -111,7 +99,7 @@ def main(job_file: str, out_dir: str) -> None:
     for folder in job.get("folders", []):
         t = time.perf_counter()
         code, lines = cli_lines(folder)
-        results["folders"][folder["name"]] = {"api": _plain(api_results(folder)), "cli": lines, "cli_exit": code}
+        results["folders"][folder["name"]] = {"api": jsonable(api_results(folder)), "cli": lines, "cli_exit": code}
         results["seconds"][folder["name"]] = round(time.perf_counter() - t, 2)
     for graph in job.get("graphs", []):
         t = time.perf_counter()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,11 +42,15 @@ def folders(exported_factory):
     }
 
 
+def _limited_server(folders, folder: Path, wait_ms: str):  # noqa: ANN202 - Server
+    """The issue's limits: a queue of 300 tokens, inputs of at most 128; a lone request waits wait_ms."""
+    return Server(folder, *(f"{n}={f}" for n, f in folders.items()),
+                  "--max-queue-tokens", "300", "--max-input-length", "128", "--max-wait-ms", wait_ms)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def server(folders, tmp_path_factory):
-    """The issue's limits: a queue of 300 tokens, inputs of at most 128."""
-    s = Server(tmp_path_factory.mktemp("abuse"), *(f"{n}={f}" for n, f in folders.items()),
-               "--max-queue-tokens", "300", "--max-input-length", "128", "--max-wait-ms", "200")  # fmt: skip
+    s = _limited_server(folders, tmp_path_factory.mktemp("abuse"), "200")
     yield s
     assert s.stop() == 0
 
@@ -386,8 +391,7 @@ VALID = {  # a valid body per route, which the fuzzer then changes a few fields 
 @pytest.fixture(scope="module")
 def fast_server(folders, tmp_path_factory):
     """As `server`, but a lone request runs at once (--max-wait-ms 0): the fuzzer sends one at a time."""
-    s = Server(tmp_path_factory.mktemp("fuzz"), *(f"{n}={f}" for n, f in folders.items()),
-               "--max-queue-tokens", "300", "--max-input-length", "128", "--max-wait-ms", "0")  # fmt: skip
+    s = _limited_server(folders, tmp_path_factory.mktemp("fuzz"), "0")
     yield s
     assert s.stop() == 0
 
