@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modernbert_edge.timing import sample_text
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,20 +28,6 @@ SIZES = {
         vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12
     ),
 }
-
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while the model reads long documents about paris france "
-    "london music science python code function return value error data table query answer question context "
-    "alice bob works at acme corp in berlin and new york city since march of last year"
-).split()
-
-
-def sample_text(n_sentences: int = 400, seed: int = 0) -> list[str]:
-    """Deterministic pseudo-English lines to train a tokenizer on."""
-    import random
-
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) + "." for _ in range(n_sentences)]
 
 
 def train_tokenizer(out_dir: Path, vocab_size: int = 512, max_length: int = 8192) -> int:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from modernbert_edge.bench.timing import cosines, summarize, time_calls
 from modernbert_edge.manifest import MODEL_FILE
+from modernbert_edge.timing import cosines, summarize, time_calls
 
 # name: (folder, engine, OpenVINO precision hint)
 SYSTEMS: dict[str, tuple[str, str, str | None]] = {

@@ -28,8 +28,8 @@ import numpy as np
 
 from modernbert_edge.bench import systems as sysmod
 from modernbert_edge.bench.lowerbound import HEAD_NOTE, write_gemm_graph
-from modernbert_edge.bench.timing import cosines, interleave, mixed_lengths, summarize
 from modernbert_edge.errors import UserError
+from modernbert_edge.timing import cosines, interleave, mixed_lengths, summarize
 
 Log = Callable[[str], None]
 

@@ -104,7 +104,7 @@ def hidden_states(files: list[Path], feeds: Path, out: Path, emulate: bool) -> d
 
 def token_cosines(ref: list[np.ndarray], got: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """Cosine of every real token's final hidden state (the graph keeps them unpadded: (1, T, D))."""
-    from modernbert_edge.bench.timing import cosines
+    from modernbert_edge.timing import cosines
 
     a = np.concatenate([r.reshape(-1, r.shape[-1]) for r in ref])
     b = np.concatenate([g.reshape(-1, g.shape[-1]) for g in got])
@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    from modernbert_edge.bench.timing import summarize, time_calls
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import load_model
-    from modernbert_edge.quantize.quantizer import load_data
     from modernbert_edge.runtime.session import create_session
+    from modernbert_edge.timing import summarize, time_calls
 
     args.work.mkdir(parents=True, exist_ok=True)
     src, variants = build(args.work, args.layers, args.hidden)

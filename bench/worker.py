@@ -28,10 +28,10 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from modernbert_edge.bench.timing import clock, peak_rss_mb
 from modernbert_edge.runtime.batching import pad
 from modernbert_edge.runtime.numerics import pool
 from modernbert_edge.runtime.session import create_session
+from modernbert_edge.timing import clock, peak_rss_mb
 
 GEMM_CHUNK = 2048  # the GEMM-only graph runs on at most this many tokens per call
 

@@ -18,13 +18,13 @@ import onnx
 
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import CONTRIB, OPSETS
-from modernbert_edge.export.checkpoint import Weights, find_weight_files
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.prove import prove_folder
 from modernbert_edge.export.sentence import copy_sentence, read_sentence
 from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.folders import OutputFolder, package_versions, save_model
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
+from modernbert_edge.safetensors import Weights, find_weight_files
 
 FUSED_OPS = (
     "MultiHeadAttention",

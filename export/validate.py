@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.checkpoint import find_weight_files
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import MODEL_FILE
+from modernbert_edge.safetensors import find_weight_files
 
 
 def reference_available() -> bool:

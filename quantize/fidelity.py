@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from modernbert_edge.bench.timing import cosines as _cosines
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize import kernels
 from modernbert_edge.quantize.calibration import Batch, CalibrationSet
 from modernbert_edge.quantize.smoothing import serialize_with_outputs, session_with_outputs
 from modernbert_edge.runtime.session import ZERO_INPUTS, run_graph
+from modernbert_edge.timing import cosines as _cosines
 
 MASK_FRACTION = 0.15
 HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")

@@ -96,8 +96,8 @@ def quantize_foreign(
     from modernbert_edge.export.sentence import copy_sentence, read_sentence
     from modernbert_edge.folders import package_versions, save_model
     from modernbert_edge.manifest import MODEL_FILE, write_manifest
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import apply_gate, check_gate, compare_models, format_report, load_model
-    from modernbert_edge.quantize.quantizer import load_data
 
     if mode != "int8":
         raise UserError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -18,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from modernbert_edge.contract import MARK, MARKED_ROWS, feeds
 from modernbert_edge.errors import UserError
 from modernbert_edge.export import names
 from modernbert_edge.manifest import MODEL_FILE, write_manifest
 from modernbert_edge.quantize import graph as qg
-from modernbert_edge.quantize.calibration import CalibrationSet, calibration_set
+from modernbert_edge.quantize.calibration import CalibrationSet, load_data
 from modernbert_edge.quantize.fidelity import apply_gate, check_gate, compare_models, format_report, load_model
 from modernbert_edge.quantize.projections import (
     KEEP_FLOAT_ALWAYS,
@@ -40,19 +40,6 @@ METHOD = {
     "int8-static": "QDQ: int8 weights per output channel, uint8 activations per tensor (calibrated ranges)",
     "int4": "MatMulNBits: 4-bit weights in blocks of 32 (accuracy level 4); decoder and embeddings int8",
 }
-
-
-def pad_token_id(model_dir: Path) -> int | None:
-    try:
-        value = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("pad_token_id")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, int) else None
-
-
-def load_data(model_dir: Path, manifest: dict, calibration: str | Path | None) -> CalibrationSet:
-    vocab = int(manifest.get("config", {}).get("vocab_size", 0)) or 2
-    return calibration_set(model_dir, vocab, pad_token_id(model_dir), calibration)
 
 
 def plan_smoothing(
@@ -159,20 +146,20 @@ def measure_speed(fp32_file: Path, qmodel: onnx.ModelProto, config: dict, rounds
     """The quantized graph's speed against its fp32 source on this CPU: one random (8, 128) batch,
     both sessions interleaved (bench/timing.py), median of `rounds`, the runtime's default threads.
     Fill-mask graphs decode one marked row per text, as the runtime runs them."""
-    from modernbert_edge.bench.timing import summarize, time_calls
     from modernbert_edge.cpu import cpu_info
     from modernbert_edge.runtime.session import create_session
+    from modernbert_edge.timing import summarize, time_calls
 
     b, s = SPEED_SHAPE
     s = min(s, int(config.get("max_position_embeddings") or s))
     vocab = int(config.get("vocab_size") or 6)
     rng = np.random.default_rng(0)
     mask = np.ones((b, s), dtype=np.int64)
-    if any(p.key == names.MARKED_ROWS for p in qmodel.metadata_props):
-        mask[:, s // 2] = names.MARK
-    feeds = {"input_ids": rng.integers(5, max(vocab, 6), size=(b, s), dtype=np.int64), "attention_mask": mask}
+    if any(p.key == MARKED_ROWS for p in qmodel.metadata_props):
+        mask[:, s // 2] = MARK
+    feed = feeds(rng.integers(5, max(vocab, 6), size=(b, s), dtype=np.int64), mask)
     sessions = {"fp32": create_session(fp32_file), "quantized": create_session(qmodel.SerializeToString())}
-    times = time_calls({k: functools.partial(sess.run, None, feeds) for k, sess in sessions.items()}, rounds)
+    times = time_calls({k: functools.partial(sess.run, None, feed) for k, sess in sessions.items()}, rounds)
     ms = {k: summarize(t)["median_ms"] for k, t in times.items()}
     return {
         "cpu": cpu_info().line(),
@@ -255,8 +242,8 @@ def quantize(
 
     inits = load_initializers(model)
     projections = find_projections(model, inits)
-    names = {p.name for p in projections}
-    unknown = [k for k in keep_float if k not in names]
+    known = {p.name for p in projections}
+    unknown = [k for k in keep_float if k not in known]
     if unknown:
         raise UserError(f"--keep-float {unknown[0]} names no projection; the names look like {projections[0].name}.")
     floats = {p.name for p in projections if p.name.startswith(KEEP_FLOAT_ALWAYS)} | set(keep_float)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modernbert_edge.contract import INPUTS, feeds
 from modernbert_edge.cpu import INT16_SATURATING, INT32, cpu_info
 from modernbert_edge.errors import UserError
-from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
 from modernbert_edge.runtime.folder import ModelInfo
 
@@ -204,7 +204,7 @@ class OpenVinoSession:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
-        results = request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
+        results = request.infer(feeds(input_ids, attention_mask))
         return dict(zip(self.output_names, results.to_tuple(), strict=True))
 
 

@@ -14,16 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from modernbert_edge.contract import HEADS, task_of_architecture
 from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import FORMAT, MANIFEST, TOKENIZER_FILES
 from modernbert_edge.runtime.errors import ModelFolderError
 
 DEFAULT_FILES = ("model.onnx", "onnx/model.onnx")
-HEADS = {  # config.architectures suffix -> task, for graphs whose output is `logits`
-    "ForMaskedLM": "fill-mask",
-    "ForSequenceClassification": "text-classification",
-    "ForTokenClassification": "token-classification",
-}
 
 
 def is_foreign(folder: str | Path) -> bool:
@@ -72,9 +68,9 @@ def task_of(outputs: dict[str, list], architectures: list[str], vocab_size: int 
         return "question-answering"
     if "logits" in names:
         for arch in architectures:
-            for suffix, task in HEADS.items():
-                if arch.endswith(suffix):
-                    return task
+            task = task_of_architecture(arch)
+            if task is not None and HEADS[task].output_names == ("logits",):
+                return task
         shape = outputs["logits"]
         if len(shape) == 2:
             return "text-classification"

@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from modernbert_edge.contract import INPUTS, MARKED_ROWS, feeds
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.names import MARKED_ROWS  # graph metadata: the mask value that marks rows to decode
-from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
 
 PROVIDER = "CPUExecutionProvider"
@@ -167,7 +166,7 @@ class Session:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """(batch, sequence) int64 ids and mask -> {output name: array}."""
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        feed = feeds(input_ids, attention_mask)
         feed.update({name: np.zeros_like(input_ids) for name in self.zero_inputs})
         outputs = run_graph(self._session, self.output_names, feed, self.model_path)
         return dict(zip(self.output_names, outputs, strict=True))

@@ -131,7 +131,7 @@ def test_time_calls_warms_up_and_summarize():
 
 def test_peak_rss_sees_an_allocation():
     code = (
-        "import numpy as np; from modernbert_edge.bench.timing import peak_rss_mb; before = peak_rss_mb(); "
+        "import numpy as np; from modernbert_edge.timing import peak_rss_mb; before = peak_rss_mb(); "
         "block = np.ones(200 * 2**20 // 8); print(before, peak_rss_mb())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -29,10 +29,10 @@ from typer.testing import CliRunner
 from modernbert_edge import folders
 from modernbert_edge.cli import app
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.checkpoint import Weights, find_weight_files
 from modernbert_edge.export.config import parse_config
 from modernbert_edge.folders import OutputFolder
 from modernbert_edge.manifest import read_manifest
+from modernbert_edge.safetensors import Weights, find_weight_files
 
 runner = CliRunner()
 ASSETS = Path(__file__).resolve().parents[1] / "modernbert_edge" / "assets" / "modernbert-mini"

@@ -192,9 +192,9 @@ def test_outlier_stress(checkpoint_factory, tmp_path):
     does, so that errors in them show; the model stays well conditioned (1 % weight noise keeps
     every token's cosine above 0.999)."""
     from modernbert_edge.export.exporter import export
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import compare_models, load_model
     from modernbert_edge.quantize.foreign import quantize_dynamic_int8
-    from modernbert_edge.quantize.quantizer import load_data
 
     ckpt = checkpoint_factory(
         "fill-mask",

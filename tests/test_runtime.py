@@ -61,12 +61,12 @@ def _checkpoint(checkpoint_factory, task: str, **kwargs) -> str:
     return str(checkpoint_factory(task, **kwargs))
 
 
-def test_task_table_matches_the_exporter() -> None:
+def test_every_contract_task_has_a_runtime_row_and_an_export_head() -> None:
+    from modernbert_edge.contract import HEADS
     from modernbert_edge.export.tasks import TASKS as EXPORT_TASKS
 
-    assert {t.name: t.outputs for t in TASKS.values()} == {
-        t.name: tuple(name for name, _ in t.outputs) for t in EXPORT_TASKS.values()
-    }
+    assert set(TASKS) == set(EXPORT_TASKS) == set(HEADS)
+    assert {t.name: t.outputs for t in TASKS.values()} == {name: h.output_names for name, h in HEADS.items()}
 
 
 def test_load_is_forwarded_and_describes_the_folder(models) -> None:

@@ -213,7 +213,7 @@ def test_overlong_lines_are_cut_or_refused_without_being_held(folders, tmp_path)
 def test_peak_rss_of_a_10mb_line_without_newline(folders) -> None:
     """mbedge run on a 10 MB stdin line with --max-length 64 stays under 300 MB (a fresh process)."""
     code = (
-        "import sys, runpy\nfrom modernbert_edge.bench.timing import peak_rss_mb\n"
+        "import sys, runpy\nfrom modernbert_edge.timing import peak_rss_mb\n"
         "sys.argv = ['mbedge'] + sys.argv[1:]\n"
         "try:\n    runpy.run_module('modernbert_edge.cli', run_name='__main__')\n"
         "except SystemExit as e:\n    sys.stderr.write(f'exit {e.code} peak {peak_rss_mb():.0f}\\n')\n"
