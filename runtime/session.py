@@ -1,17 +1,20 @@
-"""The one place where ONNX Runtime sessions are created (`create_session`) and run (`Session`).
+"""The one place where ONNX Runtime sessions are created (`create_session`), and what every engine's
+session offers the runtime (`Session`, a protocol: `OrtSession` here, `engines.OpenVinoSession`).
 
 CPU provider, full graph optimization, a chosen intra-op thread count, and no spinning by default
-(SPINNING says why). Everything in the
-project that needs an InferenceSession (runtime, export validation, calibration, benchmarks) gets
-it from `create_session`, which checks that the provider asked for is the one in use. Everything
-that feeds the graph goes through `Session.run`, so a graph with new inputs or outputs changes this
-file only.
+(SPINNING says why). Everything in the project that needs an InferenceSession (runtime, export's
+proof and parity check through the runtime, calibration, fidelity, benchmarks) gets it from
+`create_session`, which checks that the provider asked for is the one in use. The runtime feeds a
+graph through `Session.run`; code that needs extra outputs or raw feeds (quantize's calibration and
+fidelity, bench's workers, runtime_overhead.py) runs the InferenceSession directly, with the
+contract's names (modernbert_edge/contract.py).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -144,8 +147,22 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
 
 
-class Session:
-    """An InferenceSession for one model file; `run` is safe to call from several threads."""
+class Session(Protocol):
+    """What the runtime needs of an engine's session for one model file (both engines implement it)."""
+
+    input_names: list[str]
+    output_names: list[str]
+    output_shapes: dict[str, list]  # output name -> dims (ints, or names / "?" where dynamic)
+    mark: int | None  # the attention_mask value that marks rows to decode (contract.MARK), or None
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, sequence) int64 ids and mask -> {output name: array}; safe from several threads."""
+        ...
+
+
+class OrtSession:
+    """An ONNX Runtime InferenceSession for one model file (a `Session`); `run` is safe to call from
+    several threads."""
 
     def __init__(self, model_path: Path, threads: int | None = None, spinning: bool | str = DEFAULT_SPINNING) -> None:
         self._session = create_session(model_path, threads, spinning=spinning)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import transformers
 
+from modernbert_edge.contract import MARKED_ROWS
 from modernbert_edge.export import names
 from modernbert_edge.export.exporter import export, fused_op_counts
 from modernbert_edge.export.tasks import TASKS
@@ -180,7 +181,7 @@ def test_structure_counts_fused_ops(exported_factory):
     assert ops.count("LayerNormalization") == 1 + 4 + 5 + 1 + 1  # + the head's norm
     assert "Softmax" not in ops and "Erf" not in ops
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]  # the usual contract only
-    assert {p.key: p.value for p in model.metadata_props} == {names.MARKED_ROWS: "2"}
+    assert {p.key: p.value for p in model.metadata_props} == {MARKED_ROWS: "2"}
     assert [o.name for o in model.graph.output] == ["logits"]
     node_names = [n.name for n in model.graph.node]
     assert len(set(node_names)) == len(node_names)

@@ -29,7 +29,7 @@ from modernbert_edge.runtime import (
     load,
 )
 from modernbert_edge.runtime.inputs import line_cap
-from modernbert_edge.runtime.session import Session
+from modernbert_edge.runtime.session import OrtSession
 from modernbert_edge.runtime.tokenize import CHARS_PER_TOKEN
 
 runner = CliRunner()
@@ -235,7 +235,7 @@ def test_peak_rss_of_a_10mb_line_without_newline(folders) -> None:
 
 
 def test_non_finite_results_are_errors_not_nan(folders, monkeypatch) -> None:
-    real, calls = Session.run, []
+    real, calls = OrtSession.run, []
 
     def poisoned(self, ids, mask, **optional):  # the first batch's outputs are NaN
         calls.append(ids.shape)
@@ -243,7 +243,7 @@ def test_non_finite_results_are_errors_not_nan(folders, monkeypatch) -> None:
         return {k: np.full_like(v, np.nan) for k, v in out.items()} if len(calls) == 1 else out
 
     folder = str(folders["feature-extraction"])
-    monkeypatch.setattr(Session, "run", poisoned)
+    monkeypatch.setattr(OrtSession, "run", poisoned)
     result = runner.invoke(app, ["run", folder, "alice", "bob works at acme"])
     assert result.exit_code == 2
     rows = _lines(result.stdout)
