@@ -28,7 +28,6 @@ ATTN_QKV = "attn/Wqkv"
 ATTN_OUT = "attn/Wo"
 MLP_IN = "mlp/Wi"
 MLP_OUT = "mlp/Wo"
-LAYER_PROJECTIONS = (ATTN_QKV, ATTN_OUT, MLP_IN, MLP_OUT)
 
 _LAYER = re.compile(r"/model/layers\.(\d+)/(.+)")
 

@@ -71,31 +71,23 @@ def check_threads(threads: object) -> None:
         )
 
 
-LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
 def create_session(
     model: Path | str | bytes,
     threads: int | None = None,
     *,
     spinning: bool | str = DEFAULT_SPINNING,
-    optimization: str = "all",
 ) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider for a model file (or serialized bytes).
 
     threads: intra-op threads (None or 0 = one per physical core); spinning: what idle pool threads
-    do, one of SPINNING (True / False: "on" / "off"); optimization: one of LEVELS.
+    do, one of SPINNING (True / False: "on" / "off"). Every graph optimization is on (DESIGN.md,
+    Conventions: the graph is saved unoptimized and optimized at load).
     A file ORT cannot load raises ModelFolderError naming it.
     """
     check_threads(threads)
     spin = SPINNING[spinning_mode(spinning)]
     options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[optimization]
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1

@@ -21,6 +21,8 @@ from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import read_manifest
 from modernbert_edge.runtime.session import create_session
 
+LAYER_PROJECTIONS = (names.ATTN_QKV, names.ATTN_OUT, names.MLP_IN, names.MLP_OUT)
+
 ATOL = 1e-4
 LENGTHS = [1, 7, 63, 64, 65, 129, 300, 700]
 
@@ -190,7 +192,7 @@ def test_structure_counts_fused_ops(exported_factory):
     assert residuals == {f"{f(i)}/Add" for i in range(5) for f in (names.attn_residual, names.mlp_residual)}
     assert [n.op_type for n in model.graph.node if n.name.startswith(names.FINAL_NORM + "/")] == ["LayerNormalization"]
     projections = {n.name.rsplit("/", 1)[0] for n in model.graph.node if n.op_type == "MatMul"}
-    assert {names.projection(i, part) for i in range(5) for part in names.LAYER_PROJECTIONS} <= projections
+    assert {names.projection(i, part) for i in range(5) for part in LAYER_PROJECTIONS} <= projections
     manifest = read_manifest(out)
     n_global = manifest["config"]["layer_types"].count("full_attention")
     assert manifest["fused_ops"]["MultiHeadAttention"] == 5
