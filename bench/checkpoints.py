@@ -105,7 +105,7 @@ def make_checkpoint(
     import torch
     import transformers
 
-    from modernbert_edge.export.tasks import TASKS
+    from modernbert_edge.contract import HEADS
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def make_checkpoint(
         params.setdefault("label2id", {v: k for k, v in params["id2label"].items()})
     torch.manual_seed(seed)
     config = transformers.ModernBertConfig(**params)
-    model = getattr(transformers, TASKS[task].architecture)(config).eval()
+    model = getattr(transformers, HEADS[task].architecture)(config).eval()
     if outlier_channels:
         _add_outliers(model, outlier_channels, outlier_scale, outlier_ln_gain, seed)
     model.save_pretrained(out_dir)
@@ -160,7 +160,7 @@ def _add_outliers(model: torch.nn.Module, n: int, scale: float, ln_gain: float, 
 def main() -> None:
     import argparse
 
-    from modernbert_edge.export.tasks import TASKS
+    from modernbert_edge.contract import TASKS
 
     parser = argparse.ArgumentParser(description="Save a random ModernBERT checkpoint with a small tokenizer.")
     parser.add_argument("out_dir", type=Path)
