@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from modernbert_edge.bench import harness, report, timing
+from modernbert_edge import timing
+from modernbert_edge.bench import harness, report
 from modernbert_edge.bench.lowerbound import gemm_graph
 from modernbert_edge.cli import app
 from modernbert_edge.runtime.session import create_session
