@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modernbert_edge import contract
 from modernbert_edge.cpu import INT16_SATURATING, cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ for path in sys.argv[3:]:
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = sess.get_outputs()[-1].name
     for b in range(len(feeds.files) // 2):
-        out[f"{path}|{b}"] = sess.run([name], {"input_ids": feeds[f"ids{b}"], "attention_mask": feeds[f"mask{b}"]})[0]
+        out[f"{path}|{b}"] = sess.run([name], contract.feeds(feeds[f"ids{b}"], feeds[f"mask{b}"]))[0]
 np.savez(sys.argv[2], **out)
 """
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         vocab = int(manifest["config"]["vocab_size"])
         print(f"\nspeed on this CPU (2 threads, median of {args.repeats} interleaved rounds):")
         for b, s in ((8, 128), (1, 512)):
-            feed = {"input_ids": rng.integers(5, vocab, (b, s)), "attention_mask": np.ones((b, s), dtype=np.int64)}
+            feed = contract.feeds(rng.integers(5, vocab, (b, s)), np.ones((b, s), dtype=np.int64))
             calls = {n: functools.partial(sess.run, None, feed) for n, sess in sessions.items()}
             row = {n: summarize(t)["median_ms"] for n, t in time_calls(calls, args.repeats).items()}
             (new, old), (t_new, t_old) = list(row), list(row.values())

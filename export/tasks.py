@@ -9,7 +9,16 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
-from modernbert_edge.contract import HEADS, INPUT_DIMS, INPUTS, task_of_architecture
+from modernbert_edge.contract import (
+    END_LOGITS,
+    HEADS,
+    INPUT_DIMS,
+    INPUTS,
+    LAST_HIDDEN_STATE,
+    LOGITS,
+    START_LOGITS,
+    task_of_architecture,
+)
 from modernbert_edge.contract import TASKS as CONTRACT_TASKS
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import CONTRIB, FLOAT, INT64, OPS, OPSETS, GraphBuilder, tensor_info
@@ -33,7 +42,7 @@ HeadFn = Callable[[GraphBuilder, Weights, ModernBertConfig, Layout, str, str], d
 def _hidden_head(
     g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str
 ) -> dict[str, str]:
-    return {"last_hidden_state": to_padded(g, lay, x, cfg.hidden_size, "/output/last_hidden_state")}
+    return {LAST_HIDDEN_STATE: to_padded(g, lay, x, cfg.hidden_size, f"/output/{LAST_HIDDEN_STATE}")}
 
 
 def _fill_mask_head(
@@ -42,7 +51,7 @@ def _fill_mask_head(
     def head(rows: str) -> str:
         return make_decoder(g, w, cfg, make_prediction_head(g, w, cfg, rows), prefix)
 
-    return {"logits": make_selected_rows(g, lay, x, cfg.hidden_size, head, cfg.vocab_size, "/output/logits")}
+    return {LOGITS: make_selected_rows(g, lay, x, cfg.hidden_size, head, cfg.vocab_size, f"/output/{LOGITS}")}
 
 
 def _sequence_head(
@@ -50,12 +59,12 @@ def _sequence_head(
 ) -> dict[str, str]:
     hidden = to_padded(g, lay, x, cfg.hidden_size, "/output/hidden")
     pooled = make_pooling(g, cfg, lay, hidden)
-    return {"logits": make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, pooled), cfg.num_labels)}
+    return {LOGITS: make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, pooled), cfg.num_labels)}
 
 
 def _token_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str) -> dict[str, str]:
     logits = make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, x), cfg.num_labels)
-    return {"logits": to_padded(g, lay, logits, cfg.num_labels, "/output/logits")}
+    return {LOGITS: to_padded(g, lay, logits, cfg.num_labels, f"/output/{LOGITS}")}
 
 
 def _qa_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str) -> dict[str, str]:
@@ -65,8 +74,8 @@ def _qa_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x:
     logits = to_padded(g, lay, logits, 2, "/output/logits")  # (B, S, 2)
     start, end = g.op("Split", [logits, g.const([1, 1])], "/output/Split", outputs=2, axis=-1)
     return {
-        "start_logits": g.op("Squeeze", [start, g.const([-1])], "/output/start_logits"),
-        "end_logits": g.op("Squeeze", [end, g.const([-1])], "/output/end_logits"),
+        START_LOGITS: g.op("Squeeze", [start, g.const([-1])], f"/output/{START_LOGITS}"),
+        END_LOGITS: g.op("Squeeze", [end, g.const([-1])], f"/output/{END_LOGITS}"),
     }
 
 

@@ -23,6 +23,8 @@ INPUT_DIMS = ("batch", "sequence")
 MARKED_ROWS = "modernbert_edge.marked_rows"
 MARK = 2
 
+LAST_HIDDEN_STATE, LOGITS, START_LOGITS, END_LOGITS = "last_hidden_state", "logits", "start_logits", "end_logits"
+
 
 @dataclass(frozen=True)
 class Head:
@@ -45,13 +47,13 @@ class Head:
 HEADS: dict[str, Head] = {
     h.task: h
     for h in (
-        Head("feature-extraction", (("last_hidden_state", ("batch", "sequence", "hidden")),), "Model"),
-        Head("fill-mask", (("logits", ("batch", "sequence", "vocab")),), "ForMaskedLM"),
-        Head("text-classification", (("logits", ("batch", "labels")),), "ForSequenceClassification"),
-        Head("token-classification", (("logits", ("batch", "sequence", "labels")),), "ForTokenClassification"),
+        Head("feature-extraction", ((LAST_HIDDEN_STATE, ("batch", "sequence", "hidden")),), "Model"),
+        Head("fill-mask", ((LOGITS, ("batch", "sequence", "vocab")),), "ForMaskedLM"),
+        Head("text-classification", ((LOGITS, ("batch", "labels")),), "ForSequenceClassification"),
+        Head("token-classification", ((LOGITS, ("batch", "sequence", "labels")),), "ForTokenClassification"),
         Head(
             "question-answering",
-            (("start_logits", ("batch", "sequence")), ("end_logits", ("batch", "sequence"))),
+            ((START_LOGITS, ("batch", "sequence")), (END_LOGITS, ("batch", "sequence"))),
             "ForQuestionAnswering",
         ),
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modernbert_edge.contract import feeds
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import pad
 
@@ -69,7 +70,7 @@ class Batch:
     attention_mask: np.ndarray  # (B, S) int64
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return feeds(self.input_ids, self.attention_mask)
 
 
 @dataclass(frozen=True)
