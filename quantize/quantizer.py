@@ -144,7 +144,7 @@ SPEED_ROUNDS = 3
 
 def measure_speed(fp32_file: Path, qmodel: onnx.ModelProto, config: dict, rounds: int = SPEED_ROUNDS) -> dict:
     """The quantized graph's speed against its fp32 source on this CPU: one random (8, 128) batch,
-    both sessions interleaved (bench/timing.py), median of `rounds`, the runtime's default threads.
+    both sessions interleaved (modernbert_edge/timing.py), median of `rounds`, the runtime's default threads.
     Fill-mask graphs decode one marked row per text, as the runtime runs them."""
     from modernbert_edge.cpu import cpu_info
     from modernbert_edge.runtime.session import create_session
