@@ -1,9 +1,12 @@
 """The package's layers, read from the source with `ast` (imports inside functions included):
 
-    modernbert_edge/*.py (contract, manifest, errors, folders, safetensors, timing, cpu)
-      ▲
-    runtime/  ◀── export/, quantize/, serve/, scaleout/  ◀── bench/  ◀── cli.py (registers every command)
+    0  modernbert_edge/*.py (contract, manifest, errors, folders, safetensors, timing, cpu)
+    1  runtime/
+    2  export/, quantize/, serve/, scaleout/, demo.py
+    3  bench/
+    4  cli.py (registers every package's commands)
 
+A module imports only from its own layer and those below.
 `if TYPE_CHECKING:` blocks are left out: they name types for annotations and never run. The runtime
 never imports the exporter; nothing but bench itself (and the CLI, which registers
 `mbedge bench`) imports bench; and no two modules import each other, directly or through others.
@@ -28,6 +31,25 @@ FOLDERS = {  # pyproject.toml's package-dir
 }
 # The composition root: `mbedge` registers each package's commands, `mbedge bench` included.
 MAY_IMPORT_BENCH = {"modernbert_edge.cli"}
+# Each module's layer (the docstring's picture); a module imports only from its own layer and below.
+TOP = {"modernbert_edge.cli": 4}
+LAYERS = {
+    "modernbert_edge.demo": 2,  # export -> quantize -> runtime, on the bundled model
+    "modernbert_edge.runtime": 1,
+    "modernbert_edge.export": 2,
+    "modernbert_edge.quantize": 2,
+    "modernbert_edge.serve": 2,
+    "modernbert_edge.ray": 2,
+    "modernbert_edge.bench": 3,
+}
+
+
+def layer_of(name: str) -> int:
+    if name in TOP:
+        return TOP[name]
+    return next((rank for prefix, rank in LAYERS.items() if name == prefix or name.startswith(prefix + ".")), 0)
+
+
 # Known, owned elsewhere: the batcher's /tokenize jobs call routes.tokenize_rows (serve's rework of
 # tokenize-once moves it); remove the entry when that lands.
 KNOWN_CYCLES = {("modernbert_edge.serve.batcher", "modernbert_edge.serve.routes")}
@@ -93,6 +115,11 @@ def test_only_bench_imports_bench(name):
     if name in MAY_IMPORT_BENCH:
         return
     assert not [t for t in GRAPH[name] if t.startswith("modernbert_edge.bench")]
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_no_module_imports_upward(name):
+    assert not [t for t in GRAPH[name] if layer_of(t) > layer_of(name)], f"layer {layer_of(name)}"
 
 
 def test_no_import_cycles():
