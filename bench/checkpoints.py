@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modernbert_edge.timing import sample_text
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,20 +28,6 @@ SIZES = {
         vocab_size=50368, hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12
     ),
 }
-
-_WORDS = (
-    "the quick brown fox jumps over a lazy dog while the model reads long documents about paris france "
-    "london music science python code function return value error data table query answer question context "
-    "alice bob works at acme corp in berlin and new york city since march of last year"
-).split()
-
-
-def sample_text(n_sentences: int = 400, seed: int = 0) -> list[str]:
-    """Deterministic pseudo-English lines to train a tokenizer on."""
-    import random
-
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) + "." for _ in range(n_sentences)]
 
 
 def train_tokenizer(out_dir: Path, vocab_size: int = 512, max_length: int = 8192) -> int:
@@ -117,7 +105,7 @@ def make_checkpoint(
     import torch
     import transformers
 
-    from modernbert_edge.export.tasks import TASKS
+    from modernbert_edge.contract import HEADS
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +125,7 @@ def make_checkpoint(
         params.setdefault("label2id", {v: k for k, v in params["id2label"].items()})
     torch.manual_seed(seed)
     config = transformers.ModernBertConfig(**params)
-    model = getattr(transformers, TASKS[task].architecture)(config).eval()
+    model = getattr(transformers, HEADS[task].architecture)(config).eval()
     if outlier_channels:
         _add_outliers(model, outlier_channels, outlier_scale, outlier_ln_gain, seed)
     model.save_pretrained(out_dir)
@@ -172,7 +160,7 @@ def _add_outliers(model: torch.nn.Module, n: int, scale: float, ln_gain: float, 
 def main() -> None:
     import argparse
 
-    from modernbert_edge.export.tasks import TASKS
+    from modernbert_edge.contract import TASKS
 
     parser = argparse.ArgumentParser(description="Save a random ModernBERT checkpoint with a small tokenizer.")
     parser.add_argument("out_dir", type=Path)

@@ -225,12 +225,13 @@ def run(
     """Run the benchmark and return the results dict that report.write_outputs writes (and, with
     partial_out, write the outputs so far there after every shape, marked partial)."""
     from modernbert_edge.bench import harness, report
+    from modernbert_edge.timing import machine
 
     load_start = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
     def finish(results: dict, partial: bool) -> dict:
         results["schema"] = RACE_SCHEMA
-        results["machine"] = report.machine(threads)
+        results["machine"] = machine(threads)
         results["machine"]["load_average_start"] = load_start
         results["command"] = "mbedge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         results["jobs"] = jobs

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from modernbert_edge.bench.timing import cosines, summarize, time_calls
+from modernbert_edge.contract import feeds
 from modernbert_edge.manifest import MODEL_FILE
+from modernbert_edge.timing import cosines, summarize, time_calls
 
 # name: (folder, engine, OpenVINO precision hint)
 SYSTEMS: dict[str, tuple[str, str, str | None]] = {
@@ -44,7 +45,7 @@ def make_call(folder: Path, engine: str, hint: str | None, threads: int) -> Call
         from modernbert_edge.runtime.session import create_session
 
         session = create_session(folder / MODEL_FILE, threads)
-        return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return lambda ids, mask: session.run(None, feeds(ids, mask))[0]
     from modernbert_edge.runtime.engines import OpenVinoSession
 
     session = OpenVinoSession(

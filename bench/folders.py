@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from modernbert_edge.bench.timing import cosines, interleave
 from modernbert_edge.errors import UserError
+from modernbert_edge.timing import cosines, interleave, machine
 
 Log = Callable[[str], None]
 
@@ -364,14 +364,12 @@ def _finish(row: dict, folder: dict) -> dict:
 
 def results_dict(run: dict, settings: dict, threads: int | None, load_start: list | None) -> dict:
     """The schema-versioned results: machine (CPU via cpu_info, package versions), command, settings, rows."""
-    from modernbert_edge.bench import report
-
-    machine = report.machine(threads)
-    machine["load_average_start"] = load_start
+    about = machine(threads)
+    about["load_average_start"] = load_start
     return {
         "schema": SCHEMA,
         "command": "mbedge " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "machine": machine,
+        "machine": about,
         "settings": settings,
         "task": run.get("task"),
         "measure": MEASURES.get(run.get("task") or ""),

@@ -28,8 +28,8 @@ import numpy as np
 
 from modernbert_edge.bench import systems as sysmod
 from modernbert_edge.bench.lowerbound import HEAD_NOTE, write_gemm_graph
-from modernbert_edge.bench.timing import cosines, interleave, mixed_lengths, summarize
 from modernbert_edge.errors import UserError
+from modernbert_edge.timing import cosines, interleave, mixed_lengths, summarize
 
 Log = Callable[[str], None]
 
@@ -206,8 +206,10 @@ def _job_checkpoint(job: str, job_dir: Path, checkpoint: Path | None, size: str,
     """The checkpoint a job runs on, or None when a given checkpoint has no head for it."""
     if checkpoint is None:
         return sysmod.make_source_checkpoint(job_dir, job, size, log)
+    from modernbert_edge.contract import task_of_architecture
+
     archs = json.loads((checkpoint / "config.json").read_text()).get("architectures") or []
-    if job == "embeddings" or sysmod.architecture(job) in archs:
+    if job == "embeddings" or sysmod.JOB_TASKS[job] in {task_of_architecture(a) for a in archs}:
         return checkpoint
     return None
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modernbert_edge import contract
 from modernbert_edge.cpu import INT16_SATURATING, cpu_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ for path in sys.argv[3:]:
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = sess.get_outputs()[-1].name
     for b in range(len(feeds.files) // 2):
-        out[f"{path}|{b}"] = sess.run([name], {"input_ids": feeds[f"ids{b}"], "attention_mask": feeds[f"mask{b}"]})[0]
+        out[f"{path}|{b}"] = sess.run([name], contract.feeds(feeds[f"ids{b}"], feeds[f"mask{b}"]))[0]
 np.savez(sys.argv[2], **out)
 """
 
@@ -104,7 +105,7 @@ def hidden_states(files: list[Path], feeds: Path, out: Path, emulate: bool) -> d
 
 def token_cosines(ref: list[np.ndarray], got: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """Cosine of every real token's final hidden state (the graph keeps them unpadded: (1, T, D))."""
-    from modernbert_edge.bench.timing import cosines
+    from modernbert_edge.timing import cosines
 
     a = np.concatenate([r.reshape(-1, r.shape[-1]) for r in ref])
     b = np.concatenate([g.reshape(-1, g.shape[-1]) for g in got])
@@ -119,10 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args(argv)
-    from modernbert_edge.bench.timing import summarize, time_calls
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import load_model
-    from modernbert_edge.quantize.quantizer import load_data
     from modernbert_edge.runtime.session import create_session
+    from modernbert_edge.timing import summarize, time_calls
 
     args.work.mkdir(parents=True, exist_ok=True)
     src, variants = build(args.work, args.layers, args.hidden)
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         vocab = int(manifest["config"]["vocab_size"])
         print(f"\nspeed on this CPU (2 threads, median of {args.repeats} interleaved rounds):")
         for b, s in ((8, 128), (1, 512)):
-            feed = {"input_ids": rng.integers(5, vocab, (b, s)), "attention_mask": np.ones((b, s), dtype=np.int64)}
+            feed = contract.feeds(rng.integers(5, vocab, (b, s)), np.ones((b, s), dtype=np.int64))
             calls = {n: functools.partial(sess.run, None, feed) for n, sess in sessions.items()}
             row = {n: summarize(t)["median_ms"] for n, t in time_calls(calls, args.repeats).items()}
             (new, old), (t_new, t_old) = list(row), list(row.values())

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from modernbert_edge.export import names
 from modernbert_edge.export.builder import MS_DOMAIN
 
 HEAD_NOTE = {
@@ -67,16 +68,17 @@ def gemm_graph(dims: dict, job: str, seed: int = 0) -> onnx.ModelProto:
     ]
     x = "x"
     for n in range(layers):
-        p = f"/model/layers.{n}"
-        qkv = _gemm(nodes, inits, x, d, 3 * d, f"{p}/attn/Wqkv", rng)  # (T, 3D)
-        attn = _gemm(nodes, inits, _first_columns(nodes, qkv, d, f"{p}/attn/Slice"), d, d, f"{p}/attn/Wo", rng)
-        wi = _gemm(nodes, inits, attn, d, 2 * i, f"{p}/mlp/Wi", rng)  # (T, 2I)
-        x = _gemm(nodes, inits, _first_columns(nodes, wi, i, f"{p}/mlp/Slice"), i, d, f"{p}/mlp/Wo", rng)  # (T, D)
+        qkv = _gemm(nodes, inits, x, d, 3 * d, names.projection(n, names.ATTN_QKV), rng)  # (T, 3D)
+        q = _first_columns(nodes, qkv, d, f"{names.attn(n)}/Slice")
+        attn = _gemm(nodes, inits, q, d, d, names.projection(n, names.ATTN_OUT), rng)
+        wi = _gemm(nodes, inits, attn, d, 2 * i, names.projection(n, names.MLP_IN), rng)  # (T, 2I)
+        gelu = _first_columns(nodes, wi, i, f"{names.mlp(n)}/Slice")
+        x = _gemm(nodes, inits, gelu, i, d, names.projection(n, names.MLP_OUT), rng)  # (T, D)
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["tokens", d])]
     outputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["tokens", d])]
     if job == "fill-mask":
-        h = _gemm(nodes, inits, "h", d, d, "/head/dense", rng)
-        h = _gemm(nodes, inits, h, d, dims["vocab_size"], "/decoder", rng)  # (M, V)
+        h = _gemm(nodes, inits, "h", d, d, names.HEAD_DENSE, rng)
+        h = _gemm(nodes, inits, h, d, dims["vocab_size"], names.DECODER, rng)  # (M, V)
         inputs.append(helper.make_tensor_value_info("h", TensorProto.FLOAT, ["masked", d]))
         outputs.append(helper.make_tensor_value_info(h, TensorProto.FLOAT, ["masked", dims["vocab_size"]]))
     graph = helper.make_graph(nodes, f"int8 GEMMs of a {layers}-layer ModernBERT ({job})", inputs, outputs, inits)

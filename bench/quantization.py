@@ -19,11 +19,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from modernbert_edge.bench.timing import summarize, time_calls
-from modernbert_edge.export.names import MARK, MARKED_ROWS
+from modernbert_edge.contract import MARK, MARKED_ROWS
 from modernbert_edge.manifest import MODEL_FILE
 from modernbert_edge.quantize.foreign import quantize_dynamic_int8
 from modernbert_edge.runtime.session import create_session
+from modernbert_edge.timing import summarize, time_calls
 
 
 def _stderr(message: str) -> None:
@@ -71,8 +71,9 @@ def measure(
     log: Callable[[str], None] = _stderr,
 ) -> list[dict]:
     """The table's rows: fp32, plain quantize_dynamic and this project's `modes`, quantized into `work`."""
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import compare_models, load_model
-    from modernbert_edge.quantize.quantizer import load_data, quantize
+    from modernbert_edge.quantize.quantizer import quantize
 
     work.mkdir(parents=True, exist_ok=True)
     fp32, manifest = load_model(fp32_dir)

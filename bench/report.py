@@ -2,47 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
-import os
-import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
-
-PACKAGES = (
-    "modernbert-edge", "onnxruntime", "openvino", "tokenizers", "numpy",
-    "onnx", "onnxscript", "torch", "transformers", "optimum",
-)  # fmt: skip
-
-
-def package_versions() -> dict[str, str]:
-    """The installed versions of PACKAGES (those not installed are left out)."""
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
-def machine(threads: int | None) -> dict:
-    """The CPU as the int8 kernels see it (modernbert_edge.cpu), cores, threads, load average, package versions."""
-    from modernbert_edge.cpu import cpu_info
-
-    info = cpu_info()
-    return {
-        "cpu": info.name,
-        "cpu_info": info.to_dict(),
-        "cpu_line": info.line(),
-        "logical_cores": os.cpu_count(),
-        "threads": threads,
-        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-        "python": platform.python_version(),
-        "versions": package_versions(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    }
 
 
 def machine_line(m: dict) -> str:

@@ -34,10 +34,10 @@ JOB_TASKS = {"embeddings": "feature-extraction", "fill-mask": "fill-mask", "clas
 
 
 def architecture(job: str) -> str:
-    """The transformers class of a job's checkpoint (export's task table is the one source)."""
-    from modernbert_edge.export.tasks import TASKS
+    """The transformers class of a job's checkpoint (the contract is the one source)."""
+    from modernbert_edge.contract import HEADS
 
-    return TASKS[JOB_TASKS[job]].architecture
+    return HEADS[JOB_TASKS[job]].architecture
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,11 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from modernbert_edge.bench.timing import clock, peak_rss_mb
+from modernbert_edge.contract import feeds
 from modernbert_edge.runtime.batching import pad
 from modernbert_edge.runtime.numerics import pool
 from modernbert_edge.runtime.session import create_session
+from modernbert_edge.timing import clock, peak_rss_mb
 
 GEMM_CHUNK = 2048  # the GEMM-only graph runs on at most this many tokens per call
 
@@ -62,7 +63,7 @@ def _load_onnx(path: str, threads: int, pad: int) -> tuple[Callable, int]:
     output = session.get_outputs()[0].name
 
     def call(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return session.run([output], {"input_ids": ids, "attention_mask": mask})[0]
+        return session.run([output], feeds(ids, mask))[0]
 
     return call, pad
 
@@ -124,11 +125,11 @@ class Runner:
             total = sum(len(r) for r in rows)
             sizes = [min(GEMM_CHUNK, total - i) for i in range(0, total, GEMM_CHUNK)]
             rng = np.random.default_rng(0)
-            feeds = [{"x": rng.standard_normal((t, d), dtype=np.float32)} for t in sizes]
+            chunk_feeds = [{"x": rng.standard_normal((t, d), dtype=np.float32)} for t in sizes]
             if "h" in {i.name for i in self.session.get_inputs()}:  # fill-mask head: the masked rows only
-                for j, feed in enumerate(feeds):  # one mask per text, fed with the first chunk
+                for j, feed in enumerate(chunk_feeds):  # one mask per text, fed with the first chunk
                     feed["h"] = rng.standard_normal((len(rows) if j == 0 else 1, d), dtype=np.float32)
-            return feeds
+            return chunk_feeds
         if case["batching"] == "budget" and self.plan is not None:
             return None
         n = case["batch_rows"]

@@ -18,10 +18,10 @@ from onnx import GraphProto
 
 from modernbert_edge.export import names
 from modernbert_edge.export.builder import CONTRIB, MS_DOMAIN, PORTABLE, GraphBuilder
-from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import GLOBAL, ModernBertConfig
 from modernbert_edge.export.layout import Layout, to_padded, to_tokens
 from modernbert_edge.export.ops import make_linear
+from modernbert_edge.safetensors import Weights
 
 
 def rotary_caches(cfg: ModernBertConfig, layer_type: str) -> tuple[np.ndarray, np.ndarray]:

@@ -51,12 +51,17 @@ def parity_cmd(
     atol: Annotated[float | None, typer.Option(help="Tolerance; default: the task's (1e-4).")] = None,
 ) -> None:
     """Compare an exported model folder with its PyTorch checkpoint on several batches."""
+    from modernbert_edge.export.config import read_config
     from modernbert_edge.export.exporter import resolve_checkpoint
     from modernbert_edge.export.validate import reference_available, validate_export
-    from modernbert_edge.manifest import read_manifest
+    from modernbert_edge.runtime.loader import load
+    from modernbert_edge.safetensors import find_weight_files
 
     if not reference_available():
         raise UserError("mbedge parity needs torch and transformers: pip install 'modernbert-edge[dev]'.")
-    manifest = read_manifest(model_dir)
-    result = validate_export(resolve_checkpoint(checkpoint), model_dir, manifest["task"], log=_log, atol=atol)
+    model = load(model_dir)
+    src = resolve_checkpoint(checkpoint)
+    find_weight_files(src)  # safetensors only: nothing is ever unpickled
+    cfg, _ = read_config(src / "config.json")
+    result = validate_export(src, model.run, cfg, model.task, log=_log, atol=atol)
     typer.echo(f"max abs diff {result['max_abs_diff']:.3e} <= {result['atol']:.0e}: {result['status']}")

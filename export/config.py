@@ -130,81 +130,16 @@ def parse_config(raw: dict, path: Path = Path("config.json")) -> ModernBertConfi
             path,
             f"model_type is {raw.get('model_type')!r}, not 'modernbert': this is not a ModernBERT config.",
         )
-    for key, high in LIMITS.items():
-        _int(path, raw, key, None, 1, high)
-    hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
-    if hidden % heads:
-        raise _fail(path, f"hidden_size {hidden} is not divisible by num_attention_heads {heads}.")
-    max_positions = _int(path, raw, "max_position_embeddings", 8192, 1, MAX_POSITIONS)
-    norm_eps = _positive(path, raw.get("norm_eps", 1e-5), "norm_eps")
-    head_dim = raw.get("head_dim")
-    if head_dim not in (None, hidden // heads):
-        raise _fail(path, f"head_dim = {head_dim} differs from hidden_size / num_attention_heads = {hidden // heads}.")
-    if (hidden // heads) % 2:
-        raise _fail(path, f"head dimension {hidden // heads} is odd; rotary embeddings need an even one.")
-
-    layers = raw["num_hidden_layers"]
-    layer_types = raw.get("layer_types")
-    every = _int(path, raw, "global_attn_every_n_layers", 3, 1, 1 << 30)  # checked even where layer_types wins
-    if layer_types is None:
-        layer_types = [LOCAL if i % every else GLOBAL for i in range(layers)]
-    if not isinstance(layer_types, list):
-        raise _fail(path, f"layer_types must be a list of {GLOBAL!r} / {LOCAL!r}, got {layer_types!r}.")
-    layer_types = tuple(layer_types)
-    if len(layer_types) != layers:
-        raise _fail(path, f"layer_types has {len(layer_types)} entries for {layers} layers.")
-    for i, t in enumerate(layer_types):
-        if not isinstance(t, str) or t not in (GLOBAL, LOCAL):
-            raise _fail(path, f"layer_types[{i}] = {t!r} is not supported (use {GLOBAL!r} or {LOCAL!r}).")
-
-    # Newer configs: rope_parameters = {"full_attention": {...}, "sliding_attention": {...}}.
-    # Older configs: global_rope_theta / local_rope_theta, plus an optional rope_scaling for both.
-    rope_params = _object(path, raw.get("rope_parameters"), "rope_parameters")
-    thetas = {key: _positive(path, raw.get(key, default), key) for key, default in FLAT_THETAS.items()}
-    scaling = _object(path, raw.get("rope_scaling"), "rope_scaling")
-    if GLOBAL in rope_params or LOCAL in rope_params:
-        g = _rope_entry(path, rope_params.get(GLOBAL), f"rope_parameters.{GLOBAL}", 160_000.0)
-        l = _rope_entry(path, rope_params.get(LOCAL), f"rope_parameters.{LOCAL}", 10_000.0)
-    else:
-        scaling = scaling or rope_params
-        g = _rope_entry(path, {**scaling, "rope_theta": thetas["global_rope_theta"]}, "rope_scaling", 0)
-        l = _rope_entry(path, {**scaling, "rope_theta": thetas["local_rope_theta"]}, "rope_scaling", 0)
-
-    for key in ("hidden_activation", "classifier_activation"):
-        act = raw.get(key, "gelu")
-        if not isinstance(act, str) or act not in SUPPORTED_ACTIVATIONS:
-            raise _fail(path, f"{key} = {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)}).")
-    pooling = raw.get("classifier_pooling", "cls")
-    if not isinstance(pooling, str) or pooling not in ("cls", "mean"):
-        raise _fail(path, f"classifier_pooling = {pooling!r} is not supported (use 'cls' or 'mean').")
-    local_attention = _int(path, raw, "local_attention", 128, 2, MAX_LOCAL_ATTENTION)
-    for key in (
-        "norm_bias",
-        "attention_bias",
-        "mlp_bias",
-        "classifier_bias",
-        "decoder_bias",
-        "tie_word_embeddings",
-    ):
-        if key in raw and not isinstance(raw[key], bool):
-            raise _fail(path, f"{key} must be true or false, got {raw[key]!r}.")
-
-    id2label = _labels(path, raw.get("id2label"))
-    num_labels = _int(path, raw, "num_labels", len(id2label) or 2, 1, MAX_LABELS)
-    problem_type = raw.get("problem_type")
-    if problem_type not in (None, *PROBLEM_TYPES):
-        raise _fail(path, f"problem_type = {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}.")
-    architectures = raw.get("architectures") or []
-    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
-        raise _fail(path, f"architectures must be a list of class names, got {architectures!r}.")
-    pad = raw.get("pad_token_id")
-    if pad is not None:
-        pad = _int(path, raw, "pad_token_id", None, 0, raw["vocab_size"] - 1)
+    hidden, heads, max_positions, norm_eps = _shapes(path, raw)
+    layer_types = _layer_types(path, raw, raw["num_hidden_layers"])
+    g, l = _rope(path, raw)
+    pooling, local_attention = _choices(path, raw)
+    id2label, num_labels, problem_type, architectures, pad = _head(path, raw)
     return ModernBertConfig(
         vocab_size=raw["vocab_size"],
         hidden_size=hidden,
         intermediate_size=raw["intermediate_size"],
-        num_hidden_layers=layers,
+        num_hidden_layers=raw["num_hidden_layers"],
         num_attention_heads=heads,
         hidden_activation=raw.get("hidden_activation", "gelu"),
         max_position_embeddings=max_positions,
@@ -229,6 +164,90 @@ def parse_config(raw: dict, path: Path = Path("config.json")) -> ModernBertConfi
         architectures=tuple(architectures),
         pad_token_id=pad,
     )
+
+
+def _shapes(path: Path, raw: dict) -> tuple[int, int, int, float]:
+    """(hidden_size, num_attention_heads, max_position_embeddings, norm_eps), with the sizes in LIMITS checked."""
+    for key, high in LIMITS.items():
+        _int(path, raw, key, None, 1, high)
+    hidden, heads = raw["hidden_size"], raw["num_attention_heads"]
+    if hidden % heads:
+        raise _fail(path, f"hidden_size {hidden} is not divisible by num_attention_heads {heads}.")
+    max_positions = _int(path, raw, "max_position_embeddings", 8192, 1, MAX_POSITIONS)
+    norm_eps = _positive(path, raw.get("norm_eps", 1e-5), "norm_eps")
+    head_dim = raw.get("head_dim")
+    if head_dim not in (None, hidden // heads):
+        raise _fail(path, f"head_dim = {head_dim} differs from hidden_size / num_attention_heads = {hidden // heads}.")
+    if (hidden // heads) % 2:
+        raise _fail(path, f"head dimension {hidden // heads} is odd; rotary embeddings need an even one.")
+    return hidden, heads, max_positions, norm_eps
+
+
+def _layer_types(path: Path, raw: dict, layers: int) -> tuple[str, ...]:
+    """Each layer's attention: layer_types (newer configs) or every global_attn_every_n_layers-th global."""
+    layer_types = raw.get("layer_types")
+    every = _int(path, raw, "global_attn_every_n_layers", 3, 1, 1 << 30)  # checked even where layer_types wins
+    if layer_types is None:
+        layer_types = [LOCAL if i % every else GLOBAL for i in range(layers)]
+    if not isinstance(layer_types, list):
+        raise _fail(path, f"layer_types must be a list of {GLOBAL!r} / {LOCAL!r}, got {layer_types!r}.")
+    layer_types = tuple(layer_types)
+    if len(layer_types) != layers:
+        raise _fail(path, f"layer_types has {len(layer_types)} entries for {layers} layers.")
+    for i, t in enumerate(layer_types):
+        if not isinstance(t, str) or t not in (GLOBAL, LOCAL):
+            raise _fail(path, f"layer_types[{i}] = {t!r} is not supported (use {GLOBAL!r} or {LOCAL!r}).")
+    return layer_types
+
+
+def _rope(path: Path, raw: dict) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(theta, factor) of the global and the local layers' rotary embeddings.
+
+    Newer configs: rope_parameters = {"full_attention": {...}, "sliding_attention": {...}}.
+    Older configs: global_rope_theta / local_rope_theta, plus an optional rope_scaling for both."""
+    rope_params = _object(path, raw.get("rope_parameters"), "rope_parameters")
+    thetas = {key: _positive(path, raw.get(key, default), key) for key, default in FLAT_THETAS.items()}
+    scaling = _object(path, raw.get("rope_scaling"), "rope_scaling")
+    if GLOBAL in rope_params or LOCAL in rope_params:
+        g = _rope_entry(path, rope_params.get(GLOBAL), f"rope_parameters.{GLOBAL}", 160_000.0)
+        l = _rope_entry(path, rope_params.get(LOCAL), f"rope_parameters.{LOCAL}", 10_000.0)
+    else:
+        scaling = scaling or rope_params
+        g = _rope_entry(path, {**scaling, "rope_theta": thetas["global_rope_theta"]}, "rope_scaling", 0)
+        l = _rope_entry(path, {**scaling, "rope_theta": thetas["local_rope_theta"]}, "rope_scaling", 0)
+    return g, l
+
+
+def _choices(path: Path, raw: dict) -> tuple[str, int]:
+    """(classifier_pooling, local_attention), with the activations and the true/false flags checked."""
+    for key in ("hidden_activation", "classifier_activation"):
+        act = raw.get(key, "gelu")
+        if not isinstance(act, str) or act not in SUPPORTED_ACTIVATIONS:
+            raise _fail(path, f"{key} = {act!r} is not supported (supported: {', '.join(SUPPORTED_ACTIVATIONS)}).")
+    pooling = raw.get("classifier_pooling", "cls")
+    if not isinstance(pooling, str) or pooling not in ("cls", "mean"):
+        raise _fail(path, f"classifier_pooling = {pooling!r} is not supported (use 'cls' or 'mean').")
+    local_attention = _int(path, raw, "local_attention", 128, 2, MAX_LOCAL_ATTENTION)
+    for key in ("norm_bias", "attention_bias", "mlp_bias", "classifier_bias", "decoder_bias", "tie_word_embeddings"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise _fail(path, f"{key} must be true or false, got {raw[key]!r}.")
+    return pooling, local_attention
+
+
+def _head(path: Path, raw: dict) -> tuple[dict[int, str], int, str | None, list[str], int | None]:
+    """(id2label, num_labels, problem_type, architectures, pad_token_id)."""
+    id2label = _labels(path, raw.get("id2label"))
+    num_labels = _int(path, raw, "num_labels", len(id2label) or 2, 1, MAX_LABELS)
+    problem_type = raw.get("problem_type")
+    if problem_type not in (None, *PROBLEM_TYPES):
+        raise _fail(path, f"problem_type = {problem_type!r} is not one of {', '.join(PROBLEM_TYPES)}.")
+    architectures = raw.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise _fail(path, f"architectures must be a list of class names, got {architectures!r}.")
+    pad = raw.get("pad_token_id")
+    if pad is not None:
+        pad = _int(path, raw, "pad_token_id", None, 0, raw["vocab_size"] - 1)
+    return id2label, num_labels, problem_type, architectures, pad
 
 
 def _labels(path: Path, raw: object) -> dict[int, str]:

@@ -9,13 +9,14 @@ final_norm ─ LayerNorm                                                  (1, T,
 
 from __future__ import annotations
 
+from modernbert_edge.contract import INPUT_IDS
 from modernbert_edge.export import names
 from modernbert_edge.export.attention import add_rotary_caches, make_attention
 from modernbert_edge.export.builder import GraphBuilder
-from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import ModernBertConfig
 from modernbert_edge.export.layout import Layout
 from modernbert_edge.export.ops import make_activation, make_layer_norm, make_linear, make_residual
+from modernbert_edge.safetensors import Weights
 
 
 def make_embeddings(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, prefix: str) -> str:
@@ -23,7 +24,7 @@ def make_embeddings(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Lay
     name = names.EMBEDDINGS
     key = f"{prefix}embeddings.tok_embeddings.weight"
     table = g.weight(key, w.get(key, (cfg.vocab_size, cfg.hidden_size)))
-    ids = g.op("Reshape", ["input_ids", g.const([1, -1])], f"{name}/ids_flat")
+    ids = g.op("Reshape", [INPUT_IDS, g.const([1, -1])], f"{name}/ids_flat")
     ids = g.op("Gather", [ids, lay.tokens], f"{name}/ids_tokens", axis=1)  # (1, T)
     x = g.op("Gather", [table, ids], names.EMBED_GATHER, axis=0)  # (1, T, D)
     return make_layer_norm(g, w, cfg, x, f"{prefix}embeddings.norm", f"{name}/norm")

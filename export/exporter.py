@@ -1,7 +1,9 @@
 """`mbedge export`: checkpoint folder -> model folder (model.onnx, config, tokenizer, manifest).
 
 The folder is written to a temporary sibling and renamed into place only when everything,
-validation included, has succeeded: a failed export leaves nothing behind.
+validation included, has succeeded: a failed export leaves nothing behind. config.json is parsed
+once and the weight files found once, here; the runtime loads the written folder once (prove.py),
+and the parity check runs on that same session (validate.py).
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from pathlib import Path
 
 import onnx
 
+from modernbert_edge.contract import INPUTS
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import CONTRIB, OPSETS
-from modernbert_edge.export.checkpoint import Weights, find_weight_files
 from modernbert_edge.export.config import read_config
 from modernbert_edge.export.prove import prove_folder
 from modernbert_edge.export.sentence import copy_sentence, read_sentence
 from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.folders import OutputFolder, package_versions, save_model
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
+from modernbert_edge.safetensors import Weights, find_weight_files
 
 FUSED_OPS = (
     "MultiHeadAttention",
@@ -137,7 +140,7 @@ def export(
         "precision": "fp32",
         "opset": OPSETS[ops],
         "ops": ops,
-        "inputs": ["input_ids", "attention_mask"],
+        "inputs": list(INPUTS),
         "outputs": [name for name, _ in chosen.outputs],
         "fused_ops": fused_op_counts(model),
         "source": {
@@ -169,14 +172,15 @@ def export(
             shutil.copy2(src / f, tmp / f)
         copy_sentence(src, tmp, sentence)
         write_input_names(tmp, manifest["inputs"])
+        write_manifest(tmp, manifest)
+        loaded = prove_folder(tmp, cfg.vocab_size, cfg.max_position_embeddings)  # the one session
         if validate:
             from modernbert_edge.export.validate import validate_export
 
-            manifest["validation"] = validate_export(src, tmp, chosen.name, log=log)
+            manifest["validation"] = validate_export(src, loaded.run, cfg, chosen.name, log=log)
         else:
             manifest["validation"] = {"status": "skipped", "reason": "--no-validate"}
         write_manifest(tmp, manifest)
-        prove_folder(tmp, cfg.vocab_size, cfg.max_position_embeddings)
 
     target.write(fill)
     log(f"wrote {out_dir}")

@@ -14,12 +14,13 @@ from collections.abc import Callable
 import numpy as np
 from onnx import numpy_helper
 
+from modernbert_edge.contract import ATTENTION_MASK, MARK, MARKED_ROWS
 from modernbert_edge.export import names
 from modernbert_edge.export.builder import GraphBuilder
-from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import ModernBertConfig
 from modernbert_edge.export.layout import Layout
 from modernbert_edge.export.ops import make_activation, make_layer_norm, make_linear
+from modernbert_edge.safetensors import Weights
 
 
 def make_prediction_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, x: str) -> str:
@@ -59,10 +60,10 @@ def make_selected_rows(
     rows = Concat(Gather(row_of, positions), Range(0, T if M == 0 else 0))      (R,) R = M or T
     x (1, T, D) ─ Gather(rows) ─ head ─ (R, F) ─ ScatterND into zeros (B*S or M, F) ─ Reshape
     """
-    g.metadata[names.MARKED_ROWS] = str(names.MARK)
+    g.metadata[MARKED_ROWS] = str(MARK)
     marked = g.op(
         "Equal",
-        [g.op("Reshape", ["attention_mask", g.const([-1])], f"{name}/mask_flat"), g.const(names.MARK)],
+        [g.op("Reshape", [ATTENTION_MASK, g.const([-1])], f"{name}/mask_flat"), g.const(MARK)],
         f"{name}/marked",
     )
     positions = g.op(

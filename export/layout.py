@@ -17,19 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modernbert_edge.contract import ATTENTION_MASK, INPUT_IDS
 from modernbert_edge.export import names
-from modernbert_edge.export.builder import CONTRIB, FLOAT, INT64, PORTABLE, GraphBuilder, tensor_info
+from modernbert_edge.export.builder import CONTRIB, FLOAT, PORTABLE, GraphBuilder
 from modernbert_edge.export.config import GLOBAL, LOCAL, ModernBertConfig
 
 BAND_MASKED = -1e9  # additive bias for keys outside the local window (exp underflows to exactly 0)
 SHORT_LOCAL = 256  # up to this length a dense banded MHA beats blocked attention (see DESIGN.md)
 GQA_MIN_SEQ = 256  # padded global attention from this length: GroupQueryAttention skips padded keys
 GQA_HEAD_MULTIPLE = 8  # ORT's CPU GroupQueryAttention refuses other head sizes (at run time)
-
-GRAPH_INPUTS = [
-    tensor_info("input_ids", INT64, ["batch", "sequence"]),
-    tensor_info("attention_mask", INT64, ["batch", "sequence"]),
-]
 
 
 @dataclass(frozen=True)
@@ -93,11 +89,11 @@ def make_layout(g: GraphBuilder, cfg: ModernBertConfig, ops: str = CONTRIB) -> L
          └ CumSum - 1 ─ row_of (B*S,): token row of each padded position
     """
     p = names.LAYOUT
-    shape = g.op("Shape", ["input_ids"], f"{p}/Shape")
+    shape = g.op("Shape", [INPUT_IDS], f"{p}/Shape")
     batch = g.op("Slice", [shape, g.const([0]), g.const([1])], f"{p}/batch")
     seq = g.op("Slice", [shape, g.const([1]), g.const([2])], f"{p}/seq")
     flat = g.op("Mul", [batch, seq], f"{p}/flat")
-    mask = g.op("Min", ["attention_mask", g.const(1)], f"{p}/mask01")  # every consumer below reads 0/1
+    mask = g.op("Min", [ATTENTION_MASK, g.const(1)], f"{p}/mask01")  # every consumer below reads 0/1
     mask_flat = g.op("Reshape", [mask, g.const([-1])], f"{p}/mask_flat")
     nz = g.op("NonZero", [mask_flat], f"{p}/NonZero")  # (1, T)
     tokens = g.op("Reshape", [nz, g.const([-1])], f"{p}/tokens")

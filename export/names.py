@@ -16,11 +16,6 @@ EMBED_GATHER = f"{EMBEDDINGS}/tok_embeddings/Gather"  # the token-embedding look
 FINAL_NORM = f"{MODEL}/final_norm"
 FINAL_HIDDEN = f"{FINAL_NORM}/LayerNorm/output_0"  # (1, T, D): the final token stream of every task
 
-# Graph metadata (metadata_props) of a graph whose per-token head can decode marked rows only:
-# attention_mask == MARK marks those rows (and counts as 1 everywhere else); see heads.make_selected_rows.
-MARKED_ROWS = "modernbert_edge.marked_rows"
-MARK = 2
-
 # Task heads
 HEAD_DENSE = "/head/dense"  # ModernBertPredictionHead's dense projection (D, D)
 HEAD_ACT = "/head/act"
@@ -33,7 +28,6 @@ ATTN_QKV = "attn/Wqkv"
 ATTN_OUT = "attn/Wo"
 MLP_IN = "mlp/Wi"
 MLP_OUT = "mlp/Wo"
-LAYER_PROJECTIONS = (ATTN_QKV, ATTN_OUT, MLP_IN, MLP_OUT)
 
 _LAYER = re.compile(r"/model/layers\.(\d+)/(.+)")
 

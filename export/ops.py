@@ -4,8 +4,8 @@ a residual add."""
 from __future__ import annotations
 
 from modernbert_edge.export.builder import GraphBuilder
-from modernbert_edge.export.checkpoint import Weights
 from modernbert_edge.export.config import ModernBertConfig
+from modernbert_edge.safetensors import Weights
 
 
 def make_linear(g: GraphBuilder, w: Weights, x: str, key: str, d_in: int, d_out: int, bias: bool, name: str) -> str:

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.checkpoint import Weights
+from modernbert_edge.safetensors import Weights
 
 MODULES_FILE = "modules.json"
 ROOT_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")

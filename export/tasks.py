@@ -9,9 +9,19 @@ from dataclasses import dataclass
 import onnx
 from onnx import helper
 
+from modernbert_edge.contract import (
+    END_LOGITS,
+    HEADS,
+    INPUT_DIMS,
+    INPUTS,
+    LAST_HIDDEN_STATE,
+    LOGITS,
+    START_LOGITS,
+    task_of_architecture,
+)
+from modernbert_edge.contract import TASKS as CONTRACT_TASKS
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.builder import CONTRIB, FLOAT, OPS, OPSETS, GraphBuilder, tensor_info
-from modernbert_edge.export.checkpoint import Weights
+from modernbert_edge.export.builder import CONTRIB, FLOAT, INT64, OPS, OPSETS, GraphBuilder, tensor_info
 from modernbert_edge.export.config import ModernBertConfig
 from modernbert_edge.export.encoder import make_encoder
 from modernbert_edge.export.heads import (
@@ -21,7 +31,8 @@ from modernbert_edge.export.heads import (
     make_prediction_head,
     make_selected_rows,
 )
-from modernbert_edge.export.layout import GRAPH_INPUTS, Layout, make_layout, to_padded
+from modernbert_edge.export.layout import Layout, make_layout, to_padded
+from modernbert_edge.safetensors import Weights
 
 # A head builds from (builder, weights, config, layout, final token stream (1, T, D), key prefix)
 # and returns {output name: tensor name}.
@@ -31,7 +42,7 @@ HeadFn = Callable[[GraphBuilder, Weights, ModernBertConfig, Layout, str, str], d
 def _hidden_head(
     g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str
 ) -> dict[str, str]:
-    return {"last_hidden_state": to_padded(g, lay, x, cfg.hidden_size, "/output/last_hidden_state")}
+    return {LAST_HIDDEN_STATE: to_padded(g, lay, x, cfg.hidden_size, f"/output/{LAST_HIDDEN_STATE}")}
 
 
 def _fill_mask_head(
@@ -40,7 +51,7 @@ def _fill_mask_head(
     def head(rows: str) -> str:
         return make_decoder(g, w, cfg, make_prediction_head(g, w, cfg, rows), prefix)
 
-    return {"logits": make_selected_rows(g, lay, x, cfg.hidden_size, head, cfg.vocab_size, "/output/logits")}
+    return {LOGITS: make_selected_rows(g, lay, x, cfg.hidden_size, head, cfg.vocab_size, f"/output/{LOGITS}")}
 
 
 def _sequence_head(
@@ -48,12 +59,12 @@ def _sequence_head(
 ) -> dict[str, str]:
     hidden = to_padded(g, lay, x, cfg.hidden_size, "/output/hidden")
     pooled = make_pooling(g, cfg, lay, hidden)
-    return {"logits": make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, pooled), cfg.num_labels)}
+    return {LOGITS: make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, pooled), cfg.num_labels)}
 
 
 def _token_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str) -> dict[str, str]:
     logits = make_classifier(g, w, cfg, make_prediction_head(g, w, cfg, x), cfg.num_labels)
-    return {"logits": to_padded(g, lay, logits, cfg.num_labels, "/output/logits")}
+    return {LOGITS: to_padded(g, lay, logits, cfg.num_labels, f"/output/{LOGITS}")}
 
 
 def _qa_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x: str, prefix: str) -> dict[str, str]:
@@ -63,61 +74,40 @@ def _qa_head(g: GraphBuilder, w: Weights, cfg: ModernBertConfig, lay: Layout, x:
     logits = to_padded(g, lay, logits, 2, "/output/logits")  # (B, S, 2)
     start, end = g.op("Split", [logits, g.const([1, 1])], "/output/Split", outputs=2, axis=-1)
     return {
-        "start_logits": g.op("Squeeze", [start, g.const([-1])], "/output/start_logits"),
-        "end_logits": g.op("Squeeze", [end, g.const([-1])], "/output/end_logits"),
+        START_LOGITS: g.op("Squeeze", [start, g.const([-1])], f"/output/{START_LOGITS}"),
+        END_LOGITS: g.op("Squeeze", [end, g.const([-1])], f"/output/{END_LOGITS}"),
     }
 
 
 @dataclass(frozen=True)
 class Task:
-    name: str  # as Hugging Face pipelines name it
-    architecture: str  # the transformers class whose checkpoint carries this head
-    outputs: tuple[tuple[str, tuple[str, ...]], ...]  # (name, dims) of each graph output
+    name: str  # a task of the contract (modernbert_edge/contract.py), which names its outputs and class
     head: HeadFn
     head_keys: tuple[str, ...]  # checkpoint tensor prefixes the head consumes
     atol: float = 1e-4  # parity tolerance against PyTorch (fp32)
+
+    @property
+    def architecture(self) -> str:
+        """The transformers class whose checkpoint carries this head."""
+        return HEADS[self.name].architecture
+
+    @property
+    def outputs(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(name, dims) of each graph output."""
+        return HEADS[self.name].outputs
 
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
-        Task(
-            "feature-extraction",
-            "ModernBertModel",
-            (("last_hidden_state", ("batch", "sequence", "hidden")),),
-            _hidden_head,
-            (),
-        ),
-        Task(
-            "fill-mask",
-            "ModernBertForMaskedLM",
-            (("logits", ("batch", "sequence", "vocab")),),
-            _fill_mask_head,
-            ("head.", "decoder."),
-        ),
-        Task(
-            "text-classification",
-            "ModernBertForSequenceClassification",
-            (("logits", ("batch", "labels")),),
-            _sequence_head,
-            ("head.", "classifier."),
-        ),
-        Task(
-            "token-classification",
-            "ModernBertForTokenClassification",
-            (("logits", ("batch", "sequence", "labels")),),
-            _token_head,
-            ("head.", "classifier."),
-        ),
-        Task(
-            "question-answering",
-            "ModernBertForQuestionAnswering",
-            (("start_logits", ("batch", "sequence")), ("end_logits", ("batch", "sequence"))),
-            _qa_head,
-            ("head.", "classifier."),
-        ),
+        Task("feature-extraction", _hidden_head, ()),
+        Task("fill-mask", _fill_mask_head, ("head.", "decoder.")),
+        Task("text-classification", _sequence_head, ("head.", "classifier.")),
+        Task("token-classification", _token_head, ("head.", "classifier.")),
+        Task("question-answering", _qa_head, ("head.", "classifier.")),
     )
 }
+assert tuple(TASKS) == CONTRACT_TASKS, "a head for every task of the contract, in its order"
 
 
 def choose_task(cfg: ModernBertConfig, task: str | None) -> Task:
@@ -126,10 +116,10 @@ def choose_task(cfg: ModernBertConfig, task: str | None) -> Task:
         if task not in TASKS:
             raise UserError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}.")
         return TASKS[task]
-    by_arch = {t.architecture: t for t in TASKS.values()}
     for arch in cfg.architectures:
-        if arch in by_arch:
-            return by_arch[arch]
+        found = task_of_architecture(arch)
+        if found is not None:
+            return TASKS[found]
     if cfg.architectures:
         raise UserError(
             f"config.json's architectures {list(cfg.architectures)} name no supported head; "
@@ -173,7 +163,8 @@ def build_graph(cfg: ModernBertConfig, w: Weights, task: Task, ops: str = CONTRI
         g.nodes.append(helper.make_node("Identity", [tensor], [name], name=f"/output/{name}/Identity"))
     dims = dict(task.outputs)
     infos = [tensor_info(name, FLOAT, [_dim(cfg, d) for d in dims[name]]) for name in outputs]
-    model = g.finish(GRAPH_INPUTS, infos, doc=f"ModernBERT {task.name}, exported by modernbert-edge")
+    inputs = [tensor_info(name, INT64, list(INPUT_DIMS)) for name in INPUTS]
+    model = g.finish(inputs, infos, doc=f"ModernBERT {task.name}, exported by modernbert-edge")
     return model, unused
 
 

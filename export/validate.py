@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.checkpoint import find_weight_files
-from modernbert_edge.export.config import read_config
+from modernbert_edge.export.config import ModernBertConfig
 from modernbert_edge.export.tasks import TASKS
-from modernbert_edge.manifest import MODEL_FILE
+
+# run(input_ids, attention_mask) -> {output name: array}: the loaded folder's Model.run (export/prove.py)
+RunFn = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 
 def reference_available() -> bool:
@@ -47,12 +48,12 @@ def parity_batches(
 
 
 def compare_outputs(
-    names: list[str], ours: list[np.ndarray], ref: dict, mask: np.ndarray
+    ours: dict[str, np.ndarray], ref: dict, mask: np.ndarray
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Largest absolute difference and largest reference magnitude per output, over valid positions."""
     diffs, scales = {}, {}
     valid = mask.astype(bool)
-    for name, out in zip(names, ours, strict=True):
+    for name, out in ours.items():
         r = ref[name]
         if out.shape != r.shape:
             raise UserError(f"output {name} has shape {list(out.shape)}, PyTorch gives {list(r.shape)}.")
@@ -64,22 +65,24 @@ def compare_outputs(
 
 
 def validate_export(
-    checkpoint: Path, model_dir: Path, task: str, log: Callable[[str], None] = print, atol: float | None = None
+    checkpoint: Path,
+    run: RunFn,
+    cfg: ModernBertConfig,
+    task: str,
+    log: Callable[[str], None] = print,
+    atol: float | None = None,
 ) -> dict:
-    """Compare model_dir/model.onnx with the transformers model of `checkpoint`; raise above tolerance."""
+    """Compare an exported graph, run by `run`, with the transformers model of `checkpoint` (whose
+    config.json `cfg` is, and whose weights the caller found to be safetensors: nothing is unpickled);
+    raise above tolerance."""
     if not reference_available():
         log("notice: torch/transformers are not installed; skipping the PyTorch parity check.")
         return {"status": "skipped", "reason": "torch/transformers not installed"}
     import torch
     import transformers
 
-    from modernbert_edge.runtime.session import create_session
-
-    find_weight_files(Path(checkpoint))  # safetensors only: nothing is ever unpickled
-
     spec = TASKS[task]
     atol = spec.atol if atol is None else atol
-    cfg, _ = read_config(Path(checkpoint) / "config.json")
     model_cls = getattr(transformers, spec.architecture)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # a head checkpoint's encoder: the head keys are expected extras
@@ -91,16 +94,15 @@ def validate_export(
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()
-    session = create_session(Path(model_dir) / MODEL_FILE)
-    names = [o.name for o in session.get_outputs()]
+    names = [name for name, _ in spec.outputs]
 
     cases, worst, scale = [], dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     for ids, mask in parity_batches(cfg.vocab_size, cfg.local_attention, cfg.max_position_embeddings):
-        ours = session.run(names, {"input_ids": ids, "attention_mask": mask})
+        ours = run(ids, mask)
         with torch.no_grad():
             out = ref_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask))
         ref = {n: getattr(out, n).float().numpy() for n in names}
-        diffs, scales = compare_outputs(names, ours, ref, mask)
+        diffs, scales = compare_outputs(ours, ref, mask)
         cases.append({"lengths": mask.sum(1).tolist(), "max_abs_diff": diffs})
         for n, d in diffs.items():
             worst[n], scale[n] = max(worst[n], d), max(scale[n], scales[n])

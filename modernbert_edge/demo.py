@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from modernbert_edge.bench.timing import summarize, time_calls
 from modernbert_edge.errors import UserError
+from modernbert_edge.timing import summarize, time_calls
 
 BUNDLED = Path(__file__).parent / "assets" / "modernbert-mini"
 

@@ -31,7 +31,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,12 +48,16 @@ _AT_FDCWD = -100
 _WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages a model folder's results depend on (for its manifest)."""
+MANIFEST_PACKAGES = ("modernbert-edge", "onnx", "onnxruntime", "numpy", "tokenizers", "torch", "transformers")
+
+
+def package_versions(packages: Sequence[str] = MANIFEST_PACKAGES) -> dict[str, str]:
+    """Installed versions of `packages` (those not installed are left out); by default the packages a
+    model folder's results depend on (for its manifest)."""
     import importlib.metadata as md
 
     versions = {}
-    for pkg in ("modernbert-edge", "onnx", "onnxruntime", "numpy", "tokenizers", "torch", "transformers"):
+    for pkg in packages:
         try:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -22,7 +22,6 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
 )
-INPUTS = ("input_ids", "attention_mask")  # int64 (batch, sequence): the graph contract (DESIGN.md)
 
 
 def write_manifest(folder: Path, manifest: dict) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modernbert_edge.contract import feeds
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import pad
 
@@ -69,7 +70,7 @@ class Batch:
     attention_mask: np.ndarray  # (B, S) int64
 
     def feeds(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return feeds(self.input_ids, self.attention_mask)
 
 
 @dataclass(frozen=True)
@@ -178,3 +179,18 @@ def max_positions(model_dir: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"{model_dir}/{name} has no valid max_position_embeddings (got {value!r}).")
     return value
+
+
+def pad_token_id(model_dir: Path) -> int | None:
+    """config.json's pad_token_id, when it is an integer."""
+    try:
+        value = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("pad_token_id")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def load_data(model_dir: Path, manifest: dict, calibration: str | Path | None) -> CalibrationSet:
+    """The calibration set of a model folder, from its manifest's vocabulary and config.json's pad id."""
+    vocab = int(manifest.get("config", {}).get("vocab_size", 0)) or 2
+    return calibration_set(model_dir, vocab, pad_token_id(model_dir), calibration)

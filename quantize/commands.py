@@ -83,8 +83,8 @@ def compare_cmd(
 ) -> None:
     """Print the fidelity report of MODEL_B against MODEL_A (token cosine, head agreement, logits)."""
     _need_onnx()
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import compare_models, format_report, load_model
-    from modernbert_edge.quantize.quantizer import load_data
 
     a, manifest_a = load_model(model_a)
     b, manifest_b = load_model(model_b)

@@ -17,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from modernbert_edge.bench.timing import cosines as _cosines
+from modernbert_edge.contract import ATTENTION_MASK, END_LOGITS, INPUT_IDS, LAST_HIDDEN_STATE, LOGITS, START_LOGITS
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.quantize import kernels
 from modernbert_edge.quantize.calibration import Batch, CalibrationSet
 from modernbert_edge.quantize.smoothing import serialize_with_outputs, session_with_outputs
 from modernbert_edge.runtime.session import ZERO_INPUTS, run_graph
+from modernbert_edge.timing import cosines as _cosines
 
 MASK_FRACTION = 0.15
-HEAD_OUTPUTS = ("logits", "start_logits", "end_logits")
+HEAD_OUTPUTS = (LOGITS, START_LOGITS, END_LOGITS)
 
 
 def load_model(folder: str | Path, file: str | None = None) -> tuple[onnx.ModelProto, dict]:
@@ -222,12 +223,12 @@ def _final_cosines(outs_a: dict, outs_b: dict, batch: Batch) -> np.ndarray:
     """Cosines of a graph's final output: per real token of last_hidden_state or (B, S, L) logits, per
     row of (B, L) logits, per row of start/end logits over the real tokens (padded positions zeroed)."""
     valid = batch.attention_mask.astype(bool)
-    name = next(n for n in ("last_hidden_state", "logits", "start_logits") if n in outs_a)
+    name = next(n for n in (LAST_HIDDEN_STATE, LOGITS, START_LOGITS) if n in outs_a)
     a, b = outs_a[name], outs_b[name]
     if a.ndim == 3:
         return _cosines(a[valid], b[valid])
-    if name == "start_logits":
-        ends = [np.where(valid, o["end_logits"], 0.0) for o in (outs_a, outs_b)]
+    if name == START_LOGITS:
+        ends = [np.where(valid, o[END_LOGITS], 0.0) for o in (outs_a, outs_b)]
         return np.concatenate([_cosines(np.where(valid, a, 0.0), np.where(valid, b, 0.0)), _cosines(*ends)])
     return _cosines(a, b)
 
@@ -248,7 +249,7 @@ class _OpenVinoOutputs:
         self._session = OpenVinoSession(model, threads or None, OPENVINO_CONFIGS["int8-static"])  # as the runtime
 
     def run(self, _names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self._session.run(feeds["input_ids"], feeds["attention_mask"]).values())
+        return list(self._session.run(feeds[INPUT_IDS], feeds[ATTENTION_MASK]).values())
 
 
 def apply_gate(report: dict, min_cosine: float, force: bool) -> dict:

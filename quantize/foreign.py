@@ -91,13 +91,12 @@ def quantize_foreign(
     log: Callable[[str], None],
 ) -> dict:
     """Quantize a foreign folder's graph into target; returns the new manifest (see quantizer.quantize)."""
-    import shutil
-
-    from modernbert_edge.export.sentence import copy_sentence, read_sentence
-    from modernbert_edge.folders import package_versions, save_model
-    from modernbert_edge.manifest import MODEL_FILE, write_manifest
+    from modernbert_edge.export.sentence import read_sentence
+    from modernbert_edge.folders import package_versions
+    from modernbert_edge.manifest import MODEL_FILE
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import apply_gate, check_gate, compare_models, format_report, load_model
-    from modernbert_edge.quantize.quantizer import load_data
+    from modernbert_edge.quantize.output import write_quantized
 
     if mode != "int8":
         raise UserError(
@@ -139,13 +138,5 @@ def quantize_foreign(
     if sentence is not None:
         out_manifest["sentence"] = sentence
 
-    def fill(tmp: Path) -> None:
-        save_model(qmodel, tmp / MODEL_FILE)
-        for f in ["config.json", *manifest["tokenizer_files"]]:
-            if (model_dir / f).is_file():
-                shutil.copy2(model_dir / f, tmp / f)
-        copy_sentence(model_dir, tmp, sentence)
-        write_manifest(tmp, out_manifest)
-
-    target.write(fill)
+    write_quantized(target, qmodel, model_dir, ["config.json", *manifest["tokenizer_files"]], sentence, out_manifest)
     return out_manifest

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
-import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from modernbert_edge.contract import MARK, MARKED_ROWS, feeds
 from modernbert_edge.errors import UserError
 from modernbert_edge.export import names
-from modernbert_edge.manifest import MODEL_FILE, write_manifest
+from modernbert_edge.manifest import MODEL_FILE
 from modernbert_edge.quantize import graph as qg
-from modernbert_edge.quantize.calibration import CalibrationSet, calibration_set
+from modernbert_edge.quantize.calibration import CalibrationSet, load_data
 from modernbert_edge.quantize.fidelity import apply_gate, check_gate, compare_models, format_report, load_model
 from modernbert_edge.quantize.projections import (
     KEEP_FLOAT_ALWAYS,
@@ -40,19 +40,6 @@ METHOD = {
     "int8-static": "QDQ: int8 weights per output channel, uint8 activations per tensor (calibrated ranges)",
     "int4": "MatMulNBits: 4-bit weights in blocks of 32 (accuracy level 4); decoder and embeddings int8",
 }
-
-
-def pad_token_id(model_dir: Path) -> int | None:
-    try:
-        value = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("pad_token_id")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return value if isinstance(value, int) else None
-
-
-def load_data(model_dir: Path, manifest: dict, calibration: str | Path | None) -> CalibrationSet:
-    vocab = int(manifest.get("config", {}).get("vocab_size", 0)) or 2
-    return calibration_set(model_dir, vocab, pad_token_id(model_dir), calibration)
 
 
 def plan_smoothing(
@@ -157,22 +144,22 @@ SPEED_ROUNDS = 3
 
 def measure_speed(fp32_file: Path, qmodel: onnx.ModelProto, config: dict, rounds: int = SPEED_ROUNDS) -> dict:
     """The quantized graph's speed against its fp32 source on this CPU: one random (8, 128) batch,
-    both sessions interleaved (bench/timing.py), median of `rounds`, the runtime's default threads.
+    both sessions interleaved (modernbert_edge/timing.py), median of `rounds`, the runtime's default threads.
     Fill-mask graphs decode one marked row per text, as the runtime runs them."""
-    from modernbert_edge.bench.timing import summarize, time_calls
     from modernbert_edge.cpu import cpu_info
     from modernbert_edge.runtime.session import create_session
+    from modernbert_edge.timing import summarize, time_calls
 
     b, s = SPEED_SHAPE
     s = min(s, int(config.get("max_position_embeddings") or s))
     vocab = int(config.get("vocab_size") or 6)
     rng = np.random.default_rng(0)
     mask = np.ones((b, s), dtype=np.int64)
-    if any(p.key == names.MARKED_ROWS for p in qmodel.metadata_props):
-        mask[:, s // 2] = names.MARK
-    feeds = {"input_ids": rng.integers(5, max(vocab, 6), size=(b, s), dtype=np.int64), "attention_mask": mask}
+    if any(p.key == MARKED_ROWS for p in qmodel.metadata_props):
+        mask[:, s // 2] = MARK
+    feed = feeds(rng.integers(5, max(vocab, 6), size=(b, s), dtype=np.int64), mask)
     sessions = {"fp32": create_session(fp32_file), "quantized": create_session(qmodel.SerializeToString())}
-    times = time_calls({k: functools.partial(sess.run, None, feeds) for k, sess in sessions.items()}, rounds)
+    times = time_calls({k: functools.partial(sess.run, None, feed) for k, sess in sessions.items()}, rounds)
     ms = {k: summarize(t)["median_ms"] for k, t in times.items()}
     return {
         "cpu": cpu_info().line(),
@@ -223,8 +210,8 @@ def quantize(
     engine the gate runs the quantized model on, the one that will run it ("onnxruntime", or
     "openvino" for int8-static of a portable folder). An ONNX folder made elsewhere (no manifest.json;
     `file` picks its model file) gets onnxruntime's dynamic int8 and the same gate (foreign.py)."""
-    from modernbert_edge.export.sentence import copy_sentence
-    from modernbert_edge.folders import OutputFolder, package_versions, save_model
+    from modernbert_edge.folders import OutputFolder
+    from modernbert_edge.quantize.output import write_quantized
     from modernbert_edge.runtime.foreign import is_foreign
 
     if mode not in MODES:
@@ -255,11 +242,7 @@ def quantize(
 
     inits = load_initializers(model)
     projections = find_projections(model, inits)
-    names = {p.name for p in projections}
-    unknown = [k for k in keep_float if k not in names]
-    if unknown:
-        raise UserError(f"--keep-float {unknown[0]} names no projection; the names look like {projections[0].name}.")
-    floats = {p.name for p in projections if p.name.startswith(KEEP_FLOAT_ALWAYS)} | set(keep_float)
+    floats = _floats(projections, keep_float)
     if mode == "int4":  # only the int8 DynamicQuantizeMatMul ones (the decoder) are smoothed
         to_smooth = [p for p in projections if p.transposed and p.name not in floats]
     else:
@@ -269,18 +252,9 @@ def quantize(
     )
 
     t0 = time.perf_counter()
-    steps = FALLBACK_STEPS if fallback and mode != "int4" else ()
-    ranked = sorted((n for n in choices if n not in floats), key=lambda n: -choices[n].error_worst)
-    attempt_floats = set(floats)
-    for attempt in range(len(steps) + 1):
-        plan = make_plan(model, inits, projections, mode, attempt_floats, choices, stats)
-        qmodel = qg.rewrite(model, inits, plan)
-        report = compare_models(model, qmodel, task, data, progress=log, engine=engine)
-        if report["cosine_worst"] >= min_cosine or attempt == len(steps):
-            break
-        extra = ranked[: steps[attempt]]
-        log(f"worst-token cosine {report['cosine_worst']:.5f} < {min_cosine}: leaving {', '.join(extra)} in float")
-        attempt_floats = floats | set(extra)
+    fallback_steps = FALLBACK_STEPS if fallback and mode != "int4" else ()
+    candidates = _Candidates(model, inits, projections, mode, choices, stats)
+    plan, qmodel, report = _rewrite_until_gate(candidates, floats, fallback_steps, task, data, min_cosine, engine, log)
     apply_gate(report, min_cosine, force)
     log(f"evaluated in {time.perf_counter() - t0:.1f} s")
     table = format_report(report, f"{mode} on {engine} vs fp32 ({task})")
@@ -292,6 +266,79 @@ def quantize(
         f"speed on this CPU ({speed['cpu']}): {mode} {speed['quantized_ms']:.1f} ms, fp32 {speed['fp32_ms']:.1f} ms "
         f"per {speed['shape']} batch ({speed['speedup']:.2f}x)"
     )
+    out_manifest = _quantized_manifest(manifest, mode, plan, qmodel, choices, data, report, speed)
+    source_files = ["config.json", *manifest.get("tokenizer_files", [])]
+    write_quantized(target, qmodel, model_dir, source_files, manifest.get("sentence"), out_manifest)
+    size = sum(f.stat().st_size for f in out_dir.iterdir() if f.name.startswith(MODEL_FILE))
+    log(f"wrote {out_dir} ({size / 1e6:.1f} MB model)")
+    return out_manifest
+
+
+def _floats(projections: Sequence[Projection], keep_float: Sequence[str]) -> set[str]:
+    """The projections left in float from the start: KEEP_FLOAT_ALWAYS and --keep-float (each checked)."""
+    known = {p.name for p in projections}
+    unknown = [k for k in keep_float if k not in known]
+    if unknown:
+        raise UserError(f"--keep-float {unknown[0]} names no projection; the names look like {projections[0].name}.")
+    return {p.name for p in projections if p.name.startswith(KEEP_FLOAT_ALWAYS)} | set(keep_float)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """What every attempt's plan is made from; `rewrite(floats)` makes one."""
+
+    model: onnx.ModelProto
+    inits: dict[str, np.ndarray]
+    projections: Sequence[Projection]
+    mode: str
+    choices: dict[str, Choice]
+    stats: dict[str, ActivationStats]
+
+    def rewrite(self, floats: set[str]) -> tuple[qg.QuantPlan, onnx.ModelProto]:
+        plan = make_plan(self.model, self.inits, self.projections, self.mode, floats, self.choices, self.stats)
+        return plan, qg.rewrite(self.model, self.inits, plan)
+
+
+def _rewrite_until_gate(
+    candidates: _Candidates,
+    floats: set[str],
+    fallback_steps: Sequence[int],
+    task: str,
+    data: CalibrationSet,
+    min_cosine: float,
+    engine: str,
+    log: Callable[[str], None],
+) -> tuple[qg.QuantPlan, onnx.ModelProto, dict]:
+    """Rewrite and measure; while the worst-token cosine is below min_cosine, leave the next
+    fallback_steps[i] projections of the largest simulated error in float and try again. Returns the
+    last attempt's plan, graph and fidelity report."""
+    choices = candidates.choices
+    ranked = sorted((n for n in choices if n not in floats), key=lambda n: -choices[n].error_worst)
+    attempt_floats = set(floats)
+    for attempt in range(len(fallback_steps) + 1):
+        plan, qmodel = candidates.rewrite(attempt_floats)
+        report = compare_models(candidates.model, qmodel, task, data, progress=log, engine=engine)
+        if report["cosine_worst"] >= min_cosine or attempt == len(fallback_steps):
+            break
+        extra = ranked[: fallback_steps[attempt]]
+        log(f"worst-token cosine {report['cosine_worst']:.5f} < {min_cosine}: leaving {', '.join(extra)} in float")
+        attempt_floats = floats | set(extra)
+    return plan, qmodel, report
+
+
+def _quantized_manifest(
+    manifest: dict,
+    mode: str,
+    plan: qg.QuantPlan,
+    qmodel: onnx.ModelProto,
+    choices: dict[str, Choice],
+    data: CalibrationSet,
+    report: dict,
+    speed: dict,
+) -> dict:
+    """The fp32 folder's manifest with the quantized model's precision, method, plan, fidelity and speed."""
+    from modernbert_edge.folders import package_versions
+
     out_manifest = dict(manifest)
     out_manifest.update(
         speed=speed,
@@ -318,17 +365,4 @@ def quantize(
         },
         fidelity=report,
     )
-    source_files = ["config.json", *manifest.get("tokenizer_files", [])]
-
-    def fill(tmp: Path) -> None:
-        save_model(qmodel, tmp / MODEL_FILE)
-        for f in source_files:
-            if (model_dir / f).is_file():
-                shutil.copy2(model_dir / f, tmp / f)
-        copy_sentence(model_dir, tmp, manifest.get("sentence"))  # sentence-transformers modules, as exported
-        write_manifest(tmp, out_manifest)
-
-    target.write(fill)
-    size = sum(f.stat().st_size for f in out_dir.iterdir() if f.name.startswith(MODEL_FILE))
-    log(f"wrote {out_dir} ({size / 1e6:.1f} MB model)")
     return out_manifest

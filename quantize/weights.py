@@ -39,11 +39,3 @@ def quantize_int4_blocks(w_kn: np.ndarray, block: int = INT4_BLOCK) -> tuple[np.
     q = (np.clip(np.rint(wt / scale[:, :, None]), -8, 7) + 8).astype(np.uint8)
     packed = q[:, :, 0::2] | (q[:, :, 1::2] << 4)
     return packed, scale.reshape(-1)
-
-
-def dequantize_int4_blocks(packed: np.ndarray, scale: np.ndarray, k: int) -> np.ndarray:
-    n, nb, half = packed.shape
-    q = np.empty((n, nb, 2 * half), dtype=np.float32)
-    q[:, :, 0::2], q[:, :, 1::2] = packed & 15, packed >> 4
-    w = (q - 8) * scale.reshape(n, nb, 1)
-    return w.reshape(n, -1)[:, :k].T

@@ -1,8 +1,10 @@
 """The torch-free CPU runtime: load a model folder and run its task with ONNX Runtime.
 
 Imports only numpy, onnxruntime and tokenizers (typer in commands.py); never torch,
-transformers, optimum or onnx, and not the exporter. `Model` and `load` are imported on first
-use, so the CLI can read commands.py (for --help) without loading onnxruntime.
+transformers, optimum or onnx, and not the exporter (tests/test_layers.py): what a folder promises
+comes from modernbert_edge/contract.py, the safetensors reader from modernbert_edge/safetensors.py.
+`Model` and `load` are imported on first use, so the CLI can read commands.py (for --help) without
+loading onnxruntime.
 
     import modernbert_edge as mbe
     model = mbe.load("out/fill-mask")

@@ -65,9 +65,3 @@ def pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
         ids[b, : len(row)] = row
         mask[b, : len(row)] = 1
     return ids, mask
-
-
-def padded_tokens(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[int, int]:
-    """(total padded tokens, largest batch in padded tokens) of a batch plan."""
-    sizes = [len(b) * max(lengths[i] for i in b) for b in batches if b]
-    return sum(sizes), max(sizes, default=0)

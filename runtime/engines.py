@@ -1,11 +1,11 @@
 """Engines that run a model folder: ONNX Runtime (every folder) and OpenVINO (portable folders).
 
-    open_session(info, engine) ─ "onnxruntime" ─ session.Session (CPU provider)
+    open_session(info, engine) ─ "onnxruntime" ─ session.OrtSession (CPU provider)
                                ├ "openvino"    ─ OpenVinoSession (CPU plugin, the portable graph)
                                └ "auto"        ─ AUTO_RULE
 
-Both sessions offer what Model uses: input_names, output_names, output_shapes, mark (the mask value
-that marks rows to decode, or None) and run(input_ids, attention_mask) -> {output name: array}. OpenVINO reads only
+Both implement session.Session, what Model uses: input_names, output_names, output_shapes, mark (the
+mask value that marks rows to decode, or None) and run(input_ids, attention_mask). OpenVINO reads only
 standard ONNX ops: folders exported with `--ops portable`, in fp32 or quantized with
 `--mode int8-static` (QDQ); `int8` (dynamic) uses com.microsoft DynamicQuantizeMatMul.
 """
@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from modernbert_edge.contract import INPUTS, feeds
 from modernbert_edge.cpu import INT16_SATURATING, INT32, cpu_info
 from modernbert_edge.errors import UserError
-from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
 from modernbert_edge.runtime.folder import ModelInfo
 
@@ -153,19 +153,19 @@ def choose_engine(info: ModelInfo, engine: str) -> str:
 
 def open_session(
     info: ModelInfo, engine: str = AUTO, threads: int | None = None, spinning: bool | str = False
-) -> tuple[Session | OpenVinoSession, str]:
+) -> tuple[Session, str]:
     """A session for the folder's model file on the chosen engine, and that engine's name."""
     chosen = choose_engine(info, engine)
     if chosen == OPENVINO:
         return OpenVinoSession(info.model_path, threads, OPENVINO_CONFIGS[info.precision]), chosen
-    from modernbert_edge.runtime.session import Session
+    from modernbert_edge.runtime.session import OrtSession
 
-    return Session(info.model_path, threads=threads, spinning=spinning), chosen
+    return OrtSession(info.model_path, threads=threads, spinning=spinning), chosen
 
 
 class OpenVinoSession:
-    """The model file compiled by OpenVINO's CPU plugin; `run` is safe to call from several threads
-    (one infer request per thread)."""
+    """The model file compiled by OpenVINO's CPU plugin (a session.Session); `run` is safe to call from
+    several threads (one infer request per thread)."""
 
     def __init__(self, model_path: Path | bytes, threads: int | None = None, config: dict | None = None) -> None:
         import openvino as ov
@@ -204,7 +204,7 @@ class OpenVinoSession:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self._compiled.create_infer_request()
-        results = request.infer({"input_ids": input_ids, "attention_mask": attention_mask})
+        results = request.infer(feeds(input_ids, attention_mask))
         return dict(zip(self.output_names, results.to_tuple(), strict=True))
 
 

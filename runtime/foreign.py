@@ -14,16 +14,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from modernbert_edge.contract import END_LOGITS, HEADS, LAST_HIDDEN_STATE, LOGITS, START_LOGITS, task_of_architecture
 from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import FORMAT, MANIFEST, TOKENIZER_FILES
 from modernbert_edge.runtime.errors import ModelFolderError
 
 DEFAULT_FILES = ("model.onnx", "onnx/model.onnx")
-HEADS = {  # config.architectures suffix -> task, for graphs whose output is `logits`
-    "ForMaskedLM": "fill-mask",
-    "ForSequenceClassification": "text-classification",
-    "ForTokenClassification": "token-classification",
-}
 
 
 def is_foreign(folder: str | Path) -> bool:
@@ -68,19 +64,19 @@ def precision_of(file: str) -> str:
 def task_of(outputs: dict[str, list], architectures: list[str], vocab_size: int | None) -> str:
     """The task a graph's outputs ({name: shape}) and config.architectures imply; UserError if none."""
     names = set(outputs)
-    if {"start_logits", "end_logits"} <= names:
+    if {START_LOGITS, END_LOGITS} <= names:
         return "question-answering"
-    if "logits" in names:
+    if LOGITS in names:
         for arch in architectures:
-            for suffix, task in HEADS.items():
-                if arch.endswith(suffix):
-                    return task
-        shape = outputs["logits"]
+            task = task_of_architecture(arch)
+            if task is not None and HEADS[task].output_names == (LOGITS,):
+                return task
+        shape = outputs[LOGITS]
         if len(shape) == 2:
             return "text-classification"
         if len(shape) == 3 and isinstance(shape[-1], int):
             return "fill-mask" if shape[-1] == vocab_size else "token-classification"
-    if "last_hidden_state" in names:
+    if LAST_HIDDEN_STATE in names:
         return "feature-extraction"
     raise ModelFolderError(
         f"the graph's outputs {sorted(names)} fit no task this runtime runs (it needs last_hidden_state, "

@@ -14,7 +14,7 @@ from modernbert_edge.runtime.engines import AUTO, ONNXRUNTIME, open_session
 from modernbert_edge.runtime.errors import ModelFolderError
 from modernbert_edge.runtime.folder import ModelInfo, open_folder
 from modernbert_edge.runtime.model import Model
-from modernbert_edge.runtime.session import DEFAULT_SPINNING, Session, check_threads, spinning_mode
+from modernbert_edge.runtime.session import DEFAULT_SPINNING, OrtSession, Session, check_threads, spinning_mode
 from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
 
 
@@ -69,7 +69,7 @@ def load(
             return session
         if engine not in (AUTO, ONNXRUNTIME):
             raise UserError(f"engine {engine!r} runs folders exported with --ops portable; {path} was made elsewhere.")
-        return Session(path, threads=threads, spinning=spinning)
+        return OrtSession(path, threads=threads, spinning=spinning)
 
     info, session = open_folder(model_dir, file, open_model)
     limit = min(info.max_position_embeddings, info.sentence.max_seq_length or info.max_position_embeddings)

@@ -69,7 +69,7 @@ class Embedder:
         """The manifest's "sentence" section (Dense weights read from their module folders)."""
         if not section:
             return cls()
-        from modernbert_edge.export.checkpoint import Weights  # numpy only: safe on a device
+        from modernbert_edge.safetensors import Weights
 
         modules = section.get("modules") or []
         pooling = next((m for m in modules if m.get("type") == "Pooling"), {})

@@ -1,24 +1,26 @@
-"""The one place where ONNX Runtime sessions are created (`create_session`) and run (`Session`).
+"""The one place where ONNX Runtime sessions are created (`create_session`), and what every engine's
+session offers the runtime (`Session`, a protocol: `OrtSession` here, `engines.OpenVinoSession`).
 
 CPU provider, full graph optimization, a chosen intra-op thread count, and no spinning by default
-(SPINNING says why). Everything in the
-project that needs an InferenceSession (runtime, export validation, calibration, benchmarks) gets
-it from `create_session`, which checks that the provider asked for is the one in use. Everything
-that feeds the graph goes through `Session.run`, so a graph with new inputs or outputs changes this
-file only.
+(SPINNING says why). Everything in the project that needs an InferenceSession (runtime, export's
+proof and parity check through the runtime, calibration, fidelity, benchmarks) gets it from
+`create_session`, which checks that the provider asked for is the one in use. The runtime feeds a
+graph through `Session.run`; code that needs extra outputs or raw feeds (quantize's calibration and
+fidelity, bench's workers, runtime_overhead.py) runs the InferenceSession directly, with the
+contract's names (modernbert_edge/contract.py).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnxruntime as ort
 
+from modernbert_edge.contract import INPUTS, MARKED_ROWS, feeds
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.names import MARKED_ROWS  # graph metadata: the mask value that marks rows to decode
-from modernbert_edge.manifest import INPUTS
 from modernbert_edge.runtime.errors import ModelFolderError
 
 PROVIDER = "CPUExecutionProvider"
@@ -69,31 +71,23 @@ def check_threads(threads: object) -> None:
         )
 
 
-LEVELS = {
-    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
 def create_session(
     model: Path | str | bytes,
     threads: int | None = None,
     *,
     spinning: bool | str = DEFAULT_SPINNING,
-    optimization: str = "all",
 ) -> ort.InferenceSession:
     """An InferenceSession on the CPU provider for a model file (or serialized bytes).
 
     threads: intra-op threads (None or 0 = one per physical core); spinning: what idle pool threads
-    do, one of SPINNING (True / False: "on" / "off"); optimization: one of LEVELS.
+    do, one of SPINNING (True / False: "on" / "off"). Every graph optimization is on (DESIGN.md,
+    Conventions: the graph is saved unoptimized and optimized at load).
     A file ORT cannot load raises ModelFolderError naming it.
     """
     check_threads(threads)
     spin = SPINNING[spinning_mode(spinning)]
     options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[optimization]
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = threads or 0
     options.inter_op_num_threads = 1
@@ -145,8 +139,23 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in text.split("+")[0].split(".")[:3] if p.isdigit())
 
 
-class Session:
-    """An InferenceSession for one model file; `run` is safe to call from several threads."""
+@runtime_checkable
+class Session(Protocol):
+    """What the runtime needs of an engine's session for one model file (both engines implement it)."""
+
+    input_names: list[str]
+    output_names: list[str]
+    output_shapes: dict[str, list]  # output name -> dims (ints, or names / "?" where dynamic)
+    mark: int | None  # the attention_mask value that marks rows to decode (contract.MARK), or None
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """(batch, sequence) int64 ids and mask -> {output name: array}; safe from several threads."""
+        ...
+
+
+class OrtSession:
+    """An ONNX Runtime InferenceSession for one model file (a `Session`); `run` is safe to call from
+    several threads."""
 
     def __init__(self, model_path: Path, threads: int | None = None, spinning: bool | str = DEFAULT_SPINNING) -> None:
         self._session = create_session(model_path, threads, spinning=spinning)
@@ -167,7 +176,7 @@ class Session:
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """(batch, sequence) int64 ids and mask -> {output name: array}."""
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        feed = feeds(input_ids, attention_mask)
         feed.update({name: np.zeros_like(input_ids) for name in self.zero_inputs})
         outputs = run_graph(self._session, self.output_names, feed, self.model_path)
         return dict(zip(self.output_names, outputs, strict=True))

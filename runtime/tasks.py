@@ -1,7 +1,7 @@
-"""The runtime's tasks, one row each: names, graph outputs, options and their defaults, post-processor.
+"""The runtime's tasks, one row each: names, options and their defaults, post-processor.
 
-The outputs column mirrors export/tasks.py (a test checks they agree); it is repeated here because
-the runtime must not import the exporter (onnx). A new task is a row here plus its post-processor
+Graph outputs come from the contract (modernbert_edge/contract.py), the folder task's. A new task is a
+row here plus its post-processor
 (postprocess.py) and, for the API, a Model method that calls `predict` with the row's name.
 A row may run on another task's folders (rerank: a text-classification folder with one label).
 """
@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from modernbert_edge.contract import HEADS
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import postprocess
 from modernbert_edge.runtime.errors import InputError, TruncationWarning
@@ -27,7 +28,6 @@ __all__ = ["AGGREGATIONS", "FOLDER_TASKS", "POOLINGS", "TASKS", "Task", "find_ta
 @dataclass(frozen=True)
 class Task:
     name: str  # as Hugging Face pipelines name it, and as the manifest records it
-    outputs: tuple[str, ...]  # graph output names; the first one's last axis is `head_size`
     method: str  # the Model method that runs it
     result_key: str  # the key of each result in `mbedge run`'s JSON lines
     aliases: tuple[str, ...]  # other names accepted by `mbedge run --task`
@@ -43,6 +43,12 @@ class Task:
     # An input that stands for several rows (rerank: one (query, document) pair per document):
     expand: Callable | None = None  # expand(input) -> its rows, or the InputError that says why it has none
     gather: Callable | None = None  # gather(the rows' results, **options) -> the input's result
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The graph output names of the folder it runs on (the contract's); the first one's last axis
+        is `head_size`."""
+        return HEADS[self.folder_task or self.name].output_names
 
     def with_options(self, given: Mapping[str, object]) -> dict[str, object]:
         """The task's options: its defaults updated with `given` (None keeps the default), checked."""
@@ -77,7 +83,6 @@ TASKS: dict[str, Task] = {
     for t in (
         Task(
             "feature-extraction",
-            outputs=("last_hidden_state",),
             method="embed",
             result_key="embedding",
             aliases=("embed",),
@@ -89,7 +94,6 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "fill-mask",
-            outputs=("logits",),
             method="fill_mask",
             result_key="predictions",
             aliases=("mask",),
@@ -101,7 +105,6 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "text-classification",
-            outputs=("logits",),
             method="classify",
             result_key="labels",
             aliases=("classify",),
@@ -112,7 +115,6 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "rerank",
-            outputs=("logits",),
             method="rerank",
             result_key="ranking",
             aliases=("cross-encoder",),
@@ -126,7 +128,6 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "token-classification",
-            outputs=("logits",),
             method="tag",
             result_key="entities",
             aliases=("tag", "ner"),
@@ -137,7 +138,6 @@ TASKS: dict[str, Task] = {
         ),
         Task(
             "question-answering",
-            outputs=("start_logits", "end_logits"),
             method="answer",
             result_key="answer",
             aliases=("answer", "qa"),

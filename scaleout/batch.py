@@ -218,6 +218,37 @@ def run_batch(
         log(f"all {len(shards)} shards of {out} are finished; nothing to run.")
         return {**summary, **_totals([], 0.0), "workers": {}}
 
+    worker_kwargs = {
+        "model_dir": str(Path(model_dir).resolve()),
+        "task": spec.name,
+        "options": options,
+        "column": column,
+        "id_column": id_column,
+        "output": str(out.resolve()),
+    }
+    done, wall_s, startup_s, workers, threads = _run_on_ray(
+        todo, len(shards), worker_kwargs, ray_address, workers, threads_per_worker, oversubscribe, log
+    )
+    summary.update(_totals(done, wall_s), startup_s=round(startup_s, 3), workers_used=workers, threads=threads)
+    summary["workers"] = _per_worker(done)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    for line in format_summary(summary):
+        log(line)
+    return summary
+
+
+def _run_on_ray(
+    todo: list[Shard],
+    n_shards: int,
+    worker_kwargs: dict,
+    ray_address: str | None,
+    workers: int | None,
+    threads_per_worker: int | None,
+    oversubscribe: bool,
+    log: Callable[[str], None],
+) -> tuple[list[dict], float, float, int, int]:
+    """Run the shards on an actor pool of ShardWorker(**worker_kwargs, threads=...), logging each as it
+    ends; returns (each shard's row, wall seconds, Ray start seconds, workers, threads per worker)."""
     t0 = time.perf_counter()
     started = start_ray(ray_address)
     startup_s = time.perf_counter() - t0
@@ -233,17 +264,9 @@ def run_batch(
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=min(threads, cpus / workers),
-            fn_constructor_kwargs={
-                "model_dir": str(Path(model_dir).resolve()),
-                "threads": threads,
-                "task": spec.name,
-                "options": options,
-                "column": column,
-                "id_column": id_column,
-                "output": str(out.resolve()),
-            },
+            fn_constructor_kwargs={**worker_kwargs, "threads": threads},
         )
-        log(f"{len(todo)} of {len(shards)} shards to run on {workers} workers × {threads} threads ({cpus} CPUs)")
+        log(f"{len(todo)} of {n_shards} shards to run on {workers} workers × {threads} threads ({cpus} CPUs)")
         done: list[dict] = []
         t1 = time.perf_counter()
         for row in ds.iter_rows():
@@ -256,12 +279,7 @@ def run_batch(
     finally:
         if started:
             import_ray().shutdown()
-    summary.update(_totals(done, wall_s), startup_s=round(startup_s, 3), workers_used=workers, threads=threads)
-    summary["workers"] = _per_worker(done)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    for line in format_summary(summary):
-        log(line)
-    return summary
+    return done, wall_s, startup_s, workers, threads
 
 
 def _file_stamp(path: Path) -> dict:

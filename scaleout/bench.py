@@ -25,7 +25,7 @@ CONFIGS = ((1, 2), (2, 1))  # (workers, threads per worker): both use the 2 CPUs
 
 
 def corpus(rows: int, seed: int = 0) -> list[str]:
-    from modernbert_edge.bench.checkpoints import sample_text
+    from modernbert_edge.timing import sample_text
 
     sentences = sample_text(2000, seed)
     rng = random.Random(seed)

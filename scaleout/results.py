@@ -18,9 +18,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modernbert_edge.contract import TASKS as CONTRACT_TASKS
 from modernbert_edge.errors import UserError
 
-TASKS = ("feature-extraction", "text-classification", "token-classification")
+# The contract's tasks whose result is one row of columns per text (result_type below); fill-mask's
+# per-mask predictions and question-answering's (question, context) pairs have no such columns yet.
+TASKS = tuple(t for t in CONTRACT_TASKS if t not in ("fill-mask", "question-answering"))
 
 
 @dataclass

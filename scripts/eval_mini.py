@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modernbert_edge.export.names import MARK
+from modernbert_edge.contract import MARK
 from modernbert_edge.runtime.session import create_session
 
 ROOT = Path(__file__).resolve().parent.parent

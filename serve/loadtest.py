@@ -77,7 +77,7 @@ def make_texts(
     n: int, min_tokens: int, max_tokens: int, count: Callable[[Sequence[str]], list[int]], seed: int = 1234
 ) -> list[tuple[str, int]]:
     """n (text, tokens) pairs with token lengths spread uniformly over [min_tokens, max_tokens]."""
-    from modernbert_edge.bench.checkpoints import sample_text
+    from modernbert_edge.timing import sample_text
 
     rng = random.Random(seed)
     words = " ".join(sample_text(400, seed)).split()
@@ -205,7 +205,7 @@ def summary_results(
     inputs_per_request: int = 1,
 ) -> dict:
     """The results dict of levels already run: command, machine, settings, levels."""
-    from modernbert_edge.bench.report import machine
+    from modernbert_edge.timing import machine
 
     lengths = [t for _, t in texts]
     return {

@@ -36,14 +36,15 @@ import onnx
 import pytest
 
 from modernbert_edge.bench.checkpoints import make_checkpoint
-from modernbert_edge.bench.timing import cosines
 from modernbert_edge.cpu import INT32, cpu_info
 from modernbert_edge.demo import BUNDLED, FILL_MASK_EXAMPLES, SIMILARITY_EXAMPLES
 from modernbert_edge.export.names import FINAL_HIDDEN
 from modernbert_edge.export.tasks import TASKS
+from modernbert_edge.quantize.calibration import load_data
 from modernbert_edge.quantize.fidelity import masked_batches
-from modernbert_edge.quantize.quantizer import load_data, quantize
+from modernbert_edge.quantize.quantizer import quantize
 from modernbert_edge.quantize.smoothing import serialize_with_outputs
+from modernbert_edge.timing import cosines
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATION = Path(os.environ.get("MBEDGE_EMULATION_DIR", ROOT / ".emulation"))

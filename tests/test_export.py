@@ -14,11 +14,14 @@ import pytest
 import torch
 import transformers
 
+from modernbert_edge.contract import MARKED_ROWS
 from modernbert_edge.export import names
 from modernbert_edge.export.exporter import export, fused_op_counts
 from modernbert_edge.export.tasks import TASKS
 from modernbert_edge.manifest import read_manifest
 from modernbert_edge.runtime.session import create_session
+
+LAYER_PROJECTIONS = (names.ATTN_QKV, names.ATTN_OUT, names.MLP_IN, names.MLP_OUT)
 
 ATOL = 1e-4
 LENGTHS = [1, 7, 63, 64, 65, 129, 300, 700]
@@ -180,7 +183,7 @@ def test_structure_counts_fused_ops(exported_factory):
     assert ops.count("LayerNormalization") == 1 + 4 + 5 + 1 + 1  # + the head's norm
     assert "Softmax" not in ops and "Erf" not in ops
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]  # the usual contract only
-    assert {p.key: p.value for p in model.metadata_props} == {names.MARKED_ROWS: "2"}
+    assert {p.key: p.value for p in model.metadata_props} == {MARKED_ROWS: "2"}
     assert [o.name for o in model.graph.output] == ["logits"]
     node_names = [n.name for n in model.graph.node]
     assert len(set(node_names)) == len(node_names)
@@ -189,7 +192,7 @@ def test_structure_counts_fused_ops(exported_factory):
     assert residuals == {f"{f(i)}/Add" for i in range(5) for f in (names.attn_residual, names.mlp_residual)}
     assert [n.op_type for n in model.graph.node if n.name.startswith(names.FINAL_NORM + "/")] == ["LayerNormalization"]
     projections = {n.name.rsplit("/", 1)[0] for n in model.graph.node if n.op_type == "MatMul"}
-    assert {names.projection(i, part) for i in range(5) for part in names.LAYER_PROJECTIONS} <= projections
+    assert {names.projection(i, part) for i in range(5) for part in LAYER_PROJECTIONS} <= projections
     manifest = read_manifest(out)
     n_global = manifest["config"]["layer_types"].count("full_attention")
     assert manifest["fused_ops"]["MultiHeadAttention"] == 5

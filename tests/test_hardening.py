@@ -29,10 +29,10 @@ from typer.testing import CliRunner
 from modernbert_edge import folders
 from modernbert_edge.cli import app
 from modernbert_edge.errors import UserError
-from modernbert_edge.export.checkpoint import Weights, find_weight_files
 from modernbert_edge.export.config import parse_config
 from modernbert_edge.folders import OutputFolder
 from modernbert_edge.manifest import read_manifest
+from modernbert_edge.safetensors import Weights, find_weight_files
 
 runner = CliRunner()
 ASSETS = Path(__file__).resolve().parents[1] / "modernbert_edge" / "assets" / "modernbert-mini"
@@ -191,21 +191,70 @@ def test_parent_is_a_file(ckpt, tmp_path):
     assert (tmp_path / "file").read_text() == "x"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-def test_no_permission_is_refused_before_the_build(ckpt, tmp_path):  # pragma: no cover - non-root only
+def _without_dac_override() -> None:
+    """In a child before exec: drop the capabilities by which root ignores file permissions."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH; PR_CAPBSET_DROP = 24
+        if libc.prctl(24, cap, 0, 0, 0):
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_no_permission_is_refused_before_the_build(ckpt, tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    assert_user_error(cli("export", ckpt, locked / "out", "--no-validate"), "cannot be written")
+    if os.geteuid() != 0:
+        assert_user_error(cli("export", ckpt, locked / "out", "--no-validate"), "cannot be written")
+        return
+    # root ignores folder permissions: the export runs in a child process without those capabilities
+    code = "from modernbert_edge.cli import main; main()"
+    args = [sys.executable, "-c", code, "export", str(ckpt), str(locked / "out"), "--no-validate"]
+    proc = subprocess.run(args, capture_output=True, text=True, preexec_fn=_without_dac_override, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot be written" in proc.stderr, proc.stderr
+    assert list(locked.iterdir()) == []
 
 
 # ---------------------------------------------------------------- small filesystems (root: tmpfs)
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    """A 1 MB tmpfs; `ro=True` remounts it read-only."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root (the tests run as an ordinary user)")
+def tmpfs(tmp_path, request):
+    """A 1 MB tmpfs, as root. As an ordinary user the test runs again, as root of a new user and mount
+    namespace (`unshare -rm`), which may mount one; the fixture then gives None and the test returns,
+    its outcome that run's."""
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command to make a tmpfs with")
+    if os.geteuid() != 0:
+        if shutil.which("unshare") is None:
+            pytest.skip("as an ordinary user a tmpfs needs a user namespace, and unshare is not installed")
+        probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+        if probe.returncode:
+            pytest.skip(f"this machine gives no user namespace to mount a tmpfs in ({probe.stderr.decode().strip()})")
+        inner = subprocess.run(
+            [
+                "unshare",
+                "-rm",
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-rs",
+                "-p",
+                "no:cacheprovider",
+                request.node.nodeid,
+            ],
+            cwd=request.config.rootpath,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if inner.returncode == 0 and " 1 skipped" in inner.stdout:  # no tmpfs in the namespace either
+            pytest.skip(f"in a user namespace: {inner.stdout.strip().splitlines()[-2]}")
+        assert inner.returncode == 0 and " 1 passed" in inner.stdout, inner.stdout[-4000:] + inner.stderr[-2000:]
+        yield None
+        return
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
@@ -217,6 +266,8 @@ def tmpfs(tmp_path):
 
 
 def test_full_filesystem_before_and_during_the_write(ckpt, tmpfs):
+    if tmpfs is None:  # ran in a user namespace
+        return
     (tmpfs / "filler").write_bytes(bytes(600_000))  # 0.4 MB left, the weights alone are 0.7 MB
     assert_user_error(cli("export", ckpt, tmpfs / "out", "--no-validate"), "MB free")
     target = OutputFolder(tmpfs / "out2", overwrite=False)
@@ -226,6 +277,8 @@ def test_full_filesystem_before_and_during_the_write(ckpt, tmpfs):
 
 
 def test_read_only_filesystem_is_refused_before_the_build(ckpt, tmpfs):
+    if tmpfs is None:  # ran in a user namespace
+        return
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     assert_user_error(cli("export", ckpt, tmpfs / "out", "--no-validate"), "Read-only file system")
 

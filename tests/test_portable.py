@@ -127,6 +127,24 @@ def test_openvino_matches_pytorch_unpadded(exported_factory, checkpoint_factory)
 
 
 @needs_openvino
+def test_both_engines_implement_the_session_protocol(exported_factory):
+    from modernbert_edge.contract import INPUTS
+    from modernbert_edge.runtime.engines import OpenVinoSession
+    from modernbert_edge.runtime.session import OrtSession, Session
+
+    path = exported_factory("feature-extraction", ops="portable") / "model.onnx"
+    ids = np.array([[1, 10, 11, 12, 2]], dtype=np.int64)
+    outputs = []
+    for session in (OrtSession(path), OpenVinoSession(path)):
+        assert isinstance(session, Session)
+        assert sorted(session.input_names) == sorted(INPUTS) and session.output_names == ["last_hidden_state"]
+        assert session.mark is None and session.output_shapes["last_hidden_state"][-1] == 64
+        outputs.append(session.run(ids, np.ones_like(ids)))
+        assert list(outputs[-1]) == session.output_names
+    np.testing.assert_allclose(outputs[0]["last_hidden_state"], outputs[1]["last_hidden_state"], atol=1e-4)
+
+
+@needs_openvino
 def test_engine_choice(exported_factory):
     import modernbert_edge as mbe
 

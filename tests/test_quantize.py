@@ -26,6 +26,7 @@ from modernbert_edge.quantize.smoothing import ERROR_TARGET, ActivationStats, ch
 from modernbert_edge.runtime.session import create_session
 
 QUIET = {"log": lambda _m: None}
+LAYER_PROJECTIONS = (names.ATTN_QKV, names.ATTN_OUT, names.MLP_IN, names.MLP_OUT)
 
 
 def _run(folder: Path, ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
@@ -48,7 +49,7 @@ EMITTED = {  # the node the rewrite emits for each quantized projection, by the 
 
 def expected_projections(task: str, n_layers: int) -> list[str]:
     """Every projection of every layer, then the head's (from the task's checkpoint tensors)."""
-    layers = [names.projection(i, part) for i in range(n_layers) for part in names.LAYER_PROJECTIONS]
+    layers = [names.projection(i, part) for i in range(n_layers) for part in LAYER_PROJECTIONS]
     return layers + [HEAD_PROJECTIONS[k] for k in TASKS[task].head_keys]
 
 
@@ -93,7 +94,7 @@ def test_every_projection_of_every_task_is_quantized(exported_factory, tmp_path,
     fp32 = onnx.load(str(src / "model.onnx"))
     absorbers = find_absorbers(fp32, find_projections(fp32, load_initializers(fp32)))
     for i in range(n_layers):
-        for part in names.LAYER_PROJECTIONS:
+        for part in LAYER_PROJECTIONS:
             kind = "columns" if part in (names.ATTN_OUT, names.MLP_OUT) else "norm"
             if (i, part) == (0, names.ATTN_QKV):
                 kind = "mul"  # layer 0 has no attn_norm: its input is the residual stream itself
@@ -192,9 +193,9 @@ def test_outlier_stress(checkpoint_factory, tmp_path):
     does, so that errors in them show; the model stays well conditioned (1 % weight noise keeps
     every token's cosine above 0.999)."""
     from modernbert_edge.export.exporter import export
+    from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import compare_models, load_model
     from modernbert_edge.quantize.foreign import quantize_dynamic_int8
-    from modernbert_edge.quantize.quantizer import load_data
 
     ckpt = checkpoint_factory(
         "fill-mask",
@@ -224,7 +225,7 @@ def test_int4_packing_matches_matmulnbits():
     k, n = 64, 24
     w = rng.standard_normal((k, n)).astype(np.float32)
     packed, scale = weights.quantize_int4_blocks(w)
-    deq = weights.dequantize_int4_blocks(packed, scale, k)
+    deq = dequantize_int4_blocks(packed, scale, k)
     assert np.abs(deq - w).max() <= np.abs(w).max() / 7
     node = onnx.helper.make_node(
         "MatMulNBits", ["x", "b", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=32
@@ -390,3 +391,12 @@ def test_foreign_folder_quantizes_behind_the_gate(exported_factory, tmp_path):
         res = runner.invoke(app, ["quantize", str(hub), str(tmp_path / "q2"), *args])
         assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
         assert not (tmp_path / "q2").exists() and not list(tmp_path.glob(".q2*"))
+
+
+def dequantize_int4_blocks(packed: np.ndarray, scale: np.ndarray, k: int) -> np.ndarray:
+    """The inverse of weights.quantize_int4_blocks: (K, N) float weights."""
+    n, nb, half = packed.shape
+    q = np.empty((n, nb, 2 * half), dtype=np.float32)
+    q[:, :, 0::2], q[:, :, 1::2] = packed & 15, packed >> 4
+    w = (q - 8) * scale.reshape(n, nb, 1)
+    return w.reshape(n, -1)[:, :k].T

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from modernbert_edge.runtime import (
     TruncationWarning,
     load,
 )
-from modernbert_edge.runtime.batching import pad, padded_tokens, plan_batches
+from modernbert_edge.runtime.batching import pad, plan_batches
 from modernbert_edge.runtime.tasks import FOLDER_TASKS as TASKS
 
 # Lengths on both sides of the tiny models' 16-token local window.
@@ -61,12 +61,12 @@ def _checkpoint(checkpoint_factory, task: str, **kwargs) -> str:
     return str(checkpoint_factory(task, **kwargs))
 
 
-def test_task_table_matches_the_exporter() -> None:
+def test_every_contract_task_has_a_runtime_row_and_an_export_head() -> None:
+    from modernbert_edge.contract import HEADS
     from modernbert_edge.export.tasks import TASKS as EXPORT_TASKS
 
-    assert {t.name: t.outputs for t in TASKS.values()} == {
-        t.name: tuple(name for name, _ in t.outputs) for t in EXPORT_TASKS.values()
-    }
+    assert set(TASKS) == set(EXPORT_TASKS) == set(HEADS)
+    assert {t.name: t.outputs for t in TASKS.values()} == {name: h.output_names for name, h in HEADS.items()}
 
 
 def test_load_is_forwarded_and_describes_the_folder(models) -> None:
@@ -462,3 +462,9 @@ def test_an_onnxruntime_too_old_for_the_graph_is_named(monkeypatch):
     monkeypatch.setattr(ort, "__version__", "1.23.2")
     with pytest.raises(ModelFolderError, match=f"need onnxruntime >= {MIN_ONNXRUNTIME}: pip install -U onnxruntime"):
         create_session(model)
+
+
+def padded_tokens(batches: Sequence[Sequence[int]], lengths: Sequence[int]) -> tuple[int, int]:
+    """(total padded tokens, largest batch in padded tokens) of a batch plan."""
+    sizes = [len(b) * max(lengths[i] for i in b) for b in batches if b]
+    return sum(sizes), max(sizes, default=0)

@@ -29,7 +29,7 @@ from modernbert_edge.runtime import (
     load,
 )
 from modernbert_edge.runtime.inputs import line_cap
-from modernbert_edge.runtime.session import Session
+from modernbert_edge.runtime.session import OrtSession
 from modernbert_edge.runtime.tokenize import CHARS_PER_TOKEN
 
 runner = CliRunner()
@@ -213,7 +213,7 @@ def test_overlong_lines_are_cut_or_refused_without_being_held(folders, tmp_path)
 def test_peak_rss_of_a_10mb_line_without_newline(folders) -> None:
     """mbedge run on a 10 MB stdin line with --max-length 64 stays under 300 MB (a fresh process)."""
     code = (
-        "import sys, runpy\nfrom modernbert_edge.bench.timing import peak_rss_mb\n"
+        "import sys, runpy\nfrom modernbert_edge.timing import peak_rss_mb\n"
         "sys.argv = ['mbedge'] + sys.argv[1:]\n"
         "try:\n    runpy.run_module('modernbert_edge.cli', run_name='__main__')\n"
         "except SystemExit as e:\n    sys.stderr.write(f'exit {e.code} peak {peak_rss_mb():.0f}\\n')\n"
@@ -235,7 +235,7 @@ def test_peak_rss_of_a_10mb_line_without_newline(folders) -> None:
 
 
 def test_non_finite_results_are_errors_not_nan(folders, monkeypatch) -> None:
-    real, calls = Session.run, []
+    real, calls = OrtSession.run, []
 
     def poisoned(self, ids, mask, **optional):  # the first batch's outputs are NaN
         calls.append(ids.shape)
@@ -243,7 +243,7 @@ def test_non_finite_results_are_errors_not_nan(folders, monkeypatch) -> None:
         return {k: np.full_like(v, np.nan) for k, v in out.items()} if len(calls) == 1 else out
 
     folder = str(folders["feature-extraction"])
-    monkeypatch.setattr(Session, "run", poisoned)
+    monkeypatch.setattr(OrtSession, "run", poisoned)
     result = runner.invoke(app, ["run", folder, "alice", "bob works at acme"])
     assert result.exit_code == 2
     rows = _lines(result.stdout)

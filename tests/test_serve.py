@@ -24,8 +24,8 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from modernbert_edge.bench.checkpoints import sample_text  # noqa: E402
 from modernbert_edge.runtime import load  # noqa: E402
+from modernbert_edge.timing import sample_text  # noqa: E402
 
 TASKS = ("feature-extraction", "fill-mask", "text-classification", "token-classification", "question-answering")
 NAMES = dict(zip(TASKS, ("emb", "mask", "cls", "ner", "qa"), strict=True))

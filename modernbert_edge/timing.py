@@ -6,6 +6,11 @@
     peak_rss_mb()                     this process's peak resident set size
     mixed_lengths(n, lo, hi, seed)    the mixed-length batch: n lengths drawn uniformly from [lo, hi]
     cosines(a, b)                     row-wise cosine of two (..., D) arrays
+    sample_text(n, seed)              deterministic pseudo-English lines (load tests, small tokenizers)
+    machine(threads)                  the CPU, cores, load and package versions a measurement ran with
+
+Benchmarks (bench/), the quantizer's speed line, the demo, `mbedge loadtest` and the Ray projection
+all time with these; the module sits below all of them (numpy only).
 
 Interleaving (a round runs every system once) makes a noisy shared machine hit every system alike;
 rotating the first system each round spreads what the first call of a round pays.
@@ -13,6 +18,8 @@ rotating the first system each round spreads what the first call of a round pays
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -91,3 +98,43 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.sum(a * b, axis=1) / np.maximum(den, 1e-30)
+
+
+_WORDS = (
+    "the quick brown fox jumps over a lazy dog while the model reads long documents about paris france "
+    "london music science python code function return value error data table query answer question context "
+    "alice bob works at acme corp in berlin and new york city since march of last year"
+).split()
+
+
+def sample_text(n_sentences: int = 400, seed: int = 0) -> list[str]:
+    """Deterministic pseudo-English lines (4-16 words each)."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 16))) + "." for _ in range(n_sentences)]
+
+
+PACKAGES = (
+    "modernbert-edge", "onnxruntime", "openvino", "tokenizers", "numpy",
+    "onnx", "onnxscript", "torch", "transformers", "optimum",
+)  # fmt: skip
+
+
+def machine(threads: int | None) -> dict:
+    """The CPU as the int8 kernels see it (modernbert_edge.cpu), cores, threads, load average, package versions."""
+    from modernbert_edge.cpu import cpu_info
+    from modernbert_edge.folders import package_versions
+
+    info = cpu_info()
+    return {
+        "cpu": info.name,
+        "cpu_info": info.to_dict(),
+        "cpu_line": info.line(),
+        "logical_cores": os.cpu_count(),
+        "threads": threads,
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "versions": package_versions(PACKAGES),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }

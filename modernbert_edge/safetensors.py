@@ -1,4 +1,5 @@
-"""Read a Hugging Face checkpoint folder's safetensors with numpy only (no torch, no safetensors).
+"""Read a Hugging Face checkpoint folder's safetensors with numpy only (no torch, no safetensors):
+the exporter's checkpoint weights, and the runtime's sentence-transformers Dense modules.
 
 A safetensors file is an 8-byte header length, a JSON header mapping names to dtype, shape and
 byte offsets, then the raw little-endian data. bf16 and fp16 tensors are widened to fp32.
@@ -165,7 +166,3 @@ def find_weight_files(folder: Path) -> list[Path]:
             "(transformers: model.save_pretrained(dir, safe_serialization=True))."
         )
     raise UserError(f"{folder} has no model.safetensors or model.safetensors.index.json.")
-
-
-def load_weights(folder: Path) -> Weights:
-    return Weights(find_weight_files(folder))
