@@ -382,10 +382,28 @@ class Model:
         return out
 
     def _encode_rows(self, spec: Task, inputs: list, truncation: str) -> tuple[list, list]:
-        """(the rows as the post-processor reads them, each one's checked Encoding or InputError)."""
+        """(the rows as the post-processor reads them, each one's checked Encoding or InputError).
+        Text classification also takes (text, text_pair) pairs, encoded as [CLS] text [SEP] text_pair [SEP]."""
         tokenizer = self.tokenizer
-        inputs = [_as_pair(x) for x in inputs] if spec.pair else inputs
-        encoded = (tokenizer.encode_pairs if spec.pair else tokenizer.encode)(inputs, truncation)
+        if spec.pair:
+            inputs = [_as_pair(x) for x in inputs]
+            names = ("query", "document") if spec.expand is not None else ("question", "context")
+            encoded = tokenizer.encode_pairs(inputs, truncation, names)
+        elif spec.name == "text-classification" and any(isinstance(x, (tuple, list)) for x in inputs):
+            encoded = [None] * len(inputs)
+            paired = [i for i, x in enumerate(inputs) if isinstance(x, (tuple, list))]
+            single = [i for i, x in enumerate(inputs) if not isinstance(x, (tuple, list))]
+            for part, done in (
+                (
+                    paired,
+                    tokenizer.encode_pairs([_as_pair(inputs[i]) for i in paired], truncation, ("text", "text pair")),
+                ),
+                (single, tokenizer.encode([inputs[i] for i in single], truncation)),
+            ):
+                for i, e in zip(part, done, strict=True):
+                    encoded[i] = type(e)(e.reason, i) if isinstance(e, InputError) else e
+        else:
+            encoded = tokenizer.encode(inputs, truncation)
         if spec.check is not None:
             encoded = [e if isinstance(e, InputError) else spec.check(e, i, tokenizer) for i, e in enumerate(encoded)]
         return inputs, encoded

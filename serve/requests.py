@@ -30,7 +30,8 @@ _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a 
                dict: "an object", type(None): "null"}  # fmt: skip
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
+    """What a JSON value is, as a message names it ("a string", "a number", ...)."""
     return {bool: "a boolean", int: "a number", float: "a number"}.get(type(value), _JSON_TYPES.get(type(value), "?"))
 
 
@@ -45,8 +46,17 @@ def get(body: dict, name: str, kind: type | tuple, default: object = None, requi
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         wanted = " or ".join(_JSON_TYPES[k] for k in kinds)
-        raise ApiError(422, f'"{name}" must be {wanted}, got {_kind(value)}.')
+        raise ApiError(422, f'"{name}" must be {wanted}, got {kind_of(value)}.')
     return value
+
+
+def unknown(body: dict, allowed: tuple[str, ...], prefix: str = "") -> None:
+    """422 naming the first field of `body` not in `allowed` (a client's typo is not silently ignored)."""
+    for name in body:
+        if name not in allowed:
+            raise ApiError(
+                422, f'"{prefix}{name}" is not a field this route takes; it takes {", ".join(sorted(allowed))}.'
+            )
 
 
 def texts(body: dict, name: str, limit: int) -> tuple[list[str], bool]:
@@ -60,7 +70,7 @@ def texts(body: dict, name: str, limit: int) -> tuple[list[str], bool]:
         raise ApiError(413, f'"{name}" has {len(items)} inputs, more than the {limit} one request may send.')
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise ApiError(422, f'"{name}[{i}]" must be a string, got {_kind(item)}.')
+            raise ApiError(422, f'"{name}[{i}]" must be a string, got {kind_of(item)}.')
     return items, single
 
 
@@ -112,12 +122,12 @@ async def read_json(request: Request, limit: int, timeout: float | None = None) 
     except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise ApiError(422, f"the body is not valid JSON here ({e}).") from None
     if not isinstance(body, dict):
-        raise ApiError(422, f"the body must be a JSON object, got {_kind(body)}.")
+        raise ApiError(422, f"the body must be a JSON object, got {kind_of(body)}.")
     return body
 
 
 def error_response(path: str, status: int, message: str, headers: dict | None = None) -> Response:
-    if path.startswith("/v1/"):  # OpenAI's error shape
+    if path.startswith("/v1/") or path == "/embeddings":  # OpenAI's error shape
         kind = "rate_limit_error" if status == 429 else "invalid_request_error"
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers)
     return JSONResponse({"error": message, "error_type": ERROR_TYPES.get(status, "Error")}, status, headers)
