@@ -1,9 +1,14 @@
 """Model: a loaded model folder and its tasks, as plain Python and numpy results.
 
     load(folder) (loader.py) ─ open_folder ─ TextTokenizer ─ Model(info, session, tokenizer)
-    task method ─ predict: the task's row (tasks.TASKS) ─ encode (validate, truncate) ─ the row's check
-                ─ plan_batches (sorted, token budget) ─ Session.run (the row's mark)
-                ─ the row's post-processor per batch ─ results back in input order
+    task method ─ predict = run_encoded(encode(...)):
+        encode:      the task's row (tasks.TASKS) ─ its prepare (prompt) or expand (rerank rows)
+                     ─ tokenize (validate, truncate) ─ the row's check ─ Encoded
+        run_encoded: plan_batches (sorted, token budget) ─ Session.run (the row's mark)
+                     ─ the row's post-processor per batch ─ results back in input order
+
+The two steps are public so that a caller that must count tokens before running (the server's
+admission, `mbedge batch`'s statistics) tokenizes once: what it counted is what runs.
 
 Each text method takes one text (and returns one result) or a list (and returns a list); `embed`
 always returns a (n, dim) array. Every input is checked before the model runs: a bad one raises

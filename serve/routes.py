@@ -102,14 +102,14 @@ def admit(
     inputs: list,
     options: dict,
     truncate: bool,
-    field_name: str,
+    field_name: str | list[str],
     max_masks: int,
     ids: bool = False,
 ) -> tuple[object, int]:
     """(the inputs encoded once, as the batcher will run them; their tokens). 400 for an empty or
     unusable input, 413 for one longer than the model reads (unless truncate), for more than
     max_masks mask tokens in a fill-mask input; each mask token counts as mask_cost(model) tokens,
-    so a batch's decoder rows stay within its token budget. Row i is `field_name[i]`."""
+    so a batch's decoder rows stay within its token budget. Row i is `field_name[i]` (a list: its i-th name)."""
     truncation = "truncate" if truncate else "error"
     dim = options.get("dim")
     if dim is not None and dim > (width := model.info.sentence.dimension or model.info.hidden_size):
@@ -127,17 +127,18 @@ def admit(
     tok = model.tokenizer
     total = 0
     for i, e in enumerate(rows):
+        where = field_name[i] if isinstance(field_name, list) else f"{field_name}[{i}]"
         if isinstance(e, InputTooLongError):
             hint = "" if truncate or "leaves no room" in e.reason else ' Send "truncate": true to cut it.'
-            raise ApiError(413, f'"{field_name}[{i}]" {e.reason}{hint}')
+            raise ApiError(413, f'"{where}" {e.reason}{hint}')
         if isinstance(e, InputError):  # token ids that are not this model's: the request's fault as sent
-            raise ApiError(422 if ids else 400, f'"{field_name}[{i}]" {e.reason}')
+            raise ApiError(422 if ids else 400, f'"{where}" {e.reason}')
         total += len(e.ids)
         if task == "fill-mask" and tok.mask_id is not None:
             masks = e.ids.count(tok.mask_id)
             if masks > max_masks:
                 raise ApiError(
-                    413, f'"{field_name}[{i}]" has {masks} {tok.mask_token} tokens, more than the {max_masks} '
+                    413, f'"{where}" has {masks} {tok.mask_token} tokens, more than the {max_masks} '
                     "one input may have."
                 )  # fmt: skip
             total += masks * (mask_cost(model) - 1)
@@ -152,7 +153,7 @@ async def run_task(
     inputs: list,
     options: dict,
     truncate: bool,
-    field_name: str,
+    field_name: str | list[str],
     ids: bool = False,
 ) -> tuple[str, list, int]:
     """(model name, one result per input, tokens) through the model's batcher: the inputs are
@@ -190,12 +191,11 @@ async def run_task(
     except UserError as e:
         raise ApiError(400, str(e)) from None
     for i, row in enumerate(rows):
+        where = field_name[i] if isinstance(field_name, list) else f"{field_name}[{i}]"
         if isinstance(row, InputError):
-            raise ApiError(400, f'"{field_name}[{i}]" {row.reason}')
+            raise ApiError(400, f'"{where}" {row.reason}')
         if not _finite(row):
-            raise ApiError(
-                422, f'"{field_name}[{i}]" gave a non-finite result (NaN or infinity), which JSON cannot hold.'
-            )
+            raise ApiError(422, f'"{where}" gave a non-finite result (NaN or infinity), which JSON cannot hold.')
     return name, rows, tokens
 
 
@@ -456,12 +456,10 @@ async def similarity(request: Request, state: State, body: dict) -> Response:
     others, _ = texts(pair, "sentences", state.settings.max_client_batch_size - 1)
     hf, _ = parameters(body, ("truncate", "truncation_direction", "prompt_name"))
     options = {"prompt_name": get(hf, "prompt_name", str)}
-    for where, text in (("source_sentence", source), *((f"sentences[{i}]", t) for i, t in enumerate(others))):
-        if not text.strip():
-            raise ApiError(400, f'"{where}" is empty.')
+    names = ["inputs.source_sentence", *(f"inputs.sentences[{i}]" for i in range(len(others)))]
     name, model = pick_model(state, get(body, "model", str), "feature-extraction")
     _, rows, _ = await run_task(
-        request, state, name, "feature-extraction", [source, *others], options, truncation(hf), "sentences"
+        request, state, name, "feature-extraction", [source, *others], options, truncation(hf), names
     )
     vectors = np.stack(rows)  # (1 + n, dim): the source, then the sentences
     return JSONResponse(model.similarity(vectors[:1], vectors[1:])[0].tolist())
@@ -562,9 +560,11 @@ ROOTS = ("/", "/invocations", "/models/{name}")  # POST: the model's own route (
 
 def model_info(name: str, model: object, settings: Settings) -> dict:
     info = model.info
+    labels = {"id2label": dict(enumerate(info.id2label))}
     kind = {"feature-extraction": {"embedding": {"pooling": "+".join(info.sentence.pooling)}}}.get(
-        model.task, {"classifier": {"id2label": dict(enumerate(info.id2label))}} if info.id2label else {model.task: {}}
-    )
+        model.task,
+        {"reranker" if len(info.id2label) == 1 else "classifier": labels} if info.id2label else {model.task: {}},
+    )  # TEI's model types: a one-label classifier is a reranker
     return {
         "model_id": name,
         "model_dir": str(info.folder),

@@ -181,7 +181,11 @@ def test_tei_bodies(server, offline) -> None:
     assert r.status_code == 422 and "the path names model 'emb'" in r.json()["error"]
     r = post("/embed", {"inputs": "a", "truncation_direction": "left"})
     assert r.status_code == 422 and '"truncation_direction"' in r.json()["error"]
+    r = post("/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b", " "]}})
+    assert r.status_code == 400 and r.json()["error"].startswith('"inputs.sentences[1]" is empty')
     assert httpx.get(server.url + "/").json() == {"status": "ok"}
+    info = httpx.get(server.url + "/info").json()
+    assert [m["model_type"].keys() for m in info["models"][1:3]] == [{"classifier"}, {"reranker"}]
 
 
 def test_metrics_count_every_route(server) -> None:
