@@ -307,3 +307,20 @@ def test_loadtest_against_the_server(server, tmp_path) -> None:
     files = loadtest.write_outputs(results, tmp_path)
     assert json.loads(files[0].read_text())["levels"][1]["concurrency"] == 4
     assert "| 4 | 20 | 20 | none |" in files[1].read_text()
+
+
+def test_the_server_tokenizes_once(offline, monkeypatch) -> None:
+    """What a request was counted by for admission is what runs: the batcher runs the encodings."""
+    from modernbert_edge.serve.batcher import Batcher, Job
+    from modernbert_edge.serve.routes import admit
+
+    model = offline["feature-extraction"]
+    texts = TEXTS[:3]
+    want = model.embed(texts)
+    calls: list[int] = []
+    encode = model.tokenizer.encode
+    monkeypatch.setattr(model.tokenizer, "encode", lambda *a, **k: calls.append(len(a[0])) or encode(*a, **k))
+    work, tokens = admit(model, "feature-extraction", texts, {"normalize": True}, False, "inputs", 16)
+    rows = Batcher(model, "emb", 8192, 0.0, 65536)._run([Job("feature-extraction", work, work.options, tokens, None)])
+    assert calls == [3] and tokens == sum(work.tokens) == sum(len(e.ids) for e in encode(texts))
+    assert np.array_equal(np.stack(rows[0]), want)
