@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.runtime.model import Encoded
 
 
 class QueueFull(Exception):
@@ -202,8 +203,6 @@ class Batcher:
 
                 rows = tokenize_rows([x for job in batch for x in job.work], **batch[0].options)
             else:
-                from modernbert_edge.runtime.model import Encoded
-
                 rows = self.model.run_encoded(Encoded.join([job.work for job in batch]), errors="return")
         except Exception as e:  # options every job of the batch shares; each job gets it
             return [e] * len(batch)

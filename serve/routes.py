@@ -29,7 +29,19 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import InputError, InputTooLongError
 from modernbert_edge.runtime.numerics import classification_function
 from modernbert_edge.serve.batcher import Batcher, QueueFull
-from modernbert_edge.serve.requests import ApiError, get, kind_of, positive, texts, unknown
+from modernbert_edge.serve.requests import (
+    ApiError,
+    encoding_format,
+    get,
+    no_raw_scores,
+    parameters,
+    positive,
+    predict_inputs,
+    texts,
+    texts_or_ids,
+    truncation,
+    unknown,
+)
 
 log = logging.getLogger("mbedge.serve")
 
@@ -217,81 +229,26 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-# ── fields every client sends ─────────────────────────────────────────────────────────────────────
-
-
-def truncation(body: dict) -> bool:
-    """`truncate` (false: a long input is 413) and TEI's `truncation_direction` (only "right": the
-    tokenizer cuts the end of a text)."""
-    direction = get(body, "truncation_direction", str, "right")
-    if direction.lower() != "right":
-        raise ApiError(422, f'"truncation_direction" must be "right" (this server cuts the end), got {direction!r}.')
-    return get(body, "truncate", bool, False)
-
-
-def parameters(body: dict, allowed: tuple[str, ...]) -> tuple[dict, bool]:
-    """(the Hugging Face Inference API's "parameters" object, whether the body has one): what
-    `InferenceClient` sends for every task but feature extraction; its fields are checked as the body's."""
-    value = get(body, "parameters", dict)
-    if value is None:
-        return {}, False
-    unknown(value, allowed, "parameters.")
-    return value, True
-
-
-def encoding_format(body: dict, choices: tuple[str, ...]) -> str:
-    value = get(body, "encoding_format", str, "float")
-    if value not in choices:
-        wanted = " or ".join(f'"{c}"' for c in choices)
-        more = " (base64 is on /v1/embeddings)" if choices == ("float",) else ""
-        raise ApiError(422, f'"encoding_format" must be {wanted}{more}, got {value!r}.')
-    return value
-
-
-def no_raw_scores(body: dict) -> None:
-    if get(body, "raw_scores", bool, False):
-        raise ApiError(422, '"raw_scores": true is not supported: scores go through the model\'s own function.')
-
-
 # ── routes ────────────────────────────────────────────────────────────────────────────────────────
 
 
 async def embed(request: Request, state: State, body: dict) -> Response:
-    inputs, _ = texts(body, "inputs", state.settings.max_client_batch_size)
+    inputs, ids = texts_or_ids(body, "inputs", state.settings.max_client_batch_size)
     encoding_format(body, ("float",))
     options = {
         "normalize": get(body, "normalize", bool, True),
         "prompt_name": get(body, "prompt_name", str),
         "dim": positive(body, "dimensions", None),
     }
+    model_name = get(body, "model", str)
     _, rows, _ = await run_task(
-        request, state, get(body, "model", str), "feature-extraction", inputs, options, truncation(body), "inputs"
+        request, state, model_name, "feature-extraction", inputs, options, truncation(body), "inputs", ids=ids
     )
     return JSONResponse(np.stack(rows).tolist())
 
 
-def openai_input(body: dict, limit: int) -> tuple[list, bool]:
-    """(the inputs, whether they are token ids): a string or a list of strings; token ids as a list
-    of integers (one input) or a list of such lists."""
-    value = get(body, "input", (str, list), required=True)
-    if isinstance(value, list) and value and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        value = [value]  # one input as token ids
-    if isinstance(value, list) and value and isinstance(value[0], list):
-        if len(value) > limit:
-            raise ApiError(413, f'"input" has {len(value)} inputs, more than the {limit} one request may send.')
-        for i, row in enumerate(value):
-            if (
-                not isinstance(row, list)
-                or not row
-                or not all(isinstance(x, int) and not isinstance(x, bool) for x in row)
-            ):
-                raise ApiError(422, f'"input[{i}]" must be a non-empty list of token ids (integers).')
-        return value, True
-    return texts(body, "input", limit)[0], False
-
-
 async def openai_embeddings(request: Request, state: State, body: dict) -> Response:
-    inputs, ids = openai_input(body, state.settings.max_client_batch_size)
+    inputs, ids = texts_or_ids(body, "input", state.settings.max_client_batch_size)
     get(body, "user", str)
     encoding = encoding_format(body, ("float", "base64"))
     options = {"normalize": True, "dim": positive(body, "dimensions", None)}
@@ -308,29 +265,6 @@ async def openai_embeddings(request: Request, state: State, body: dict) -> Respo
     ]
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return JSONResponse({"object": "list", "data": data, "model": name, "usage": usage})
-
-
-def predict_inputs(body: dict, limit: int) -> tuple[list, bool]:
-    """(the inputs, whether one was given): a string; a list of strings; pairs as [text, text_pair]
-    items (or {"text", "text_pair"}) of a list, a [text] item being one text."""
-    value = get(body, "inputs", (str, list, dict), required=True)
-    if isinstance(value, (str, dict)):
-        return [_sequence(value, "inputs")], True
-    if not value:
-        raise ApiError(400, '"inputs" is an empty list.')
-    if len(value) > limit:
-        raise ApiError(413, f'"inputs" has {len(value)} inputs, more than the {limit} one request may send.')
-    return [_sequence(x, f"inputs[{i}]") for i, x in enumerate(value)], False
-
-
-def _sequence(x: object, where: str) -> str | tuple[str, str]:
-    if isinstance(x, dict) and set(x) <= {"text", "text_pair"} and "text" in x:
-        x = [x["text"], x["text_pair"]] if x.get("text_pair") is not None else [x["text"]]
-    if isinstance(x, list) and len(x) in (1, 2) and all(isinstance(t, str) for t in x):
-        return x[0] if len(x) == 1 else (x[0], x[1])
-    if isinstance(x, str):
-        return x
-    raise ApiError(422, f'"{where}" must be a string, [text] or [text, text_pair], got {kind_of(x)}.')
 
 
 async def predict(request: Request, state: State, body: dict) -> Response:

@@ -174,7 +174,10 @@ def test_tei_bodies(server, offline) -> None:
     assert long_query.status_code == 413 and "has a query of" in long_query.json()["error"]
     assert "question" not in long_query.json()["error"]
 
-    assert np.array_equal(np.asarray(post("/", {"inputs": TEXTS}).json(), np.float32), embed(offline["emb"], TEXTS))
+    want = embed(offline["emb"], TEXTS)
+    assert np.array_equal(np.asarray(post("/", {"inputs": TEXTS}).json(), np.float32), want)
+    ids = [e.ids for e in offline["emb"].tokenizer.encode(TEXTS[:2])]  # TEI's token-id input: the same vectors
+    assert np.array_equal(np.asarray(post("/embed", {"inputs": ids}).json(), np.float32), want[:2])
     r = post("/embed", {"inputs": "a", "normalise": True})
     assert r.status_code == 422 and r.json()["error"].startswith('"normalise" is not a field this route takes')
     r = post("/models/emb", {"inputs": "a", "model": "cls"})
