@@ -81,24 +81,6 @@ def create_app(models: dict, settings: Settings) -> Starlette:
         for b in state.batchers.values():
             await b.stop()
 
-    def get(request: Request) -> Response:
-        path = request.url.path
-        if path in ("/", "/health", "/ping"):  # TEI answers GET / (and SageMaker's /ping) as /health
-            if state.failed:
-                return JSONResponse({"status": "failed", "error": state.failed}, 503)
-            return JSONResponse({"status": "ok" if state.ready else "loading"}, 200 if state.ready else 503)
-        if path == "/metrics":
-            return Response(metrics.render(), media_type=metrics.content_type)
-        if path == "/info":
-            name, model = pick_model(state, request.query_params.get("model"), "feature-extraction")
-            return JSONResponse(
-                {**model_info(name, model, settings), "models": [model_info(n, m, settings) for n, m in models.items()]}
-            )
-        if path == "/v1/models":
-            return JSONResponse({"object": "list", "data": [openai_model(n, m, created) for n, m in models.items()]})
-        name, model = pick_model(state, request.path_params["name"], "")  # /v1/models/{name}
-        return JSONResponse(openai_model(name, model, created))
-
     async def dispatch(request: Request, route: str) -> Response:
         path = request.url.path
         request.scope["mbedge.route"] = route  # the metrics' route label: the template, not the path
@@ -107,7 +89,7 @@ def create_app(models: dict, settings: Settings) -> Starlette:
             if settings.api_key is not None and not public and not authorized(request, settings.api_key):
                 raise ApiError(401, "this server needs an Authorization: Bearer <api key> header.")
             if request.method == "GET":
-                return get(request)
+                return answer_get(request, route, state, metrics, created)
             if state.failed:
                 raise ApiError(503, state.failed)
             if not state.ready:
@@ -133,6 +115,25 @@ def create_app(models: dict, settings: Settings) -> Starlette:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.serve = state
     return access_log_and_metrics(app, metrics)
+
+
+def answer_get(request: Request, route: str, state: State, metrics: Metrics, created: int) -> Response:
+    """The GET routes: health (also TEI's GET / and SageMaker's /ping), metrics, TEI's /info, OpenAI's models."""
+    models, settings = state.models, state.settings
+    if route in ("/", "/health", "/ping"):
+        if state.failed:
+            return JSONResponse({"status": "failed", "error": state.failed}, 503)
+        return JSONResponse({"status": "ok" if state.ready else "loading"}, 200 if state.ready else 503)
+    if route == "/metrics":
+        return Response(metrics.render(), media_type=metrics.content_type)
+    if route == "/info":
+        name, model = pick_model(state, request.query_params.get("model"), "feature-extraction")
+        every = [model_info(n, m, settings) for n, m in models.items()]
+        return JSONResponse({**model_info(name, model, settings), "models": every})
+    if route == "/v1/models":
+        return JSONResponse({"object": "list", "data": [openai_model(n, m, created) for n, m in models.items()]})
+    name, model = pick_model(state, request.path_params["name"], "")  # /v1/models/{name}
+    return JSONResponse(openai_model(name, model, created))
 
 
 async def get_ready(state: State) -> None:
