@@ -1,22 +1,29 @@
 """Model: a loaded model folder and its tasks, as plain Python and numpy results.
 
     load(folder) (loader.py) ─ open_folder ─ TextTokenizer ─ Model(info, session, tokenizer)
-    task method ─ predict: the task's row (tasks.TASKS) ─ encode (validate, truncate) ─ the row's check
-                ─ plan_batches (sorted, token budget) ─ Session.run (the row's mark)
-                ─ the row's post-processor per batch ─ results back in input order
+    task method ─ predict = run_encoded(encode(...)):
+        encode:      the task's row (tasks.TASKS) ─ its prepare (prompt) or expand (rerank rows)
+                     ─ tokenize (validate, truncate) ─ the row's check ─ Encoded
+        run_encoded: plan_batches (sorted, token budget) ─ Session.run (the row's mark)
+                     ─ the row's post-processor per batch ─ results back in input order
+
+The two steps are public so that a caller that must count tokens before running (the server's
+admission, `mbedge batch`'s statistics) tokenizes once: what it counted is what runs.
 
 Each text method takes one text (and returns one result) or a list (and returns a list); `embed`
 always returns a (n, dim) array. Every input is checked before the model runs: a bad one raises
 its InputError (or, with `predict(..., errors="return")`, takes the error's place in the results).
 A task whose inputs stand for several rows each (rerank) runs all rows together and gathers each
-input's result from its rows (tasks.run_expanded). Nothing in a Model changes after loading, so
+input's result from its rows (Model.run_encoded). Nothing in a Model changes after loading, so
 threads may share one.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,14 +41,74 @@ from modernbert_edge.runtime.errors import (
     InputTooLongError,
     MissingTokenizerError,
     TaskMismatchError,
+    TruncationWarning,
 )
 from modernbert_edge.runtime.folder import ModelInfo, describe
 from modernbert_edge.runtime.postprocess import Batch
 from modernbert_edge.runtime.session import Session
-from modernbert_edge.runtime.tasks import TASKS, Task, find_task, run_expanded
+from modernbert_edge.runtime.tasks import TASKS, Task, find_task
 from modernbert_edge.runtime.tokenize import TextTokenizer
 
 OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: tokens × vocab floats)
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """A row given as token ids (`Model.encode_ids`): what the runtime reads of a tokenizer's Encoding."""
+
+    ids: list[int]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Inputs tokenized and checked for one task (`Model.encode`), to run with `Model.run_encoded`.
+
+    One row per input, except for a task whose inputs stand for several rows (rerank), where `groups`
+    holds each input's number of rows (or its InputError). Parts with the same task and options join
+    into one (`Encoded.join`): a server batches requests so, and splits the results back by `len`.
+    """
+
+    task: Task
+    options: dict  # the post-processor's options (feature extraction: with prompt_tokens)
+    inputs: list  # per row, as the post-processor reads it (texts with their prompt, (question, context) pairs)
+    encodings: list  # per row: its Encoding (or TokenIds), or the InputError that says why it cannot run
+    groups: list | None = None  # per input of an expanded task: its number of rows, or its InputError
+
+    def __len__(self) -> int:
+        return len(self.encodings) if self.groups is None else len(self.groups)
+
+    @property
+    def errors(self) -> list:
+        """Per input: its InputError (an expanded input's own, or its first bad row's), else None."""
+        if self.groups is None:
+            return [e if isinstance(e, InputError) else None for e in self.encodings]
+        out, k = [], 0
+        for i, size in enumerate(self.groups):
+            if isinstance(size, InputError):
+                out.append(size)
+                continue
+            bad = next((e for e in self.encodings[k : k + size] if isinstance(e, InputError)), None)
+            out.append(type(bad)(bad.reason, i) if bad is not None else None)
+            k += size
+        return out
+
+    @property
+    def tokens(self) -> list[int]:
+        """Per row: the tokens it runs (0 for a bad one)."""
+        return [0 if isinstance(e, InputError) else len(e.ids) for e in self.encodings]
+
+    @staticmethod
+    def join(parts: Sequence[Encoded]) -> Encoded:
+        """The parts as one (same task and options; a part's InputErrors keep their own indices)."""
+        first = parts[0]
+        grouped = first.groups is not None
+        return Encoded(
+            first.task,
+            first.options,
+            [x for p in parts for x in p.inputs],
+            [e for p in parts for e in p.encodings],
+            [g for p in parts for g in p.groups] if grouped else None,
+        )
 
 
 class Model:
@@ -230,32 +297,125 @@ class Model:
         errors="raise" raises the first bad input's InputError before anything runs;
         errors="return" puts each bad input's InputError in its place and runs the others.
         on_batch(rows) is called after each batch. Options are those of the task's method
-        (top_k, pooling, aggregation, ...).
+        (top_k, pooling, aggregation, ...). The same as `run_encoded(encode(inputs, task, **options))`.
         """
-        spec = self.resolve_task(task)
         if errors not in ("raise", "return"):
             raise UserError(f"errors must be 'raise' or 'return', got {errors!r}.")
+        return self.run_encoded(self.encode(inputs, task, **options), errors, on_batch)
+
+    def encode(
+        self, inputs: Sequence, task: str | None = None, truncation: str | None = None, **options: object
+    ) -> Encoded:
+        """predict's first step: the inputs tokenized and checked, as `run_encoded` runs them (a bad input's
+        InputError in its place). truncation ("truncate" or "error") overrides the model's for this call.
+        A server counts the tokens of the result for admission and queues it: what was counted is what runs."""
+        spec = self.resolve_task(task)
         options = spec.with_options(options)
         tokenizer = self._need_tokenizer()
+        truncation = self.truncation if truncation is None else truncation
+        if truncation not in ("truncate", "error"):
+            raise UserError(f"truncation must be 'truncate' or 'error', got {truncation!r}.")
         inputs = _as_list(inputs, "predict", plain=False)
-        if spec.expand is not None:
-            return run_expanded(spec, inputs, self._run, errors, on_batch, options)
-        if spec.prepare is not None:
-            inputs, options = spec.prepare(inputs, options, self.info, tokenizer)
-        return self._run(spec, inputs, errors, on_batch, options)
+        if spec.expand is None:
+            if spec.prepare is not None:
+                inputs, options = spec.prepare(inputs, options, self.info, tokenizer)
+            rows, encodings = self._encode_rows(spec, inputs, truncation)
+            return Encoded(spec, options, rows, encodings)
+        groups = [spec.expand(x) for x in inputs]  # each input's rows, or why it has none
+        owner = [i for i, g in enumerate(groups) if not isinstance(g, InputError) for _ in g]  # row -> input
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows, encodings = self._encode_rows(
+                spec, [r for g in groups if not isinstance(g, InputError) for r in g], truncation
+            )
+        for w in caught:  # a row's warning names its input
+            m = w.message
+            if isinstance(m, TruncationWarning):
+                m = TruncationWarning(m.reason, owner[m.index], m.tokens, m.dropped)
+            warnings.warn(m, stacklevel=2)
+        sizes = [g if isinstance(g, InputError) else len(g) for g in groups]
+        return Encoded(spec, options, rows, encodings, sizes)
 
-    def _run(self, spec: Task, inputs: list, errors: str, on_batch: Callable | None, options: dict) -> list:
-        """predict's work: encode and check, run in planned batches, post-process each batch."""
-        tokenizer = self.tokenizer
-        inputs = [_as_pair(x) for x in inputs] if spec.pair else inputs
-        encode = tokenizer.encode_pairs if spec.pair else tokenizer.encode
-        encoded = encode(inputs, self.truncation)
-        if spec.check is not None:
-            encoded = [e if isinstance(e, InputError) else spec.check(e, i, tokenizer) for i, e in enumerate(encoded)]
-        bad = [e for e in encoded if isinstance(e, InputError)]
+    def encode_ids(self, ids: Sequence[Sequence[int]], truncation: str | None = None, **options: object) -> Encoded:
+        """Token ids of this model's tokenizer as `encode` gives them for feature extraction, used as given
+        (no special tokens or prompt added): an id outside the vocabulary or an empty row is an InputError
+        in its place, a row longer than the model reads is cut (or an InputTooLongError with "error")."""
+        spec = self.resolve_task("feature-extraction")
+        if options.get("prompt") is not None or options.get("prompt_name") is not None:
+            raise UserError("token ids are used as given: they take no prompt.")
+        options = {**spec.with_options(options), "prompt_tokens": 0}
+        del options["prompt"], options["prompt_name"]
+        truncation = self.truncation if truncation is None else truncation
+        encodings: list = []
+        for i, row in enumerate(ids):
+            row = list(row)
+            bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, int)), None)
+            outside = next((t for t in row if isinstance(t, int) and not 0 <= t < self.info.vocab_size), None)
+            if not row or bad is not None:
+                encodings.append(InputError("must be a non-empty list of token ids (integers).", i))
+            elif outside is not None:
+                encodings.append(
+                    InputError(f"has token id {outside}, outside the vocabulary [0, {self.info.vocab_size}).", i)
+                )
+            elif len(row) > self.max_length and truncation == "error":
+                encodings.append(
+                    InputTooLongError(f"has {len(row)} tokens, more than the {self.max_length} this model reads.", i)
+                )
+            else:
+                encodings.append(TokenIds(row[: self.max_length]))
+        return Encoded(spec, options, [None] * len(encodings), encodings)
+
+    def run_encoded(
+        self, encoded: Encoded, errors: str = "raise", on_batch: Callable[[int], None] | None = None
+    ) -> list:
+        """predict's second step: run what `encode` made, in planned batches; one result per input."""
+        bad = [e for e in encoded.errors if e is not None]
         if bad and errors == "raise":
             raise bad[0]
+        spec, options = encoded.task, encoded.options
+        results = self._run(spec, encoded.inputs, encoded.encodings, None if encoded.groups else on_batch, options)
+        if encoded.groups is None:
+            return results
+        out: list = []
+        k = 0
+        for size, error in zip(encoded.groups, encoded.errors, strict=True):
+            part = [] if isinstance(size, InputError) else results[k : k + size]
+            k += len(part)
+            out.append(error if error is not None else spec.gather(part, **options))
+        if on_batch is not None:
+            on_batch(len(out) - len(bad))
+        return out
 
+    def _encode_rows(self, spec: Task, inputs: list, truncation: str) -> tuple[list, list]:
+        """(the rows as the post-processor reads them, each one's checked Encoding or InputError).
+        Text classification also takes (text, text_pair) pairs, encoded as [CLS] text [SEP] text_pair [SEP]."""
+        tokenizer = self.tokenizer
+        if spec.pair:
+            inputs = [_as_pair(x) for x in inputs]
+            names = ("query", "document") if spec.expand is not None else ("question", "context")
+            encoded = tokenizer.encode_pairs(inputs, truncation, names)
+        elif spec.name == "text-classification" and any(isinstance(x, (tuple, list)) for x in inputs):
+            encoded = [None] * len(inputs)
+            paired = [i for i, x in enumerate(inputs) if isinstance(x, (tuple, list))]
+            single = [i for i, x in enumerate(inputs) if not isinstance(x, (tuple, list))]
+            for part, done in (
+                (
+                    paired,
+                    tokenizer.encode_pairs([_as_pair(inputs[i]) for i in paired], truncation, ("text", "text pair")),
+                ),
+                (single, tokenizer.encode([inputs[i] for i in single], truncation)),
+            ):
+                for i, e in zip(part, done, strict=True):
+                    encoded[i] = type(e)(e.reason, i) if isinstance(e, InputError) else e
+        else:
+            encoded = tokenizer.encode(inputs, truncation)
+        if spec.check is not None:
+            encoded = [e if isinstance(e, InputError) else spec.check(e, i, tokenizer) for i, e in enumerate(encoded)]
+        return inputs, encoded
+
+    def _run(self, spec: Task, inputs: list, encoded: list, on_batch: Callable | None, options: dict) -> list:
+        """Run the valid rows in planned batches and post-process each batch; errors stay in place."""
+        tokenizer = self.tokenizer
         results: list = list(encoded)  # errors stay in place; encodings are replaced by results
         valid = [i for i, e in enumerate(encoded) if not isinstance(e, InputError)]
         for planned in self.plan([len(encoded[i].ids) for i in valid]):

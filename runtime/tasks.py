@@ -8,7 +8,6 @@ A row may run on another task's folders (rerank: a text-classification folder wi
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -16,7 +15,6 @@ from typing import TYPE_CHECKING
 from modernbert_edge.contract import HEADS
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import postprocess
-from modernbert_edge.runtime.errors import InputError, TruncationWarning
 from modernbert_edge.runtime.numerics import AGGREGATIONS, POOLINGS
 
 if TYPE_CHECKING:
@@ -160,33 +158,3 @@ def find_task(name: str) -> Task:
         if name == task.name or name in task.aliases:
             return task
     raise KeyError(name)
-
-
-def run_expanded(
-    spec: Task, inputs: list, run: Callable, errors: str, on_batch: Callable | None, options: dict
-) -> list:
-    """predict for a row with `expand`: all inputs' rows go through run(spec, rows, "return", None,
-    options) together; each input's result is gathered from its rows' results, or is an InputError
-    in its place (its own from expand, or its first bad row's). Row warnings name their input."""
-    groups = [spec.expand(x) for x in inputs]
-    rows = [(i, r) for i, g in enumerate(groups) if not isinstance(g, InputError) for r in g]  # (input, row)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        done = run(spec, [r for _, r in rows], "return", None, options)
-    for w in caught:
-        m = w.message
-        if isinstance(m, TruncationWarning):
-            m = TruncationWarning(m.reason, rows[m.index][0], m.tokens, m.dropped)
-        warnings.warn(m, stacklevel=3)
-    results, k = [], 0
-    for i, group in enumerate(groups):
-        part = [] if isinstance(group, InputError) else done[k : k + len(group)]
-        k += len(part)
-        bad = group if isinstance(group, InputError) else next((r for r in part if isinstance(r, InputError)), None)
-        results.append(type(bad)(bad.reason, i) if bad is not None else spec.gather(part, **options))
-    bad = [r for r in results if isinstance(r, InputError)]
-    if bad and errors == "raise":
-        raise bad[0]
-    if on_batch is not None:
-        on_batch(len(results) - len(bad))
-    return results

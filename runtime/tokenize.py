@@ -139,16 +139,21 @@ class TextTokenizer:
         return out
 
     def encode_pairs(
-        self, pairs: Sequence[tuple[object, object]], truncation: str = "truncate"
+        self,
+        pairs: Sequence[tuple[object, object]],
+        truncation: str = "truncate",
+        names: tuple[str, str] = ("question", "context"),
     ) -> list[Encoding | InputError]:
-        """Each (question, context) as [CLS] question [SEP] context [SEP]; only the context is cut."""
+        """Each (question, context) as [CLS] question [SEP] context [SEP]; only the context is cut.
+        `names` are what messages call the two parts (rerank: query and document)."""
+        first, second = names
         out: list[Encoding | InputError] = []
         for i, (question, context) in enumerate(pairs):
-            error = _check_text(question, i, "question") or _check_text(context, i, "context")
+            error = _check_text(question, i, first) or _check_text(context, i, second)
             if error is None and len(question) > self.max_chars:  # type: ignore[arg-type]
                 error = InputTooLongError(
-                    f"has a question of more than {self.max_chars} characters, which leaves no room for the "
-                    f"context within the {self.max_length} tokens this model reads.",
+                    f"has a {first} of more than {self.max_chars} characters, which leaves no room for the "
+                    f"{second} within the {self.max_length} tokens this model reads.",
                     i,
                 )
             out.append(error)
@@ -167,20 +172,20 @@ class TextTokenizer:
             room = self.max_length - self.num_special_tokens(pair=True) - question_tokens
             if room <= 0:
                 out[i] = InputTooLongError(
-                    f"has a question of {question_tokens} tokens, which leaves no room for the context "
+                    f"has a {first} of {question_tokens} tokens, which leaves no room for the {second} "
                     f"within the {self.max_length} tokens this model reads.",
                     i,
                 )
             elif truncation == "error":
                 out[i] = InputTooLongError(
-                    f"{self._too_long(n, cut_chars, 'question and context')} (shorten the context, or let it "
+                    f"{self._too_long(n, cut_chars, f'{first} and {second}')} (shorten the {second}, or let it "
                     "be truncated).",
                     i,
                 )
             else:
                 cut = _guarded(lambda i=i: self._pair.encode(*bounded[i]), i)
                 if not isinstance(cut, InputError):
-                    _warn_truncated(i, self._too_long(n, cut_chars), n, n - len(cut.ids), "its context ", cut_chars)
+                    _warn_truncated(i, self._too_long(n, cut_chars), n, n - len(cut.ids), f"its {second} ", cut_chars)
                 out[i] = cut
         return out
 

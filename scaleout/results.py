@@ -1,7 +1,8 @@
 """One call of the runtime on a list of values, as Arrow columns: the part every worker shares.
 
-    run_values(model, values, task, options) ─ Model.predict(values, errors="return") (the runtime sorts
-        by length and batches under its token budget) ─ result columns + `error` + token count
+    run_values(model, values, task, options) ─ Model.encode (once: the token count is the encodings')
+        ─ Model.run_encoded(errors="return") (the runtime sorts by length and batches under its token
+        budget) ─ result columns + `error` + token count
 
 Columns per task: feature-extraction `embedding` fixed_size_list<float32>[hidden]; text-classification
 `label`, `score` (and `labels` list<struct<label, score>> when top_k is given); token-classification
@@ -67,16 +68,18 @@ def run_values(model, values: Sequence[object], task: str, options: dict, stats:
     """{column: pyarrow.Array} for the values, in order, with `error` (null where the row ran)."""
     import pyarrow as pa
 
-    from modernbert_edge.runtime.errors import InputError
+    from modernbert_edge.runtime.errors import InputError, TruncationWarning
 
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # truncation is counted below, not printed per row
-        results = model.predict(list(values), task=task, errors="return", **options)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # truncation is counted here, not printed per row
+        encoded = model.encode(list(values), task, **options)
+        results = model.run_encoded(encoded, errors="return")
     t1 = time.perf_counter()
     errors = [f"text {r.reason}" if isinstance(r, InputError) else None for r in results]
     ok = [i for i, e in enumerate(errors) if e is None]
-    tokens, truncated = count_tokens(model, [values[i] for i in ok])
+    tokens = sum(encoded.tokens)  # what ran: the encodings, tokenized once
+    truncated = sum(1 for w in caught if isinstance(w.message, TruncationWarning))
     types = result_type(task, model.info.hidden_size, options)
     mask = pa.array([e is not None for e in errors])
     kept = [None if e else r for r, e in zip(results, errors, strict=True)]  # error rows: null

@@ -1,6 +1,10 @@
 """`mbedge serve`: an HTTP server (starlette on uvicorn) that batches requests across clients.
 
-    app.py       routes (TEI, OpenAI, fill-mask / tag / answer), request checks, metrics, access log
+    app.py       the app: GET routes, auth, dispatch to the POST routes, access log, lifespan
+    routes.py    the POST routes (TEI, the Inference API's bodies, OpenAI, fill-mask / tag / answer) and the
+                 path they share: pick the model, encode and count once, queue, wait
+    requests.py  the body and its fields (422 naming the field), the error shapes
+    metrics.py   Prometheus metrics: requests, batches per model and task, queues, process
     batcher.py   one queue per model, the scheduler that forms batches, the model thread
     commands.py  `mbedge serve` and `mbedge loadtest`
     loadtest.py  closed-loop clients against a server on this machine

@@ -3,11 +3,13 @@
     handler ─ submit(Job) ─ queue (bounded by tokens: QueueFull → 429)
     scheduler (asyncio task) ─ waits for the oldest job at most max_wait, or until the queue holds
                                batch_tokens ─ takes jobs with the same task and options, oldest
-                               first, up to batch_tokens ─ model thread: model.predict(all inputs,
-                               errors="return") ─ rows split back to each job's future
+                               first, up to batch_tokens ─ model thread: model.run_encoded(the jobs'
+                               encodings joined, errors="return") ─ rows split back to each job's future
 
-The model sorts the combined inputs by length and batches them as `Model.plan` does, so a job's
-rows are what `load(folder)` gives for the same inputs. Under load the model is busy while jobs
+A job carries its inputs as the handler encoded and counted them (`Model.encode`): what was counted
+for admission is what runs, and nothing is tokenized twice. The model sorts the combined rows by
+length and batches them as `Model.plan` does, so a job's rows are what `load(folder)` gives for the
+same inputs. Under load the model is busy while jobs
 arrive, so the next batch forms at once; a lone job waits at most max_wait. A job whose client
 went away is dropped from the queue before it runs (one already running is finished and discarded).
 """
@@ -23,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.runtime.model import Encoded
 
 
 class QueueFull(Exception):
@@ -35,10 +38,11 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    """One request's inputs for one task with one set of options."""
+    """One request's encoded inputs (a runtime `Encoded`; /tokenize: (text, Encoding) pairs) for one
+    task with one set of options; `key` says which jobs may share a batch."""
 
     task: str
-    inputs: list
+    work: object  # Encoded, or /tokenize's list of (text, Encoding)
     options: dict
     tokens: int
     future: asyncio.Future
@@ -58,6 +62,7 @@ def _hashable(value: object) -> object:
 class BatchStats:
     """What one batch was: for metrics."""
 
+    task: str
     jobs: int
     rows: int
     tokens: int
@@ -111,13 +116,13 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=True)
 
-    def submit(self, task: str, inputs: list, options: dict, tokens: int) -> Job:
+    def submit(self, task: str, work: object, options: dict, tokens: int) -> Job:
         """Queue a job; QueueFull when its tokens do not fit (the caller answers 429)."""
         if self.queued_tokens + tokens > self.max_queue_tokens:
             pending = self.queued_tokens + tokens
             rate = self.tokens_per_s or float(self.batch_tokens)
             raise QueueFull(max(1, math.ceil(pending / rate)))
-        job = Job(task, inputs, options, tokens, asyncio.get_running_loop().create_future())
+        job = Job(task, work, options, tokens, asyncio.get_running_loop().create_future())
         self.queue.append(job)
         self.queued_tokens += tokens
         self._wakeup.set()
@@ -190,25 +195,24 @@ class Batcher:
         return batch
 
     def _run(self, batch: Sequence[Job]) -> list:
-        """On the model thread: all jobs' inputs in one predict call, split back per job."""
+        """On the model thread: all jobs' encoded inputs in one run, split back per job."""
         start = time.perf_counter()
-        inputs = [x for job in batch for x in job.inputs]
         try:
             if batch[0].task == "tokenize":  # no model run: the tokenizer's answer, queued like the rest
                 from modernbert_edge.serve.routes import tokenize_rows
 
-                rows = tokenize_rows(self.model, inputs, **batch[0].options)
+                rows = tokenize_rows([x for job in batch for x in job.work], **batch[0].options)
             else:
-                rows = self.model.predict(inputs, task=batch[0].task, errors="return", **batch[0].options)
+                rows = self.model.run_encoded(Encoded.join([job.work for job in batch]), errors="return")
         except Exception as e:  # options every job of the batch shares; each job gets it
             return [e] * len(batch)
         seconds = time.perf_counter() - start
         tokens = sum(job.tokens for job in batch)
         self.tokens_per_s = tokens / seconds if seconds > 0 else self.tokens_per_s
         if self.on_batch is not None:
-            self.on_batch(self.name, BatchStats(len(batch), len(inputs), tokens, seconds))
+            self.on_batch(self.name, BatchStats(batch[0].task, len(batch), len(rows), tokens, seconds))
         out, start_row = [], 0
         for job in batch:
-            out.append(rows[start_row : start_row + len(job.inputs)])
-            start_row += len(job.inputs)
+            out.append(rows[start_row : start_row + len(job.work)])
+            start_row += len(job.work)
         return out

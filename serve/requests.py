@@ -1,7 +1,9 @@
 """Request checks of `mbedge serve`: the JSON body and its fields, and the error responses.
 
 Every check raises ApiError with a status and one sentence that names the field: 413 beyond the
-size limits, 422 for malformed JSON or a field of the wrong type, 400 for an empty input.
+size limits, 422 for malformed JSON, a field of the wrong type, a field the route does not take or a
+value it cannot honour, 400 for an empty input. The fields TEI's, the Inference API's and OpenAI's
+clients send (truncation, "parameters", encoding formats, token ids, pairs) are read here.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a 
                dict: "an object", type(None): "null"}  # fmt: skip
 
 
-def _kind(value: object) -> str:
+def kind_of(value: object) -> str:
+    """What a JSON value is, as a message names it ("a string", "a number", ...)."""
     return {bool: "a boolean", int: "a number", float: "a number"}.get(type(value), _JSON_TYPES.get(type(value), "?"))
 
 
@@ -45,8 +48,17 @@ def get(body: dict, name: str, kind: type | tuple, default: object = None, requi
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not ok:
         wanted = " or ".join(_JSON_TYPES[k] for k in kinds)
-        raise ApiError(422, f'"{name}" must be {wanted}, got {_kind(value)}.')
+        raise ApiError(422, f'"{name}" must be {wanted}, got {kind_of(value)}.')
     return value
+
+
+def unknown(body: dict, allowed: tuple[str, ...], prefix: str = "") -> None:
+    """422 naming the first field of `body` not in `allowed` (a client's typo is not silently ignored)."""
+    for name in body:
+        if name not in allowed:
+            raise ApiError(
+                422, f'"{prefix}{name}" is not a field this route takes; it takes {", ".join(sorted(allowed))}.'
+            )
 
 
 def texts(body: dict, name: str, limit: int) -> tuple[list[str], bool]:
@@ -60,7 +72,7 @@ def texts(body: dict, name: str, limit: int) -> tuple[list[str], bool]:
         raise ApiError(413, f'"{name}" has {len(items)} inputs, more than the {limit} one request may send.')
     for i, item in enumerate(items):
         if not isinstance(item, str):
-            raise ApiError(422, f'"{name}[{i}]" must be a string, got {_kind(item)}.')
+            raise ApiError(422, f'"{name}[{i}]" must be a string, got {kind_of(item)}.')
     return items, single
 
 
@@ -77,6 +89,85 @@ def positive(body: dict, name: str, default: int | None, maximum: int | None = N
 def _short(value: int) -> str:
     text = str(value)
     return text if len(text) <= 20 else f"an integer of {len(text)} digits"
+
+
+# ── fields every client sends ───────────────────────────────────────────────────────────────────
+
+
+def truncation(body: dict) -> bool:
+    """`truncate` (false: a long input is 413) and TEI's `truncation_direction` (only "right": the
+    tokenizer cuts the end of a text)."""
+    direction = get(body, "truncation_direction", str, "right")
+    if direction.lower() != "right":
+        raise ApiError(422, f'"truncation_direction" must be "right" (this server cuts the end), got {direction!r}.')
+    return get(body, "truncate", bool, False)
+
+
+def parameters(body: dict, allowed: tuple[str, ...]) -> tuple[dict, bool]:
+    """(the Hugging Face Inference API's "parameters" object, whether the body has one): what
+    `InferenceClient` sends for every task but feature extraction; its fields are checked as the body's."""
+    value = get(body, "parameters", dict)
+    if value is None:
+        return {}, False
+    unknown(value, allowed, "parameters.")
+    return value, True
+
+
+def encoding_format(body: dict, choices: tuple[str, ...]) -> str:
+    value = get(body, "encoding_format", str, "float")
+    if value not in choices:
+        wanted = " or ".join(f'"{c}"' for c in choices)
+        more = " (base64 is on /v1/embeddings)" if choices == ("float",) else ""
+        raise ApiError(422, f'"encoding_format" must be {wanted}{more}, got {value!r}.')
+    return value
+
+
+def no_raw_scores(body: dict) -> None:
+    if get(body, "raw_scores", bool, False):
+        raise ApiError(422, '"raw_scores": true is not supported: scores go through the model\'s own function.')
+
+
+def texts_or_ids(body: dict, name: str, limit: int) -> tuple[list, bool]:
+    """(the inputs, whether they are token ids): a string or a list of strings; token ids as a list
+    of integers (one input) or a list of such lists (OpenAI's and TEI's forms)."""
+    value = get(body, name, (str, list), required=True)
+    if isinstance(value, list) and value and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        value = [value]  # one input as token ids
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        if len(value) > limit:
+            raise ApiError(413, f'"{name}" has {len(value)} inputs, more than the {limit} one request may send.')
+        for i, row in enumerate(value):
+            if (
+                not isinstance(row, list)
+                or not row
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in row)
+            ):
+                raise ApiError(422, f'"{name}[{i}]" must be a non-empty list of token ids (integers).')
+        return value, True
+    return texts(body, name, limit)[0], False
+
+
+def predict_inputs(body: dict, limit: int) -> tuple[list, bool]:
+    """(the inputs, whether one was given): a string; a list of strings; pairs as [text, text_pair]
+    items (or {"text", "text_pair"}) of a list, a [text] item being one text."""
+    value = get(body, "inputs", (str, list, dict), required=True)
+    if isinstance(value, (str, dict)):
+        return [_sequence(value, "inputs")], True
+    if not value:
+        raise ApiError(400, '"inputs" is an empty list.')
+    if len(value) > limit:
+        raise ApiError(413, f'"inputs" has {len(value)} inputs, more than the {limit} one request may send.')
+    return [_sequence(x, f"inputs[{i}]") for i, x in enumerate(value)], False
+
+
+def _sequence(x: object, where: str) -> str | tuple[str, str]:
+    if isinstance(x, dict) and set(x) <= {"text", "text_pair"} and "text" in x:
+        x = [x["text"], x["text_pair"]] if x.get("text_pair") is not None else [x["text"]]
+    if isinstance(x, list) and len(x) in (1, 2) and all(isinstance(t, str) for t in x):
+        return x[0] if len(x) == 1 else (x[0], x[1])
+    if isinstance(x, str):
+        return x
+    raise ApiError(422, f'"{where}" must be a string, [text] or [text, text_pair], got {kind_of(x)}.')
 
 
 async def read_json(request: Request, limit: int, timeout: float | None = None) -> dict:
@@ -112,12 +203,12 @@ async def read_json(request: Request, limit: int, timeout: float | None = None) 
     except ValueError as e:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
         raise ApiError(422, f"the body is not valid JSON here ({e}).") from None
     if not isinstance(body, dict):
-        raise ApiError(422, f"the body must be a JSON object, got {_kind(body)}.")
+        raise ApiError(422, f"the body must be a JSON object, got {kind_of(body)}.")
     return body
 
 
 def error_response(path: str, status: int, message: str, headers: dict | None = None) -> Response:
-    if path.startswith("/v1/"):  # OpenAI's error shape
+    if path.startswith("/v1/") or path == "/embeddings":  # OpenAI's error shape
         kind = "rate_limit_error" if status == 429 else "invalid_request_error"
         return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status, headers)
     return JSONResponse({"error": message, "error_type": ERROR_TYPES.get(status, "Error")}, status, headers)
