@@ -34,6 +34,7 @@ from modernbert_edge.serve.routes import (
     openai_model,
     pick_model,
     root,
+    tokenize_rows,
 )
 
 log = logging.getLogger("mbedge.serve")
@@ -70,6 +71,7 @@ def create_app(models: dict, settings: Settings) -> Starlette:
                 settings.max_wait_ms / 1000,
                 settings.max_queue_tokens,
                 metrics.on_batch,
+                {"tokenize": tokenize_rows},
             )
             b.start()
             state.batchers[name] = b

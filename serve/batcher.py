@@ -80,8 +80,12 @@ class Batcher:
         max_wait_s: float,
         max_queue_tokens: int,
         on_batch: Callable[[str, BatchStats], None] | None = None,
+        tasks: dict[str, Callable[..., list]] | None = None,
     ) -> None:
+        """tasks: jobs that run without the model ({task: function(all jobs' work, **options) -> rows}),
+        queued and counted like the rest (/tokenize's answers)."""
         self.model = model
+        self.tasks = tasks or {}
         self.name = name
         self.batch_tokens = batch_tokens
         self.max_wait_s = max_wait_s
@@ -198,10 +202,8 @@ class Batcher:
         """On the model thread: all jobs' encoded inputs in one run, split back per job."""
         start = time.perf_counter()
         try:
-            if batch[0].task == "tokenize":  # no model run: the tokenizer's answer, queued like the rest
-                from modernbert_edge.serve.routes import tokenize_rows
-
-                rows = tokenize_rows([x for job in batch for x in job.work], **batch[0].options)
+            if batch[0].task in self.tasks:  # no model run (/tokenize), queued like the rest
+                rows = self.tasks[batch[0].task]([x for job in batch for x in job.work], **batch[0].options)
             else:
                 rows = self.model.run_encoded(Encoded.join([job.work for job in batch]), errors="return")
         except Exception as e:  # options every job of the batch shares; each job gets it

@@ -50,9 +50,7 @@ def layer_of(name: str) -> int:
     return next((rank for prefix, rank in LAYERS.items() if name == prefix or name.startswith(prefix + ".")), 0)
 
 
-# Known, owned elsewhere: the batcher's /tokenize jobs call routes.tokenize_rows (serve's rework of
-# tokenize-once moves it); remove the entry when that lands.
-KNOWN_CYCLES = {("modernbert_edge.serve.batcher", "modernbert_edge.serve.routes")}
+KNOWN_CYCLES: set[tuple[str, str]] = set()  # none; an entry would need a reason beside it
 
 
 def modules() -> dict[str, Path]:
