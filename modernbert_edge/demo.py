@@ -93,7 +93,7 @@ def run_demo(
         int8_preds = models["fill-mask", "int8"].fill_mask(FILL_MASK_EXAMPLES, top_k=3)
         for text, a, b in zip(FILL_MASK_EXAMPLES, fp32_preds, int8_preds, strict=True):
             echo(f"  {text}")
-            fmt = lambda preds: ", ".join(f"{p['token_str'].strip()!r} {p['score']:.2f}" for p in preds[0])  # noqa: E731
+            fmt = lambda preds: ", ".join(f"{p['token_str'].strip()!r} {p['score']:.2f}" for p in preds)  # noqa: E731
             echo(f"    fp32: {fmt(a)}")
             echo(f"    int8: {fmt(b)}")
 
