@@ -26,9 +26,16 @@ def embedder(exported_factory):
 
 def test_load_names_its_options_and_takes_paths(exported_factory) -> None:
     params = inspect.signature(mbe.load).parameters
-    assert {"batch_tokens", "batch_rows", "truncation", "max_length", "max_padding", "spinning", "engine", "file"} <= set(
-        params
-    )
+    assert {
+        "batch_tokens",
+        "batch_rows",
+        "truncation",
+        "max_length",
+        "max_padding",
+        "spinning",
+        "engine",
+        "file",
+    } <= set(params)
     assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in params.values())  # a typo is a TypeError
     with pytest.raises(TypeError, match="batch_token"):
         mbe.load(exported_factory("feature-extraction"), batch_token=1)
