@@ -120,7 +120,8 @@ def test_every_route_equals_the_offline_api(server, offline) -> None:
     cut = emb.embed(texts[0])[:8]
     np.testing.assert_allclose(vec, cut / np.linalg.norm(cut), rtol=1e-6)
 
-    assert server.post("/predict", {"inputs": texts}).json() == offline["text-classification"].classify(texts, top_k=None)
+    labels = offline["text-classification"].classify(texts, top_k=None)
+    assert server.post("/predict", {"inputs": texts}).json() == labels
     assert server.post("/predict", {"inputs": texts[0], "top_k": 1}).json() == offline["text-classification"].classify(
         texts[0], top_k=1
     )
