@@ -58,11 +58,27 @@ class Aggregation(str, Enum):
     MAX = "max"
 
 
+class InputFormat(str, Enum):
+    """`mbedge run --input`: one text per line, JSONL, or auto (JSONL when the first line is an object)."""
+
+    AUTO = "auto"
+    LINES = "lines"
+    JSONL = "jsonl"
+
+
+class OnError(str, Enum):
+    """`mbedge run`: a bad input is reported and skipped, or stops the run."""
+
+    SKIP = "skip"
+    STOP = "stop"
+
+
 ENGINES = tuple(e.value for e in Engine)
 SPINNING_MODES = tuple(s.value for s in Spinning)
 TRUNCATION = tuple(t.value for t in Truncation)
 POOLINGS = tuple(p.value for p in Pooling)
 AGGREGATIONS = tuple(a.value for a in Aggregation)
+FORMATS = tuple(f.value for f in InputFormat)
 
 # ── defaults ─────────────────────────────────────────────────────────────────────────────────────
 DEFAULT_THREADS: int | None = None  # one intra-op thread per physical core (ONNX Runtime's 0)

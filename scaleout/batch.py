@@ -62,7 +62,7 @@ def plan_workers(
     if workers * threads > cpus and not oversubscribe:
         raise UserError(
             f"{workers} workers × {threads} threads need {workers * threads} CPUs, but Ray has {cpus}: "
-            "lower --workers or --threads-per-worker, or pass --oversubscribe."
+            "lower --workers or --threads, or pass --oversubscribe."
         )
     return workers, threads
 
