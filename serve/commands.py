@@ -7,14 +7,24 @@ import logging
 import os
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from modernbert_edge.cli_options import ENGINE_DEFAULT, EngineOpt, Threads, plain
 from modernbert_edge.errors import UserError
+from modernbert_edge.runtime.options import DEFAULT_BATCH_TOKENS, HELP
 
 EXTRA = 'install the serve extra: pip install "modernbert-edge[serve]"'
+
+
+class LogLevel(str, Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 def parse_models(specs: list[str]) -> dict[str, Path]:
@@ -34,14 +44,15 @@ def serve_cmd(
     models: Annotated[list[str], typer.Argument(help="Model folders, each MODEL_DIR or NAME=MODEL_DIR.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 8080,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads per model (default: physical cores).")] = None,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch the scheduler forms.")] = 8192,
+    threads: Threads = None,
+    engine: EngineOpt = ENGINE_DEFAULT,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch the scheduler forms.")] = DEFAULT_BATCH_TOKENS,
     max_wait_ms: Annotated[
         float, typer.Option(help="How long a lone request waits for others to batch with (0-60000).")
     ] = 2.0,
     max_queue_tokens: Annotated[int, typer.Option(help="Tokens a model's queue holds; beyond it: 429.")] = 65536,
-    max_input_length: Annotated[
-        int | None, typer.Option(help="Longest input in tokens (default and upper bound: the model's).")
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", "--max-input-length", help=HELP["max_length"], show_default=False)
     ] = None,
     max_client_batch_size: Annotated[int, typer.Option(help="Inputs one request may send; beyond it: 413.")] = 64,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond it: 413.")] = 2 << 20,
@@ -67,7 +78,7 @@ def serve_cmd(
     api_key: Annotated[
         str | None, typer.Option(envvar="MBEDGE_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /health).")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn's and the server's log level.")] = LogLevel.INFO,
 ) -> None:
     """Serve model folders over HTTP (TEI and OpenAI routes), batching requests across clients."""
     try:
@@ -98,14 +109,13 @@ def serve_cmd(
         api_key = os.environ["MBEDGE_API_KEY"]  # click reads an empty variable as unset: it is not
     if api_key is not None and not api_key.strip():
         raise UserError("--api-key (or MBEDGE_API_KEY) is empty: give a key, or unset it to serve without one.")
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise UserError(f"--log-level must be debug, info, warning or error, got {log_level!r}.")
+    log_level = plain(log_level)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     sock = _listen(host, port)
     _raise_open_file_limit(max_connections + 256)
     loaded = {}
     for name, folder in parse_models(models).items():
-        model = modernbert_edge.load(folder, threads=threads, max_length=max_input_length)
+        model = modernbert_edge.load(folder, threads=threads, max_length=max_length, engine=plain(engine))
         if model.tokenizer is None:
             raise UserError(f"{folder} has no tokenizer.json, so it cannot serve text.")
         loaded[name] = model

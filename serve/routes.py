@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from modernbert_edge import __version__
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import InputError, InputTooLongError
+from modernbert_edge.runtime.options import DEFAULT_BATCH_TOKENS
 from modernbert_edge.serve.batcher import Batcher, QueueFull
 from modernbert_edge.serve.requests import ApiError, get, positive, texts
 
@@ -32,7 +33,7 @@ log = logging.getLogger("mbedge.serve")
 class Settings:
     """What `mbedge serve` was given (besides the models)."""
 
-    batch_tokens: int = 8192
+    batch_tokens: int = DEFAULT_BATCH_TOKENS  # the library's (runtime/options.py)
     max_wait_ms: float = 2.0
     max_queue_tokens: int = 65536
     max_client_batch_size: int = 64
