@@ -125,7 +125,7 @@ _register_all()
 
 
 def main() -> None:
-    sys.exit(app())
+    sys.exit(app(prog_name="mbedge"))
 
 
 if __name__ == "__main__":
