@@ -150,3 +150,13 @@ def test_version_names_the_package_and_the_cpu():
 
     res = CliRunner().invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.startswith(f"mbedge {__version__} ") and cpu_info().line() in res.output
+
+
+def test_cli_choices_are_the_library_choices() -> None:
+    """The Enums of commands whose library imports onnx list exactly what the library accepts."""
+    from modernbert_edge.export.builder import OPS
+    from modernbert_edge.export.commands import Ops
+    from modernbert_edge.quantize.commands import Mode
+    from modernbert_edge.quantize.quantizer import MODES
+
+    assert tuple(m.value for m in Mode) == MODES and tuple(o.value for o in Ops) == OPS
