@@ -47,7 +47,7 @@ from modernbert_edge.runtime.options import (
 )
 from modernbert_edge.runtime.postprocess import Batch
 from modernbert_edge.runtime.progress import Progress
-from modernbert_edge.runtime.results import RankedDocument
+from modernbert_edge.runtime.results import Answer, Entity, FillMaskPrediction, LabelScore, RankedDocument
 from modernbert_edge.runtime.session import Session
 from modernbert_edge.runtime.tasks import TASKS, Task, find_task, run_expanded
 from modernbert_edge.runtime.tokenize import TextTokenizer
@@ -213,7 +213,9 @@ class Model:
         of each (query, document) pair, through its activation (sigmoid unless its config names one)."""
         return self.predict([(query, list(documents))], task="rerank", **_given(top_k=top_k))[0]
 
-    def fill_mask(self, texts: str | Sequence[str], top_k: int | None = None) -> list:
+    def fill_mask(
+        self, texts: str | Sequence[str], top_k: int | None = None
+    ) -> list[FillMaskPrediction] | list[list[FillMaskPrediction]] | list[list[list[FillMaskPrediction]]]:
         """The top_k (5) predictions [{score, token, token_str, sequence}] for the mask token of a text, as
         Hugging Face's fill-mask pipeline nests them: a text with one mask gives a list of predictions
         (each with the filled-in `sequence`); a text with several masks gives one such list per mask
@@ -223,7 +225,7 @@ class Model:
         results = self.predict(_as_list(texts, "fill_mask"), task="fill-mask", **_given(top_k=top_k))
         return [_one_mask_flat(r) for r in results]
 
-    def classify(self, texts: str | Sequence[str], top_k: int | None = 1) -> list:
+    def classify(self, texts: str | Sequence[str], top_k: int | None = 1) -> list[LabelScore] | list[list[LabelScore]]:
         """Labels with their scores (softmax; sigmoid for multi-label models), as Hugging Face's
         text-classification pipeline gives them: by default the top label, {label, score}, per text (one
         text: [{label, score}]); top_k=None: every label, sorted by score, per text; top_k=k: the best k
@@ -238,7 +240,7 @@ class Model:
         texts: str | Sequence[str],
         aggregation: Aggregation | str | None = None,
         ignore_labels: Sequence[str] | None = None,
-    ) -> list:
+    ) -> list[Entity] | list[list[Entity]]:
         """Entities [{entity_group, score, word, start, end}] as character spans of each text.
 
         aggregation as in Hugging Face's token-classification pipeline: "none" (one per token, key
@@ -254,7 +256,7 @@ class Model:
         top_k: int | None = None,
         max_answer_len: int | None = None,
         align_to_words: bool | None = None,
-    ) -> dict | list:
+    ) -> Answer | list[Answer] | list[list[Answer]]:
         """The best span of the context, {answer, score, start, end} (a list of top_k when top_k > 1).
 
         A question and a context give one result; lists (or one question for a list of contexts)
