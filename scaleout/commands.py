@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from modernbert_edge.cli_options import (
+    ENGINE_DEFAULT,
     AggregationOpt,
     Dim,
+    EngineOpt,
     ModelDir,
     Normalize,
     PoolingOpt,
@@ -18,6 +20,7 @@ from modernbert_edge.cli_options import (
     TaskOptions,
     Threads,
     TopK,
+    plain,
 )
 
 
@@ -41,6 +44,7 @@ def batch_cmd(
         str | None, typer.Option(help="Join this Ray cluster (e.g. auto, ray://head:10001); default: start one here.")
     ] = None,
     shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = 4096,
+    engine: EngineOpt = ENGINE_DEFAULT,
     top_k: TopK = None,
     pooling: PoolingOpt = None,
     normalize: Normalize = None,
@@ -74,4 +78,5 @@ def batch_cmd(
         shard_rows=shard_rows,
         ray_address=ray_address,
         oversubscribe=oversubscribe,
+        engine=plain(engine),
     )

@@ -24,7 +24,7 @@ EXPECTED_COMMANDS = {
 # Each shared option and the commands that take it (issue 22: one meaning and default across them).
 SHARED = {
     "--threads": {"run", "serve", "batch", "bench", "demo"},
-    "--engine": {"run", "info", "serve", "bench", "quantize", "compare"},
+    "--engine": {"run", "info", "serve", "batch", "bench", "quantize", "compare"},
     "--max-length": {"run", "serve"},
     "--top-k": {"run", "batch"},
     "--file": {"run", "info", "quantize"},
