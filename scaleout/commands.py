@@ -22,6 +22,7 @@ from modernbert_edge.cli_options import (
     TopK,
     plain,
 )
+from modernbert_edge.ray.sources import DEFAULT_SHARD_ROWS
 
 
 def batch_cmd(
@@ -43,7 +44,7 @@ def batch_cmd(
     ray_address: Annotated[
         str | None, typer.Option(help="Join this Ray cluster (e.g. auto, ray://head:10001); default: start one here.")
     ] = None,
-    shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = 4096,
+    shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = DEFAULT_SHARD_ROWS,
     engine: EngineOpt = ENGINE_DEFAULT,
     top_k: TopK = None,
     pooling: PoolingOpt = None,

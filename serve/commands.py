@@ -15,7 +15,8 @@ import typer
 
 from modernbert_edge.cli_options import ENGINE_DEFAULT, EngineOpt, Threads, plain
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.options import DEFAULT_BATCH_TOKENS, HELP
+from modernbert_edge.runtime.options import HELP
+from modernbert_edge.serve import defaults
 
 EXTRA = 'install the serve extra: pip install "modernbert-edge[serve]"'
 
@@ -46,18 +47,28 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 8080,
     threads: Threads = None,
     engine: EngineOpt = ENGINE_DEFAULT,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch the scheduler forms.")] = DEFAULT_BATCH_TOKENS,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch the scheduler forms.")] = defaults.BATCH_TOKENS,
     max_wait_ms: Annotated[
         float, typer.Option(help="How long a lone request waits for others to batch with (0-60000).")
-    ] = 2.0,
-    max_queue_tokens: Annotated[int, typer.Option(help="Tokens a model's queue holds; beyond it: 429.")] = 65536,
+    ] = defaults.MAX_WAIT_MS,
+    max_queue_tokens: Annotated[
+        int, typer.Option(help="Tokens a model's queue holds; beyond it: 429.")
+    ] = defaults.MAX_QUEUE_TOKENS,
     max_length: Annotated[
         int | None, typer.Option("--max-length", "--max-input-length", help=HELP["max_length"], show_default=False)
     ] = None,
-    max_client_batch_size: Annotated[int, typer.Option(help="Inputs one request may send; beyond it: 413.")] = 64,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond it: 413.")] = 2 << 20,
-    max_top_k: Annotated[int, typer.Option(help="Largest top_k of /answer, /fill_mask, /predict (422).")] = 100,
-    max_masks: Annotated[int, typer.Option(help="Mask tokens one /fill_mask input may have (413).")] = 16,
+    max_client_batch_size: Annotated[
+        int, typer.Option(help="Inputs one request may send; beyond it: 413.")
+    ] = defaults.MAX_CLIENT_BATCH_SIZE,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body; beyond it: 413.")
+    ] = defaults.MAX_BODY_BYTES,
+    max_top_k: Annotated[
+        int, typer.Option(help="Largest top_k of /answer, /fill_mask, /predict (422).")
+    ] = defaults.MAX_TOP_K,
+    max_masks: Annotated[
+        int, typer.Option(help="Mask tokens one /fill_mask input may have (413).")
+    ] = defaults.MAX_MASKS,
     max_connections: Annotated[
         int, typer.Option(help="Open connections; beyond it the oldest idle one is closed.")
     ] = 1000,
@@ -69,7 +80,9 @@ def serve_cmd(
         ),
     ] = None,
     header_timeout: Annotated[float, typer.Option(help="Seconds a connection may take to send a request head.")] = 10.0,
-    body_timeout: Annotated[float, typer.Option(help="Seconds a request's body may take to arrive (408).")] = 30.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request's body may take to arrive (408).")
+    ] = defaults.BODY_TIMEOUT,
     keep_alive_timeout: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     max_header_bytes: Annotated[int, typer.Option(help="Largest request head in bytes (h11; beyond: 400).")] = 16384,
     shutdown_timeout: Annotated[
