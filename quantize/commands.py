@@ -31,22 +31,22 @@ def _need_onnx() -> None:
         raise UserError("quantizing needs the export extra (onnx): pip install 'modernbert-edge[export]'.") from None
 
 
-def _gate_engine(engine: str, mode: str, model_dir: Path) -> str:
-    """The engine the gate runs: `engine`, or for "auto" the one runtime.engines.AUTO_RULE gives the folder
-    that `mode` writes from model_dir (OpenVINO only for an int8-static folder of a portable export)."""
+def _gate_engine(engine: str, precision: str, model_dir: Path) -> str:
+    """The engine the gate runs: `engine`, or for "auto" the one runtime.engines.choose_engine picks for
+    the folder this writes (model_dir's export, at `precision`); onnxruntime for a folder made elsewhere."""
     if engine != "auto":
         return engine
+    from types import SimpleNamespace
+
     from modernbert_edge.manifest import read_manifest
-    from modernbert_edge.runtime.engines import OPENVINO, _has_vnni, openvino_installed
+    from modernbert_edge.runtime.engines import choose_engine
 
     try:
         manifest = read_manifest(model_dir)
     except UserError:  # a folder made elsewhere: onnxruntime's dynamic int8, run by onnxruntime
         return "onnxruntime"
-    portable = manifest.get("ops") == "portable" and manifest.get("task") != "fill-mask"
-    if mode == "int8-static" and portable and openvino_installed() and _has_vnni():
-        return OPENVINO
-    return "onnxruntime"
+    written = SimpleNamespace(manifest=manifest, precision=precision, task=manifest.get("task"))  # as ModelInfo
+    return choose_engine(written, engine)
 
 
 def quantize_cmd(

@@ -160,3 +160,18 @@ def test_cli_choices_are_the_library_choices() -> None:
     from modernbert_edge.quantize.quantizer import MODES
 
     assert tuple(m.value for m in Mode) == MODES and tuple(o.value for o in Ops) == OPS
+
+
+def test_quantize_engine_auto_is_the_runtime_rule(exported_factory) -> None:
+    """quantize --engine auto gates on the engine load() would pick for the folder written: never OpenVINO
+    for dynamic int8 (com.microsoft ops); for int8-static of a portable export, choose_engine's answer."""
+    from types import SimpleNamespace
+
+    from modernbert_edge.quantize.commands import _gate_engine
+    from modernbert_edge.runtime.engines import choose_engine
+
+    portable = exported_factory("feature-extraction", ops="portable")
+    assert _gate_engine("auto", "int8", portable) == "onnxruntime"
+    assert _gate_engine("openvino", "int8", portable) == "openvino"  # given: passed on (the quantizer checks it)
+    written = SimpleNamespace(manifest={"ops": "portable"}, precision="int8-static", task="feature-extraction")
+    assert _gate_engine("auto", "int8-static", portable) == choose_engine(written, "auto")
