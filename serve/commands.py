@@ -21,6 +21,13 @@ from modernbert_edge.serve import defaults
 EXTRA = 'install the serve extra: pip install "modernbert-edge[serve]"'
 
 
+class Route(str, Enum):
+    """serve.loadtest.ROUTES (a test checks they agree)."""
+
+    EMBED = "embed"
+    OPENAI = "openai"
+
+
 class LogLevel(str, Enum):
     DEBUG = "debug"
     INFO = "info"
@@ -190,7 +197,7 @@ def loadtest_cmd(
     concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of closed-loop clients.")] = "1,8,32",
     requests: Annotated[int, typer.Option(help="Requests per concurrency level (at most).")] = 500,
     seconds: Annotated[float, typer.Option(help="Seconds per concurrency level (at most).")] = 30.0,
-    route: Annotated[str, typer.Option(help="embed (TEI /embed) or openai (/v1/embeddings).")] = "embed",
+    route: Annotated[Route, typer.Option(help="embed (TEI /embed) or openai (/v1/embeddings).")] = Route.EMBED,
     inputs_per_request: Annotated[int, typer.Option(help="Texts per request.")] = 1,
     min_tokens: Annotated[int, typer.Option(help="Shortest text, in the server's tokens.")] = 16,
     max_tokens: Annotated[int, typer.Option(help="Longest text, in the server's tokens.")] = 512,
@@ -214,7 +221,7 @@ def loadtest_cmd(
         pool = loadtest.make_texts(texts, min_tokens, max_tokens, client.count_tokens)
     except OSError as e:
         raise UserError(f"no server answers at {url} ({e.strerror or e}): start mbedge serve there first.") from None
-    results = loadtest.run(client, pool, levels, requests, seconds, route, inputs_per_request, backoff_ms / 1000)
+    results = loadtest.run(client, pool, levels, requests, seconds, plain(route), inputs_per_request, backoff_ms / 1000)
     files = loadtest.write_outputs(results, out)
     typer.echo(loadtest.markdown(results))
     typer.echo("wrote " + ", ".join(str(p) for p in files))

@@ -160,6 +160,10 @@ def test_cli_choices_are_the_library_choices() -> None:
     from modernbert_edge.quantize.quantizer import MODES
 
     assert tuple(m.value for m in Mode) == MODES and tuple(o.value for o in Ops) == OPS
+    from modernbert_edge.serve.commands import Route
+    from modernbert_edge.serve.loadtest import ROUTES
+
+    assert tuple(r.value for r in Route) == tuple(ROUTES)
 
 
 def test_quantize_engine_auto_is_the_runtime_rule(exported_factory) -> None:
