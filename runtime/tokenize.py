@@ -110,6 +110,7 @@ class TextTokenizer:
         except Exception as e:  # tokenizers raises plain Exception for bad files
             raise ModelFolderError(f"{path} could not be read by tokenizers ({e}); the file may be corrupt.") from None
         check_split_regexes(path)
+        _check_unique_ids(path, tokenizer)
         return cls(tokenizer, max_length, _special_tokens(folder))
 
     def num_special_tokens(self, pair: bool = False) -> int:
@@ -212,6 +213,19 @@ class TextTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._plain.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+
+def _check_unique_ids(path: Path, tokenizer: Tokenizer) -> None:
+    """A ModelFolderError for a vocabulary that gives two tokens one id: tokenizers loads it, but its
+    id -> token map keeps one of them, so decoding (and a copy of the tokenizer) fails on the other."""
+    seen: dict[int, str] = {}
+    for token, i in sorted(tokenizer.get_vocab(with_added_tokens=False).items()):
+        if i in seen:
+            raise ModelFolderError(
+                f"{path} gives two tokens the id {i} ({seen[i]!r} and {token!r}): each token of a vocabulary "
+                "needs its own id; the file may be corrupt."
+            )
+        seen[i] = token
 
 
 def check_split_regexes(path: Path) -> None:

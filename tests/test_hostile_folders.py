@@ -108,3 +108,18 @@ def test_a_manifest_that_names_the_wrong_task_is_one_sentence(classifier, tmp_pa
     _edit(folder / "manifest.json", task="token-classification")
     with pytest.raises(UserError, match="names the wrong task"):
         load(folder)
+
+
+def test_a_vocabulary_with_a_shared_id_is_one_sentence(classifier, tmp_path) -> None:
+    """Two tokens with one id (issue 24, 10c): tokenizers loads the file, then its copy failed with a raw
+    "Token … out of vocabulary" traceback; now the load is refused naming the id and both tokens."""
+    folder = _copy(classifier, tmp_path)
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[40:42]
+    vocab[a] = vocab[b]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=f"gives two tokens the id {vocab[b]} ") as raised:
+        load(folder)
+    assert repr(a) in str(raised.value) and repr(b) in str(raised.value)
