@@ -5,19 +5,25 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from modernbert_edge.cli_options import ENGINE_DEFAULT, EngineOpt, Threads, plain
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.engines import ENGINE_HELP
 
 DEFAULT_WORK = Path.home() / ".cache" / "modernbert-edge" / "bench"
 
 
 def _log(msg: str) -> None:
     typer.echo(msg, err=True)
+
+
+class Size(str, Enum):
+    BASE = "base"
+    TINY = "tiny"
 
 
 RACE_SCHEMA = "mbedge.bench.race/1"  # results.json of the peer race; folders: bench.folders.SCHEMA
@@ -54,7 +60,7 @@ def bench_cmd(
         ),
     ] = None,
     batch_sizes: Annotated[str, typer.Option(help="Folders: comma-separated texts per call.")] = "1,8,32",
-    engine: Annotated[str, typer.Option(help="Folders: " + ENGINE_HELP)] = "auto",
+    engine: EngineOpt = ENGINE_DEFAULT,
     reference: Annotated[
         Path | None, typer.Option(help="Folders: fidelity against this folder (default: the first MODEL_DIR).")
     ] = None,
@@ -68,8 +74,8 @@ def bench_cmd(
         typer.Option(help="Peer race: Hugging Face checkpoint folder; default: a random checkpoint of --size per job."),
     ] = None,
     size: Annotated[
-        str, typer.Option(help="Peer race: random checkpoint size: base (ModernBERT-base shape) or tiny.")
-    ] = "base",
+        Size, typer.Option(help="Peer race: random checkpoint size: base (ModernBERT-base shape) or tiny.")
+    ] = Size.BASE,
     jobs: Annotated[str, typer.Option(help="Peer race: comma-separated: embeddings, fill-mask, classification.")] = (
         "embeddings,fill-mask,classification"
     ),
@@ -86,14 +92,7 @@ def bench_cmd(
     repeats: Annotated[
         int, typer.Option(help="Timed rounds per shape (folders: per batch size), after one warm-up run.")
     ] = 5,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            help="Threads per system (ORT intra-op, torch.set_num_threads); default: folders one per physical "
-            "core (the runtime's default), the peer race 2.",
-            show_default=False,
-        ),
-    ] = None,
+    threads: Threads = None,
     out: Annotated[Path, typer.Option(help="Where results.json, results.md and chart.png go.")] = Path("bench-results"),
     work: Annotated[Path, typer.Option(help="Peer race: cache of built checkpoints and model files.")] = DEFAULT_WORK,
     lower_bound: Annotated[
@@ -121,17 +120,19 @@ def bench_cmd(
     stray = [_flag(n) for n in FOLDER_OPTIONS if n in given]
     if stray:
         raise UserError(f"{', '.join(stray)} {_verb(stray)} to model folders: name them (mbedge bench MODEL_DIR ...).")
+    _need_race_packages()
     from modernbert_edge.bench import harness, report
     from modernbert_edge.bench import systems as sysmod
+    from modernbert_edge.runtime.options import check_threads
 
-    threads = 2 if threads is None else threads
+    check_threads(threads)
+    threads = threads or physical_cores()  # torch.set_num_threads needs the number the runtime's 0 means
 
     if checkpoint is not None and not (checkpoint / "config.json").is_file():
         raise UserError(f"checkpoint folder {checkpoint} has no config.json.")
-    if size not in ("base", "tiny"):
-        raise UserError(f"--size must be base or tiny, got {size!r}.")
-    if repeats < 1 or threads < 1:
-        raise UserError("--repeats and --threads must be at least 1.")
+    size = plain(size)
+    if repeats < 1:
+        raise UserError("--repeats must be at least 1.")
     job_list = harness.parse_list(jobs, harness.JOBS, "job")
     system_list = harness.parse_list(systems, list(sysmod.SYSTEMS), "system")
     shape_list = harness.parse_shapes(shapes)
@@ -143,9 +144,41 @@ def bench_cmd(
         typer.echo(f"prepared {work}" + "".join(f"\nnote: {n}" for n in results["notes"]))
         return
     files = report.write_outputs(results, out, _log)
+    typer.echo(report.markdown(results))
     for t in results["targets"]:
         typer.echo(f"target {t['line']}")
     typer.echo("wrote " + ", ".join(str(p) for p in files.values()))
+
+
+RACE_PACKAGES = ("torch", "transformers", "onnx")
+
+
+def _need_race_packages() -> None:
+    """The peer race builds a random checkpoint and runs PyTorch: without its packages, one sentence."""
+    import importlib.util
+
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):
+            return True
+
+    missing = [name for name in RACE_PACKAGES if absent(name)]
+    if missing:
+        raise UserError(
+            f"the peer race (mbedge bench without MODEL_DIR) needs {', '.join(missing)}: install the dev extra, "
+            "pip install 'modernbert-edge[dev]', or name model folders to compare (mbedge bench MODEL_DIR ...)."
+        )
+
+
+def physical_cores() -> int:
+    """Physical cores (psutil's count; the logical count where psutil cannot tell)."""
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
 
 
 def _verb(flags: list[str]) -> str:
@@ -160,7 +193,7 @@ def folders_cmd(
     model_dirs: list[str],
     input_file: Path | None,
     batch_sizes: str,
-    engine: str,
+    engine: str | Enum,
     reference: Path | None,
     task: str | None,
     progress: bool,
@@ -170,14 +203,12 @@ def folders_cmd(
 ) -> None:
     """`mbedge bench MODEL_DIR ...`: the folders on texts, interleaved (bench/folders.py); prints the table."""
     from modernbert_edge.bench import folder_report, folders, report
-    from modernbert_edge.runtime.engines import ENGINES
-    from modernbert_edge.runtime.session import check_threads
+    from modernbert_edge.runtime.options import ENGINES, check_threads, choice
 
     if repeats < 1:
         raise UserError("--repeats must be at least 1.")
     check_threads(threads)
-    if engine not in ENGINES:
-        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+    engine = choice("engine", engine, ENGINES)
     if input_file is not None and not input_file.is_file():
         raise UserError(f"input file {input_file} does not exist.")
     sizes = folders.parse_batch_sizes(batch_sizes)

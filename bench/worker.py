@@ -188,7 +188,10 @@ def _top1_ids(result: list) -> list[int]:
 FOLDER_CALLS: dict[str, tuple[Callable, Callable]] = {
     "feature-extraction": (lambda m, x: m.embed(x), lambda r: np.asarray(r, dtype=np.float32)),
     "fill-mask": (lambda m, x: m.fill_mask(x), _top1_ids),
-    "text-classification": (lambda m, x: m.classify(x), lambda r: {d["label"]: float(d["score"]) for d in r}),
+    "text-classification": (
+        lambda m, x: m.classify(x, top_k=None),
+        lambda r: {d["label"]: float(d["score"]) for d in r},
+    ),
     "token-classification": (
         lambda m, x: m.tag(x),
         lambda r: sorted((int(e["start"]), int(e["end"]), str(e.get("entity_group", e.get("entity")))) for e in r),

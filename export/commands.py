@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from modernbert_edge.errors import UserError
+
+
+class Ops(str, Enum):
+    """export.builder.OPSETS (a test checks they agree; the builder imports onnx)."""
+
+    CONTRIB = "contrib"
+    PORTABLE = "portable"
 
 
 def _log(msg: str) -> None:
@@ -27,12 +35,12 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT_DIR if it exists.")] = False,
     validate: Annotated[bool, typer.Option(help="Check the graph against PyTorch after export.")] = True,
     ops: Annotated[
-        str,
+        Ops,
         typer.Option(
             help="contrib: ONNX Runtime's fused com.microsoft ops (fastest there); "
             "portable: standard ONNX opset-23 ops only, for other engines (OpenVINO)."
         ),
-    ] = "contrib",
+    ] = Ops.CONTRIB,
 ) -> None:
     """Build a fused-op ONNX graph from a ModernBERT checkpoint, checked against PyTorch."""
     try:
@@ -41,7 +49,7 @@ def export_cmd(
         raise UserError(
             f"exporting needs the export extra ({e.name} is missing): pip install 'modernbert-edge[export]'."
         ) from None
-    manifest = export(checkpoint, out_dir, task=task, overwrite=overwrite, validate=validate, log=_log, ops=ops)
+    manifest = export(checkpoint, out_dir, task=task, overwrite=overwrite, validate=validate, log=_log, ops=ops.value)
     typer.echo(f"{manifest['task']}: {out_dir / manifest['model_file']}")
 
 

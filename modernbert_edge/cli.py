@@ -11,11 +11,37 @@ import sys
 from collections.abc import Callable
 
 import typer
+from typer.core import TyperGroup
 
 from modernbert_edge.errors import UserError
 
+# click's UsageError (typer may vendor click, so it is found through typer's BadParameter)
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class OneLineErrors(TyperGroup):
+    """click's usage errors (an unknown option, a value not among an option's choices) as one line on
+    stderr and exit code 2, as a UserError ends, instead of the usage text and a framed message."""
+
+    def main(self, *args: object, standalone_mode: bool = True, **kwargs: object) -> object:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "mbedge"
+            message = e.format_message().replace("Value error, ", "").rstrip(".")  # typer 0.29's prefix
+            typer.echo(f"error: {message}; see {where} --help.", err=True)
+            sys.exit(2)
+        except typer.Abort:
+            typer.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="mbedge",
+    cls=OneLineErrors,
     help="Export ModernBERT checkpoints to fused ONNX graphs, quantize them, and run them on CPU.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -99,7 +125,7 @@ _register_all()
 
 
 def main() -> None:
-    sys.exit(app())
+    sys.exit(app(prog_name="mbedge"))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
+from modernbert_edge.cli_options import Threads
 from modernbert_edge.errors import UserError
-from modernbert_edge.timing import summarize, time_calls
 
 BUNDLED = Path(__file__).parent / "assets" / "modernbert-mini"
 
@@ -93,7 +93,7 @@ def run_demo(
         int8_preds = models["fill-mask", "int8"].fill_mask(FILL_MASK_EXAMPLES, top_k=3)
         for text, a, b in zip(FILL_MASK_EXAMPLES, fp32_preds, int8_preds, strict=True):
             echo(f"  {text}")
-            fmt = lambda preds: ", ".join(f"{p['token_str'].strip()!r} {p['score']:.2f}" for p in preds[0])  # noqa: E731
+            fmt = lambda preds: ", ".join(f"{p['token_str'].strip()!r} {p['score']:.2f}" for p in preds)  # noqa: E731
             echo(f"    fp32: {fmt(a)}")
             echo(f"    int8: {fmt(b)}")
 
@@ -112,6 +112,8 @@ def run_demo(
         torch_call = _torch_fill_mask(src, texts)
         if torch_call is not None:
             calls["pytorch"] = torch_call
+        from modernbert_edge.bench.timing import summarize, time_calls
+
         ms = {name: summarize(t)["median_ms"] for name, t in time_calls(calls, repeats=5).items()}
         line = ", ".join(f"{name} {v:.1f} ms" for name, v in ms.items())
         ratio = ms["fp32"] / ms["int8"]
@@ -122,7 +124,7 @@ def run_demo(
 
 def demo_cmd(
     out: Annotated[Path | None, typer.Option(help="Keep the exported models in this folder.")] = None,
-    threads: Annotated[int | None, typer.Option(help="ONNX Runtime threads (default: one per core).")] = None,
+    threads: Threads = None,
 ) -> None:
     """Export, quantize and run the bundled modernbert-mini model, offline (well under a minute)."""
     run_demo(out, threads, log=lambda m: typer.echo(m, err=True), echo=typer.echo)

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from modernbert_edge.cli_options import ENGINE_DEFAULT, EngineOpt, File, plain
 from modernbert_edge.errors import UserError
+
+
+class Mode(str, Enum):
+    """quantize.quantizer.MODES (a test checks they agree; the quantizer imports onnx)."""
+
+    INT8 = "int8"
+    INT8_STATIC = "int8-static"
+    INT4 = "int4"
 
 
 def _log(msg: str) -> None:
@@ -21,14 +31,32 @@ def _need_onnx() -> None:
         raise UserError("quantizing needs the export extra (onnx): pip install 'modernbert-edge[export]'.") from None
 
 
+def _gate_engine(engine: str, precision: str, model_dir: Path) -> str:
+    """The engine the gate runs: `engine`, or for "auto" the one runtime.engines.choose_engine picks for
+    the folder this writes (model_dir's export, at `precision`); onnxruntime for a folder made elsewhere."""
+    if engine != "auto":
+        return engine
+    from types import SimpleNamespace
+
+    from modernbert_edge.manifest import read_manifest
+    from modernbert_edge.runtime.engines import choose_engine
+
+    try:
+        manifest = read_manifest(model_dir)
+    except UserError:  # a folder made elsewhere: onnxruntime's dynamic int8, run by onnxruntime
+        return "onnxruntime"
+    written = SimpleNamespace(manifest=manifest, precision=precision, task=manifest.get("task"))  # as ModelInfo
+    return choose_engine(written, engine)
+
+
 def quantize_cmd(
     model_dir: Annotated[
         Path, typer.Argument(help="fp32 model folder written by mbedge export, or an ONNX folder made elsewhere.")
     ],
     out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
     mode: Annotated[
-        str, typer.Option(help="int8 (dynamic, default), int8-static (QDQ) or int4 (MatMulNBits).")
-    ] = "int8",
+        Mode, typer.Option(help="int8 (dynamic), int8-static (QDQ; OpenVINO runs it) or int4 (MatMulNBits).")
+    ] = Mode.INT8,
     calibration: Annotated[
         Path | None, typer.Option(help="Calibration texts: one per line, or JSONL with a 'text' field.")
     ] = None,
@@ -39,18 +67,14 @@ def quantize_cmd(
         list[str] | None,
         typer.Option(help="Leave this projection in fp32 (e.g. /model/layers.0/attn/Wqkv); repeatable."),
     ] = None,
-    engine: Annotated[
-        str,
-        typer.Option(help="The engine that will run the model, which the fidelity gate runs: onnxruntime or openvino."),
-    ] = "onnxruntime",
-    file: Annotated[
-        str | None,
-        typer.Option(help="In an ONNX folder made elsewhere (no manifest.json): the model file, e.g. onnx/model.onnx."),
-    ] = None,
+    engine: EngineOpt = ENGINE_DEFAULT,
+    file: File = None,
 ) -> None:
     """Quantize a model folder and measure it against fp32 (exit 2, nothing written, below --min-cosine).
 
-    An ONNX folder made elsewhere (optimum, Hub onnx/) gets onnxruntime's dynamic int8 (--mode int8 only)."""
+    An ONNX folder made elsewhere (optimum, Hub onnx/) gets onnxruntime's dynamic int8 (--mode int8 only).
+    The fidelity gate runs the quantized model on --engine, the engine that will run it (auto: the one
+    `mbedge run` would pick for the folder written)."""
     _need_onnx()
     from modernbert_edge.quantize.fidelity import check_min_cosine
     from modernbert_edge.quantize.quantizer import quantize
@@ -61,14 +85,14 @@ def quantize_cmd(
     manifest = quantize(
         model_dir,
         out_dir,
-        mode=mode,
+        mode=plain(mode),
         calibration=calibration,
         min_cosine=min_cosine,
         force=force,
         overwrite=overwrite,
         keep_float=keep_float or (),
         log=_log,
-        engine=engine,
+        engine=_gate_engine(plain(engine), plain(mode), model_dir),
         file=file,
     )
     typer.echo(f"{manifest['precision']} {manifest['task']}: {out_dir / manifest['model_file']}")
@@ -80,6 +104,7 @@ def compare_cmd(
     model_a: Annotated[Path, typer.Argument(help="Reference model folder (usually fp32).")],
     model_b: Annotated[Path, typer.Argument(help="Model folder to measure against it.")],
     calibration: Annotated[Path | None, typer.Option(help="Texts to compare on (default: the built-in set).")] = None,
+    engine: EngineOpt = ENGINE_DEFAULT,
 ) -> None:
     """Print the fidelity report of MODEL_B against MODEL_A (token cosine, head agreement, logits)."""
     _need_onnx()
@@ -91,6 +116,7 @@ def compare_cmd(
     if manifest_a["task"] != manifest_b["task"]:
         raise UserError(f"{model_a} is a {manifest_a['task']} model and {model_b} a {manifest_b['task']} model.")
     data = load_data(model_a, manifest_a, calibration)
-    report = compare_models(a, b, manifest_a["task"], data, progress=_log)
+    engine_b = _gate_engine(plain(engine), manifest_b.get("precision", ""), model_b)
+    report = compare_models(a, b, manifest_a["task"], data, progress=_log, engine=engine_b)
     title = f"{manifest_b.get('precision', '?')} vs {manifest_a.get('precision', '?')} ({manifest_a['task']})"
     typer.echo(format_report(report, title))

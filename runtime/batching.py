@@ -19,9 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-DEFAULT_BATCH_TOKENS = 8192  # padded tokens per batch
-DEFAULT_BATCH_ROWS = 64
-DEFAULT_MAX_PADDING: float | None = 0.0  # share of a batch's tokens that may be padding; None: any
+from modernbert_edge.runtime.options import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_PADDING
 
 
 def plan_batches(

@@ -24,12 +24,12 @@ from modernbert_edge.cpu import INT16_SATURATING, INT32, cpu_info
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.errors import ModelFolderError
 from modernbert_edge.runtime.folder import ModelInfo
+from modernbert_edge.runtime.options import ENGINES, HELP, Engine, choice
 
 if TYPE_CHECKING:
     from modernbert_edge.runtime.session import Session
 
-ONNXRUNTIME, OPENVINO, AUTO = "onnxruntime", "openvino", "auto"
-ENGINES = (AUTO, ONNXRUNTIME, OPENVINO)
+ONNXRUNTIME, OPENVINO, AUTO = Engine.ONNXRUNTIME.value, Engine.OPENVINO.value, Engine.AUTO.value
 OPENVINO_PRECISIONS = ("fp32", "int8-static")  # what a portable folder holds in standard ops only
 # OpenVINO's CPU plugin, per folder precision. fp32 folders run at f32: the exported graph's precision
 # (parity <= 1e-4). int8-static folders run at OpenVINO's default precision (bf16 between the int8
@@ -57,7 +57,7 @@ INT8_SPEED = {
     "docs/cpu-classes.md): on this CPU class int8 buys a smaller file, not speed",
 }
 
-ENGINE_HELP = "auto, onnxruntime, or openvino (folders exported with --ops portable)."
+ENGINE_HELP = HELP["engine"]
 
 
 def engine_line(info: ModelInfo, engine: str) -> str:
@@ -135,8 +135,7 @@ def openvino_blocker(info: ModelInfo) -> str | None:
 
 def choose_engine(info: ModelInfo, engine: str) -> str:
     """The engine that will run the folder: `engine`, or for "auto" the one AUTO_RULE gives."""
-    if engine not in ENGINES:
-        raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+    engine = choice("engine", engine, ENGINES)
     if engine == AUTO:
         runs_it = openvino_installed() and openvino_blocker(info) is None
         return OPENVINO if runs_it and _has_vnni() and info.precision == "int8-static" else ONNXRUNTIME

@@ -22,7 +22,6 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.tasks import Task
 from modernbert_edge.runtime.tokenize import CHARS_PER_TOKEN
 
-FORMATS = ("auto", "lines", "jsonl")
 # A JSON string spends at most 12 bytes on one character ("\\ud83d\\ude00"), and the tokenizer reads at
 # most max_chars characters of a text (and of a context): a line of LINE_BYTES_PER_CHAR * max_chars bytes
 # plus LINE_SLACK for the other fields holds every character the model can read.

@@ -6,30 +6,50 @@ load(folder) ─ open_folder (manifest or foreign graph, session on the chosen e
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.batching import DEFAULT_BATCH_ROWS, DEFAULT_BATCH_TOKENS, DEFAULT_MAX_PADDING
 from modernbert_edge.runtime.engines import AUTO, ONNXRUNTIME, open_session
 from modernbert_edge.runtime.errors import ModelFolderError
 from modernbert_edge.runtime.folder import ModelInfo, open_folder
 from modernbert_edge.runtime.model import Model
-from modernbert_edge.runtime.session import DEFAULT_SPINNING, OrtSession, Session, check_threads, spinning_mode
-from modernbert_edge.runtime.tokenize import TRUNCATION, TextTokenizer
+from modernbert_edge.runtime.options import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_ENGINE,
+    DEFAULT_MAX_PADDING,
+    DEFAULT_SPINNING,
+    DEFAULT_THREADS,
+    DEFAULT_TRUNCATION,
+    ENGINES,
+    TRUNCATION,
+    Engine,
+    Spinning,
+    Truncation,
+    check_max_length,
+    check_max_padding,
+    check_threads,
+    choice,
+    positive,
+    spinning_mode,
+)
+from modernbert_edge.runtime.session import OrtSession, Session
+from modernbert_edge.runtime.tokenize import TextTokenizer
 
 
 def load(
-    model_dir: str | Path,
-    threads: int | None = None,
+    model_dir: str | os.PathLike[str],
+    threads: int | None = DEFAULT_THREADS,
     *,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    truncation: str = "truncate",
+    truncation: Truncation | str = DEFAULT_TRUNCATION,
     max_length: int | None = None,
     max_padding: float | None = DEFAULT_MAX_PADDING,
-    spinning: bool | str = DEFAULT_SPINNING,
-    engine: str = AUTO,
-    file: str | None = None,
+    spinning: Spinning | str | bool = DEFAULT_SPINNING,
+    engine: Engine | str = DEFAULT_ENGINE,
+    file: str | os.PathLike[str] | None = None,
 ) -> Model:
     """Load a folder written by `mbedge export` or `mbedge quantize` for CPU inference, or an ONNX folder
     made elsewhere (an optimum export, a Hub repository's onnx/), whose model file `file` picks.
@@ -43,22 +63,19 @@ def load(
     "brief" or "on" (they spin: faster hand-offs on an idle machine, busy cores between calls); see
     runtime.session.SPINNING.
     engine: "onnxruntime", "openvino" (folders exported with --ops portable) or "auto"
-    (runtime.engines.AUTO_RULE).
+    (runtime.engines.AUTO_RULE). Every option is checked here (runtime/options.py), before the folder
+    is read: a bad value is a UserError.
     """
     check_threads(threads)
-    if truncation not in TRUNCATION:
-        raise UserError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}.")
-    if (
-        any(isinstance(v, bool) or not isinstance(v, int) for v in (batch_tokens, batch_rows))
-        or min(batch_tokens, batch_rows) < 1
-    ):
-        raise UserError(f"batch_tokens and batch_rows must be >= 1, got {batch_tokens} and {batch_rows}.")
-    if max_padding is not None and not (isinstance(max_padding, (int, float)) and 0.0 <= max_padding <= 1.0):
-        raise UserError(f"max_padding must be between 0 and 1, got {max_padding}.")
-    try:
-        spinning = spinning_mode(spinning)
-    except ValueError as e:
-        raise UserError(f"{e}.") from None
+    truncation = choice("truncation", truncation, TRUNCATION)
+    engine = choice("engine", engine, ENGINES)
+    positive("batch_tokens", batch_tokens)
+    positive("batch_rows", batch_rows)
+    check_max_padding(max_padding)
+    check_max_length(max_length)
+    spinning = spinning_mode(spinning)
+    if file is not None:
+        file = os.fspath(file)
     chosen = ONNXRUNTIME
 
     def open_model(info: ModelInfo | None, path: Path) -> Session:
@@ -74,8 +91,6 @@ def load(
     info, session = open_folder(model_dir, file, open_model)
     limit = min(info.max_position_embeddings, info.sentence.max_seq_length or info.max_position_embeddings)
     if max_length is not None:
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
-            raise UserError(f"max_length must be at least 3 tokens, got {max_length}.")
         limit = min(limit, max_length)
     tokenizer = TextTokenizer.from_folder(info.folder, limit, info.manifest.get("tokenizer_files") or ())
     if tokenizer is not None and tokenizer.max_id >= info.vocab_size:

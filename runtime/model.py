@@ -10,8 +10,10 @@
 The two steps are public so that a caller that must count tokens before running (the server's
 admission, `mbedge batch`'s statistics) tokenizes once: what it counted is what runs.
 
-Each text method takes one text (and returns one result) or a list (and returns a list); `embed`
-always returns a (n, dim) array. Every input is checked before the model runs: a bad one raises
+Each text method takes one text (and returns one result) or a list (and returns a list), nested as
+Hugging Face's pipelines nest them; `embed` returns a (dim,) vector for a text and an (n, dim) array
+for a list, as sentence-transformers does, and `embed_iter` streams one vector per text. Every input
+is checked before the model runs (embed: each batch_size chunk before it runs): a bad one raises
 its InputError (or, with `predict(..., errors="return")`, takes the error's place in the results).
 A task whose inputs stand for several rows each (rerank) runs all rows together and gathers each
 input's result from its rows (Model.run_encoded). Nothing in a Model changes after loading, so
@@ -20,21 +22,16 @@ threads may share one.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.batching import (
-    DEFAULT_BATCH_ROWS,
-    DEFAULT_BATCH_TOKENS,
-    DEFAULT_MAX_PADDING,
-    pad,
-    plan_batches,
-)
+from modernbert_edge.runtime.batching import pad, plan_batches
 from modernbert_edge.runtime.engines import engine_line, int8_lines
 from modernbert_edge.runtime.errors import (
     InputError,
@@ -44,7 +41,19 @@ from modernbert_edge.runtime.errors import (
     TruncationWarning,
 )
 from modernbert_edge.runtime.folder import ModelInfo, describe
+from modernbert_edge.runtime.options import (
+    DEFAULT_BATCH_ROWS,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_MAX_PADDING,
+    DEFAULT_TRUNCATION,
+    Aggregation,
+    Pooling,
+    positive,
+)
 from modernbert_edge.runtime.postprocess import Batch
+from modernbert_edge.runtime.progress import Progress
+from modernbert_edge.runtime.results import Answer, Entity, FillMaskPrediction, LabelScore, RankedDocument
 from modernbert_edge.runtime.session import Session
 from modernbert_edge.runtime.tasks import TASKS, Task, find_task
 from modernbert_edge.runtime.tokenize import TextTokenizer
@@ -123,7 +132,7 @@ class Model:
         tokenizer: TextTokenizer | None,
         batch_tokens: int = DEFAULT_BATCH_TOKENS,
         batch_rows: int = DEFAULT_BATCH_ROWS,
-        truncation: str = "truncate",
+        truncation: str = DEFAULT_TRUNCATION,
         max_padding: float | None = DEFAULT_MAX_PADDING,
     ) -> None:
         self.info = info
@@ -150,51 +159,153 @@ class Model:
 
     def embed(
         self,
-        texts: str | Sequence[str],
-        pooling: str | None = None,
+        texts: str | Iterable[str],
+        pooling: Pooling | str | None = None,
         normalize: bool | None = None,
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
         dim: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        show_progress: bool = False,
     ) -> np.ndarray:
-        """(n, dim) float32 embeddings as the model's sentence-transformers modules make them (its pooling,
-        Dense, Normalize and default prompt); a plain checkpoint's: mean over the tokens, L2-normalized.
+        """Embeddings as the model's sentence-transformers modules make them (its pooling, Dense, Normalize
+        and default prompt); a plain checkpoint's: mean over the tokens, L2-normalized. float32.
 
-        pooling ("mean", "cls", ...) and normalize override the model's; prompt_name picks one of its
-        prompts, prompt gives the text itself; dim keeps the first dim values (Matryoshka), renormalized.
+        One text gives one vector, shape (dim,); a list (or any iterable) of texts gives (n, dim), as
+        sentence-transformers' encode does. pooling ("mean", "cls", ...) and normalize override the
+        model's; prompt_name picks one of its prompts, prompt gives the text itself; dim keeps the first
+        dim values (Matryoshka), renormalized. batch_size texts are tokenized, sorted by length and run
+        together at a time (in batches under the model's token budget); show_progress draws a progress
+        line on stderr. For inputs larger than memory, use embed_iter.
         """
-        texts = _as_list(texts, "embed")
-        given = _given(pooling=pooling, normalize=normalize, prompt_name=prompt_name, prompt=prompt, dim=dim)
-        rows = self.predict(texts, task="feature-extraction", **given)
-        return (
-            np.stack(rows) if rows else np.zeros((0, self.info.sentence.width(dim, self.info.hidden_size)), np.float32)
+        if isinstance(texts, str):
+            return self.embed([texts], pooling, normalize, prompt_name=prompt_name, prompt=prompt, dim=dim)[0]
+        items = _as_list(texts, "embed")
+        total = len(items)
+        rows = list(
+            self.embed_iter(
+                items,
+                pooling,
+                normalize,
+                prompt_name=prompt_name,
+                prompt=prompt,
+                dim=dim,
+                batch_size=batch_size,
+                show_progress=show_progress,
+                total=total,
+            )
         )
+        width = self.info.sentence.width(dim, self.info.hidden_size)
+        return np.stack(rows) if rows else np.zeros((0, width), np.float32)  # (n, dim)
 
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(n, m) scores between two sets of embeddings with the model's similarity function (cosine, dot,
-        euclidean or manhattan, as its sentence-transformers config names it; cosine otherwise)."""
+    def embed_iter(
+        self,
+        texts: Iterable[str],
+        pooling: Pooling | str | None = None,
+        normalize: bool | None = None,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        dim: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        show_progress: bool = False,
+        total: int | None = None,
+    ) -> Iterator[np.ndarray]:
+        """One (dim,) float32 vector per text, in input order, reading `texts` lazily: batch_size texts at
+        a time are read, run and yielded, so a generator over a corpus larger than memory works.
+        Options as embed; total (when known) sizes the progress bar. The options are checked before
+        the first text is read."""
+        if isinstance(texts, (str, bytes, bytearray, dict)) or not isinstance(texts, Iterable):
+            raise InputError(f"of embed_iter() must be an iterable of texts (got {type(texts).__name__}).")
+        positive("batch_size", batch_size)
+        given = _given(pooling=pooling, normalize=normalize, prompt_name=prompt_name, prompt=prompt, dim=dim)
+        spec = self.resolve_task("feature-extraction")
+        spec.with_options(given)  # a bad option fails before any input is read
+        return self._embed_chunks(iter(texts), given, batch_size, Progress(total, bool(show_progress)))
+
+    def _embed_chunks(
+        self, texts: Iterator[str], given: dict, batch_size: int, progress: Progress
+    ) -> Iterator[np.ndarray]:
+        """embed_iter's work: chunk by chunk; errors and warnings name the input's index in the whole input."""
+        offset = 0
+        try:
+            while chunk := list(itertools.islice(texts, batch_size)):
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    try:
+                        rows = self.predict(chunk, task="feature-extraction", on_batch=progress.update, **given)
+                    except InputError as e:
+                        raise (type(e)(e.reason, e.index + offset) if e.index is not None else e) from None
+                for w in caught:
+                    m = w.message
+                    if isinstance(m, TruncationWarning):
+                        m = TruncationWarning(m.reason, m.index + offset, m.tokens, m.dropped)
+                    warnings.warn(m, stacklevel=3)
+                offset += len(chunk)
+                yield from rows
+        finally:
+            progress.close()
+
+    def similarity(self, a: str | Sequence[str] | np.ndarray, b: str | Sequence[str] | np.ndarray) -> np.ndarray:
+        """(n, m) scores between two sets of texts or embeddings, with the model's similarity function (cosine,
+        dot, euclidean or manhattan, as its sentence-transformers config names it; cosine otherwise).
+
+        Each side is a text, a list of texts (embedded with the model's defaults), a (dim,) vector or an
+        (n, dim) array; one text or vector counts as one row."""
+        a, b = self._vectors(a, "a"), self._vectors(b, "b")
+        if a.shape[1] != b.shape[1]:
+            raise UserError(f"similarity() got vectors of {a.shape[1]} and {b.shape[1]} values: they must match.")
         return self.info.sentence.similarity(a, b)
 
-    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[dict]:
+    def _vectors(self, x: object, side: str) -> np.ndarray:
+        """One side of similarity() as (n, dim) float32: texts are embedded, arrays checked."""
+        if isinstance(x, str) or (isinstance(x, (list, tuple)) and x and all(isinstance(t, str) for t in x)):
+            return np.atleast_2d(self.embed(x))
+        try:
+            v = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError):
+            v = None
+        if v is None or v.ndim not in (1, 2) or v.size == 0 or not np.isfinite(v).all():
+            raise UserError(
+                f"similarity()'s {side} must be a text, a list of texts, or a (dim,) or (n, dim) array of finite "
+                f"numbers (got {type(x).__name__}{f' of shape {list(v.shape)}' if v is not None else ''})."
+            )
+        return np.atleast_2d(v)
+
+    def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[RankedDocument]:
         """[{index, score}] of the documents, best first (top_k of them): a one-label cross-encoder's score
         of each (query, document) pair, through its activation (sigmoid unless its config names one)."""
         return self.predict([(query, list(documents))], task="rerank", **_given(top_k=top_k))[0]
 
-    def fill_mask(self, texts: str | Sequence[str], top_k: int | None = None) -> list:
-        """For each mask token in a text, its top_k (5) predictions [{score, token, token_str, sequence}]."""
-        return self._one_or_many(texts, "fill-mask", top_k=top_k)
+    def fill_mask(
+        self, texts: str | Sequence[str], top_k: int | None = None
+    ) -> list[FillMaskPrediction] | list[list[FillMaskPrediction]] | list[list[list[FillMaskPrediction]]]:
+        """The top_k (5) predictions [{score, token, token_str, sequence}] for the mask token of a text, as
+        Hugging Face's fill-mask pipeline nests them: a text with one mask gives a list of predictions
+        (each with the filled-in `sequence`); a text with several masks gives one such list per mask
+        (without `sequence`). A list of texts gives a list of those, one per text."""
+        if isinstance(texts, str):
+            return _one_mask_flat(self.predict([texts], task="fill-mask", **_given(top_k=top_k))[0])
+        results = self.predict(_as_list(texts, "fill_mask"), task="fill-mask", **_given(top_k=top_k))
+        return [_one_mask_flat(r) for r in results]
 
-    def classify(self, texts: str | Sequence[str], top_k: int | None = None) -> list:
-        """[{label, score}] sorted by score (softmax; sigmoid for multi-label models), top_k of them (all)."""
-        return self._one_or_many(texts, "text-classification", top_k=top_k)
+    def classify(self, texts: str | Sequence[str], top_k: int | None = 1) -> list[LabelScore] | list[list[LabelScore]]:
+        """Labels with their scores (softmax; sigmoid for multi-label models), as Hugging Face's
+        text-classification pipeline gives them: by default the top label, {label, score}, per text (one
+        text: [{label, score}]); top_k=None: every label, sorted by score, per text; top_k=k: the best k
+        (a list per text, one text: that list)."""
+        if isinstance(texts, str):
+            return self.predict([texts], task="text-classification", top_k=top_k)[0]
+        results = self.predict(_as_list(texts, "classify"), task="text-classification", top_k=top_k)
+        return [r[0] for r in results] if top_k == 1 else results
 
     def tag(
         self,
         texts: str | Sequence[str],
-        aggregation: str | None = None,
+        aggregation: Aggregation | str | None = None,
         ignore_labels: Sequence[str] | None = None,
-    ) -> list:
+    ) -> list[Entity] | list[list[Entity]]:
         """Entities [{entity_group, score, word, start, end}] as character spans of each text.
 
         aggregation as in Hugging Face's token-classification pipeline: "none" (one per token, key
@@ -210,7 +321,7 @@ class Model:
         top_k: int | None = None,
         max_answer_len: int | None = None,
         align_to_words: bool | None = None,
-    ) -> dict | list:
+    ) -> Answer | list[Answer] | list[list[Answer]]:
         """The best span of the context, {answer, score, start, end} (a list of top_k when top_k > 1).
 
         A question and a context give one result; lists (or one question for a list of contexts)
@@ -508,6 +619,11 @@ def _as_list(value: object, method: str, what: str = "", plain: bool = True) -> 
         expected = f"a {what or 'text'} or a list of {kind}" if plain else "a list of inputs"
         raise InputError(f"of {method}() must be {expected} (got {type(value).__name__}).")
     return list(value)
+
+
+def _one_mask_flat(per_mask: list) -> list:
+    """A text's fill-mask result as the pipeline nests it: one mask, its predictions; several, a list each."""
+    return per_mask[0] if len(per_mask) == 1 else per_mask
 
 
 def _as_pair(x: object) -> tuple[object, object]:

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-AGGREGATIONS = ("none", "simple", "first", "average", "max")
+from modernbert_edge.runtime.options import AGGREGATIONS, POOLINGS  # noqa: F401 - re-exported
+
 # sentence-transformers Pooling modes (several in one model are concatenated)
 SPAN_BLOCK = 1 << 20  # span scores best_spans holds at once
-POOLINGS = ("cls", "mean", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 
 
 # ── numerics ────────────────────────────────────────────────────────────────────────────────────

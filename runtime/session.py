@@ -12,7 +12,6 @@ contract's names (modernbert_edge/contract.py).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 
 from modernbert_edge.contract import INPUTS, MARKED_ROWS, feeds
-from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.errors import ModelFolderError
+from modernbert_edge.runtime.options import DEFAULT_SPINNING, check_threads, spinning_mode
 
 PROVIDER = "CPUExecutionProvider"
 ZERO_INPUTS = ("token_type_ids",)  # fed as zeros when a graph (from another exporter) has it
@@ -36,39 +35,11 @@ ZERO_INPUTS = ("token_type_ids",)  # fed as zeros when a graph (from another exp
 # 2-vCPU machine): "on" was up to 1.2x faster at 1x128 when the machine was quiet, and 1.3-2.5x
 # slower at 1x128 and 8x128 when other processes wanted the cores; "brief" fell in between.
 SPIN_US = 1000
-SPINNING = {
+SPINNING = {  # the keys are options.SPINNING_MODES
     "off": {"session.intra_op.allow_spinning": "0"},
     "brief": {"session.intra_op.allow_spinning": "1", "session.intra_op.spin_duration_us": str(SPIN_US)},
     "on": {"session.intra_op.allow_spinning": "1"},
 }
-DEFAULT_SPINNING = "off"
-
-
-def spinning_mode(spinning: bool | str) -> str:
-    """A key of SPINNING for a `spinning` option (True / False: "on" / "off"); ValueError otherwise."""
-    mode = ("on" if spinning else "off") if isinstance(spinning, bool) else spinning
-    if mode not in SPINNING:
-        raise ValueError(f"spinning must be one of {', '.join(SPINNING)} (or True / False), got {spinning!r}")
-    return mode
-
-
-# More intra-op threads than this per logical core only time-slice the same cores (each call gets
-# slower); thousands of threads take ONNX Runtime minutes to start. (os.cpu_count() may count a
-# container's host, so this is an upper bound, not advice.)
-THREADS_PER_CORE = 4
-
-
-def check_threads(threads: object) -> None:
-    """A UserError unless threads is None or an integer from 0 (one per physical core) to
-    THREADS_PER_CORE per logical core."""
-    most = THREADS_PER_CORE * (os.cpu_count() or 1)
-    if threads is None:
-        return
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= most:
-        raise UserError(
-            f"threads must be an integer from 0 (one per physical core) to {most} ({THREADS_PER_CORE} per core "
-            f"of this machine's {os.cpu_count() or 1}), got {threads!r}."
-        )
 
 
 def create_session(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -23,9 +22,11 @@ from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.errors import InputError, TruncationWarning
 from modernbert_edge.runtime.inputs import Item
 from modernbert_edge.runtime.model import Model
+from modernbert_edge.runtime.options import DEFAULT_BATCH_SIZE
+from modernbert_edge.runtime.progress import Progress
 from modernbert_edge.runtime.tasks import Task
 
-CHUNK = 256  # inputs read, sorted and run together
+CHUNK = DEFAULT_BATCH_SIZE  # inputs read, sorted and run together (embed()'s batch_size)
 CHUNK_CHARS = 1 << 22  # text characters of one chunk, at most (an input longer than this is a chunk alone)
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a tool that a closed pipe ended
 PROGRESS_ABOVE = CHUNK  # show progress (on a terminal) for inputs longer than this
@@ -41,30 +42,6 @@ def jsonable(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
-
-
-class Progress:
-    """'[#####     ] 1200/5000 inputs, 85/s' on stderr, redrawn in place."""
-
-    def __init__(self, total: int | None, enabled: bool) -> None:
-        self.total, self.enabled, self.done, self.start = total, enabled, 0, time.perf_counter()
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        if self.total:
-            filled = int(30 * min(self.done, self.total) / self.total)
-            bar = f"[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{self.total}"
-        else:
-            bar = f"{self.done}"
-        sys.stderr.write(f"\r{bar} inputs, {rate:.1f}/s")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.done:
-            sys.stderr.write("\n")
 
 
 def _chunks(items: Iterable[Item], size: int, max_chars: int = CHUNK_CHARS) -> Iterator[list[Item]]:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from modernbert_edge.contract import HEADS
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import postprocess
-from modernbert_edge.runtime.numerics import AGGREGATIONS, POOLINGS
+from modernbert_edge.runtime.options import AGGREGATIONS, DEFAULT_AGGREGATION, POOLINGS, check_task_option
 
 if TYPE_CHECKING:
     from modernbert_edge.runtime.folder import ModelInfo
@@ -56,24 +56,7 @@ class Task:
                 f"{self.name} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(self.options))})."
             )
         options = {**self.options, **{k: v for k, v in given.items() if v is not None}}  # None: the default
-        for key, value in options.items():
-            _check_option(key, value)
-        return options
-
-
-def _check_option(key: str, value: object) -> None:
-    if key in ("top_k", "max_answer_len", "dim"):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise UserError(f"{key} must be a positive integer, got {value!r}.")
-    if key in ("normalize", "align_to_words") and not (value is None or isinstance(value, bool)):  # None: the model's
-        raise UserError(f"{key} must be True or False, got {value!r}.")
-    if key == "ignore_labels" and not (
-        isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value)
-    ):
-        raise UserError(f"ignore_labels must be a list of labels, got {value!r}.")
-    choices = {"pooling": POOLINGS, "aggregation": AGGREGATIONS}.get(key)
-    if choices is not None and value is not None and value not in choices:  # None: as the model says
-        raise UserError(f"{key} must be one of {', '.join(choices)}, got {value!r}.")
+        return {key: check_task_option(key, value) for key, value in options.items()}
 
 
 TASKS: dict[str, Task] = {
@@ -129,7 +112,7 @@ TASKS: dict[str, Task] = {
             method="tag",
             result_key="entities",
             aliases=("tag", "ner"),
-            options={"aggregation": "simple", "ignore_labels": ("O",)},
+            options={"aggregation": DEFAULT_AGGREGATION, "ignore_labels": ("O",)},
             post=postprocess.tag,
             head_size=lambda info: len(info.id2label) or None,
             labelled=True,

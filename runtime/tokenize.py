@@ -31,9 +31,9 @@ from modernbert_edge.runtime.errors import (
     ModelFolderError,
     TruncationWarning,
 )
+from modernbert_edge.runtime.options import TRUNCATION  # noqa: F401 - re-exported
 
 TOKENIZER_FILE = "tokenizer.json"
-TRUNCATION = ("truncate", "error")
 T = TypeVar("T")
 # A token of any tokenizer we know spans far fewer characters than this (English averages about 4),
 # so a text cut at CHARS_PER_TOKEN * max_length characters keeps every token the model reads unless it

@@ -27,6 +27,7 @@ from pathlib import Path
 from modernbert_edge.errors import UserError
 from modernbert_edge.ray.results import Stats, check_task, run_values
 from modernbert_edge.ray.sources import DEFAULT_SHARD_ROWS, Shard, find_inputs, plan_shards, read_shard
+from modernbert_edge.runtime.options import DEFAULT_ENGINE
 
 JOB_FILE = "_batch.json"
 SUMMARY_FILE = "_summary.json"
@@ -62,7 +63,7 @@ def plan_workers(
     if workers * threads > cpus and not oversubscribe:
         raise UserError(
             f"{workers} workers × {threads} threads need {workers * threads} CPUs, but Ray has {cpus}: "
-            "lower --workers or --threads-per-worker, or pass --oversubscribe."
+            "lower --workers or --threads, or pass --oversubscribe."
         )
     return workers, threads
 
@@ -87,11 +88,12 @@ class ShardWorker:
     """A Ray actor: loads the model folder once, then runs whole shards, writing each one atomically."""
 
     def __init__(
-        self, model_dir: str, threads: int, task: str, options: dict, column: str, id_column: str | None, output: str
-    ) -> None:
+        self, model_dir: str, threads: int, task: str, options: dict, column: str, id_column: str | None, output: str,
+        engine: str = DEFAULT_ENGINE,
+    ) -> None:  # fmt: skip
         import modernbert_edge
 
-        self.model = modernbert_edge.load(model_dir, threads=threads)
+        self.model = modernbert_edge.load(model_dir, threads=threads, engine=engine)
         self.task, self.options, self.column, self.id_column = task, options, column, id_column
         self.output = Path(output)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
@@ -179,6 +181,7 @@ def run_batch(
     ray_address: str | None = None,
     oversubscribe: bool = False,
     log: Callable[[str], None] | None = None,
+    engine: str = DEFAULT_ENGINE,
 ) -> dict:
     """Run the folder's task over every row of INPUT, writing Parquet shards to OUTPUT; returns the summary.
 
@@ -189,7 +192,7 @@ def run_batch(
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     options = dict(options or {})
-    model = modernbert_edge.load(model_dir, threads=1)  # checks the folder and the options before Ray starts
+    model = modernbert_edge.load(model_dir, threads=1, engine=engine)  # checks the folder and options before Ray
     spec = model.resolve_task(task)
     check_task(spec.name)
     model.predict(["check the options"], task=spec.name, **options)  # a bad option fails here, not in a worker
@@ -225,6 +228,7 @@ def run_batch(
         "column": column,
         "id_column": id_column,
         "output": str(out.resolve()),
+        "engine": model.engine,  # what auto chose here, not what it may choose on another node
     }
     done, wall_s, startup_s, workers, threads = _run_on_ray(
         todo, len(shards), worker_kwargs, ray_address, workers, threads_per_worker, oversubscribe, log

@@ -8,11 +8,25 @@ from typing import Annotated
 
 import typer
 
-from modernbert_edge.runtime.commands import NormalizeOption, PoolingOption
+from modernbert_edge.cli_options import (
+    ENGINE_DEFAULT,
+    AggregationOpt,
+    Dim,
+    EngineOpt,
+    ModelDir,
+    Normalize,
+    PoolingOpt,
+    PromptName,
+    TaskOptions,
+    Threads,
+    TopK,
+    plain,
+)
+from modernbert_edge.ray.sources import DEFAULT_SHARD_ROWS
 
 
 def batch_cmd(
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")],
+    model_dir: ModelDir,
     input_path: Annotated[
         str, typer.Argument(metavar="INPUT", help="Parquet, JSONL or CSV: a file, a folder or a glob (quoted).")
     ],
@@ -23,30 +37,34 @@ def batch_cmd(
     ] = None,
     task: Annotated[str | None, typer.Option(help="Check the folder's task (or 'embed' on any folder).")] = None,
     workers: Annotated[int | None, typer.Option(help="Model actors (default: CPUs // threads).")] = None,
-    threads_per_worker: Annotated[int | None, typer.Option(help="ONNX Runtime threads per actor (default 1).")] = None,
+    threads: Threads = None,
     oversubscribe: Annotated[
         bool, typer.Option(help="Allow workers × threads above the cluster's CPUs (default: refused).")
     ] = False,
     ray_address: Annotated[
         str | None, typer.Option(help="Join this Ray cluster (e.g. auto, ray://head:10001); default: start one here.")
     ] = None,
-    shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = 4096,
-    top_k: Annotated[int | None, typer.Option(help="Classification: also write the top_k labels as `labels`.")] = None,
-    pooling: PoolingOption = None,
-    normalize: NormalizeOption = None,
-    aggregation: Annotated[
-        str | None, typer.Option(help="Entities: none, simple (default), first, average, max.")
-    ] = None,
+    shard_rows: Annotated[int, typer.Option(help="Input rows per output shard.")] = DEFAULT_SHARD_ROWS,
+    engine: EngineOpt = ENGINE_DEFAULT,
+    top_k: TopK = None,
+    pooling: PoolingOpt = None,
+    normalize: Normalize = None,
+    prompt_name: PromptName = None,
+    dim: Dim = None,
+    aggregation: AggregationOpt = None,
 ) -> None:
     """Run a model folder over a corpus on Ray; write Parquet shards with the ids and results.
 
     A bad row (empty, not text, not JSON) becomes a row with an `error`, counted in the summary; the
-    job still succeeds. Rerun the same command after a crash to finish the missing shards.
+    job still succeeds. Rerun the same command after a crash to finish the missing shards. --threads
+    is per worker (0 or unset: CPUs // --workers, else 1); classification with --top-k also writes
+    the top_k labels as `labels`.
     """
     from modernbert_edge.ray.batch import run_batch
+    from modernbert_edge.runtime.options import check_threads
 
-    given = {"top_k": top_k, "pooling": pooling, "normalize": normalize, "aggregation": aggregation}
-    options = {k: v for k, v in given.items() if v is not None}
+    check_threads(threads)
+    options = TaskOptions(top_k, pooling, normalize, prompt_name, dim, aggregation).given()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-dataset INFO lines; ours say more
     run_batch(
         model_dir,
@@ -57,8 +75,9 @@ def batch_cmd(
         task=task,
         options=options,
         workers=workers,
-        threads_per_worker=threads_per_worker,
+        threads_per_worker=threads or None,
         shard_rows=shard_rows,
         ray_address=ray_address,
         oversubscribe=oversubscribe,
+        engine=plain(engine),
     )

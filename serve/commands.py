@@ -7,14 +7,32 @@ import logging
 import os
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from modernbert_edge.cli_options import ENGINE_DEFAULT, EngineOpt, Threads, plain
 from modernbert_edge.errors import UserError
+from modernbert_edge.runtime.options import HELP
+from modernbert_edge.serve import defaults
 
 EXTRA = 'install the serve extra: pip install "modernbert-edge[serve]"'
+
+
+class Route(str, Enum):
+    """serve.loadtest.ROUTES (a test checks they agree)."""
+
+    EMBED = "embed"
+    OPENAI = "openai"
+
+
+class LogLevel(str, Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
 
 
 def parse_models(specs: list[str]) -> dict[str, Path]:
@@ -34,19 +52,30 @@ def serve_cmd(
     models: Annotated[list[str], typer.Argument(help="Model folders, each MODEL_DIR or NAME=MODEL_DIR.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 8080,
-    threads: Annotated[int | None, typer.Option(help="Intra-op threads per model (default: physical cores).")] = None,
-    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch the scheduler forms.")] = 8192,
+    threads: Threads = None,
+    engine: EngineOpt = ENGINE_DEFAULT,
+    batch_tokens: Annotated[int, typer.Option(help="Tokens per batch the scheduler forms.")] = defaults.BATCH_TOKENS,
     max_wait_ms: Annotated[
         float, typer.Option(help="How long a lone request waits for others to batch with (0-60000).")
-    ] = 2.0,
-    max_queue_tokens: Annotated[int, typer.Option(help="Tokens a model's queue holds; beyond it: 429.")] = 65536,
-    max_input_length: Annotated[
-        int | None, typer.Option(help="Longest input in tokens (default and upper bound: the model's).")
+    ] = defaults.MAX_WAIT_MS,
+    max_queue_tokens: Annotated[
+        int, typer.Option(help="Tokens a model's queue holds; beyond it: 429.")
+    ] = defaults.MAX_QUEUE_TOKENS,
+    max_length: Annotated[
+        int | None, typer.Option("--max-length", "--max-input-length", help=HELP["max_length"], show_default=False)
     ] = None,
-    max_client_batch_size: Annotated[int, typer.Option(help="Inputs one request may send; beyond it: 413.")] = 64,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; beyond it: 413.")] = 2 << 20,
-    max_top_k: Annotated[int, typer.Option(help="Largest top_k of /answer, /fill_mask, /predict (422).")] = 100,
-    max_masks: Annotated[int, typer.Option(help="Mask tokens one /fill_mask input may have (413).")] = 16,
+    max_client_batch_size: Annotated[
+        int, typer.Option(help="Inputs one request may send; beyond it: 413.")
+    ] = defaults.MAX_CLIENT_BATCH_SIZE,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body; beyond it: 413.")
+    ] = defaults.MAX_BODY_BYTES,
+    max_top_k: Annotated[
+        int, typer.Option(help="Largest top_k of /answer, /fill_mask, /predict (422).")
+    ] = defaults.MAX_TOP_K,
+    max_masks: Annotated[
+        int, typer.Option(help="Mask tokens one /fill_mask input may have (413).")
+    ] = defaults.MAX_MASKS,
     max_connections: Annotated[
         int, typer.Option(help="Open connections; beyond it the oldest idle one is closed.")
     ] = 1000,
@@ -58,7 +87,9 @@ def serve_cmd(
         ),
     ] = None,
     header_timeout: Annotated[float, typer.Option(help="Seconds a connection may take to send a request head.")] = 10.0,
-    body_timeout: Annotated[float, typer.Option(help="Seconds a request's body may take to arrive (408).")] = 30.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request's body may take to arrive (408).")
+    ] = defaults.BODY_TIMEOUT,
     keep_alive_timeout: Annotated[float, typer.Option(help="Seconds an idle keep-alive connection stays open.")] = 5.0,
     max_header_bytes: Annotated[int, typer.Option(help="Largest request head in bytes (h11; beyond: 400).")] = 16384,
     shutdown_timeout: Annotated[
@@ -67,7 +98,7 @@ def serve_cmd(
     api_key: Annotated[
         str | None, typer.Option(envvar="MBEDGE_API_KEY", help="Require 'Authorization: Bearer KEY' (not on /health).")
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[LogLevel, typer.Option(help="uvicorn's and the server's log level.")] = LogLevel.INFO,
 ) -> None:
     """Serve model folders over HTTP (TEI and OpenAI routes), batching requests across clients."""
     try:
@@ -98,14 +129,13 @@ def serve_cmd(
         api_key = os.environ["MBEDGE_API_KEY"]  # click reads an empty variable as unset: it is not
     if api_key is not None and not api_key.strip():
         raise UserError("--api-key (or MBEDGE_API_KEY) is empty: give a key, or unset it to serve without one.")
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise UserError(f"--log-level must be debug, info, warning or error, got {log_level!r}.")
+    log_level = plain(log_level)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     sock = _listen(host, port)
     _raise_open_file_limit(max_connections + 256)
     loaded = {}
     for name, folder in parse_models(models).items():
-        model = modernbert_edge.load(folder, threads=threads, max_length=max_input_length)
+        model = modernbert_edge.load(folder, threads=threads, max_length=max_length, engine=plain(engine))
         if model.tokenizer is None:
             raise UserError(f"{folder} has no tokenizer.json, so it cannot serve text.")
         loaded[name] = model
@@ -167,7 +197,7 @@ def loadtest_cmd(
     concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of closed-loop clients.")] = "1,8,32",
     requests: Annotated[int, typer.Option(help="Requests per concurrency level (at most).")] = 500,
     seconds: Annotated[float, typer.Option(help="Seconds per concurrency level (at most).")] = 30.0,
-    route: Annotated[str, typer.Option(help="embed (TEI /embed) or openai (/v1/embeddings).")] = "embed",
+    route: Annotated[Route, typer.Option(help="embed (TEI /embed) or openai (/v1/embeddings).")] = Route.EMBED,
     inputs_per_request: Annotated[int, typer.Option(help="Texts per request.")] = 1,
     min_tokens: Annotated[int, typer.Option(help="Shortest text, in the server's tokens.")] = 16,
     max_tokens: Annotated[int, typer.Option(help="Longest text, in the server's tokens.")] = 512,
@@ -191,7 +221,7 @@ def loadtest_cmd(
         pool = loadtest.make_texts(texts, min_tokens, max_tokens, client.count_tokens)
     except OSError as e:
         raise UserError(f"no server answers at {url} ({e.strerror or e}): start mbedge serve there first.") from None
-    results = loadtest.run(client, pool, levels, requests, seconds, route, inputs_per_request, backoff_ms / 1000)
+    results = loadtest.run(client, pool, levels, requests, seconds, plain(route), inputs_per_request, backoff_ms / 1000)
     files = loadtest.write_outputs(results, out)
     typer.echo(loadtest.markdown(results))
     typer.echo("wrote " + ", ".join(str(p) for p in files))

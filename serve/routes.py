@@ -28,6 +28,7 @@ from modernbert_edge import __version__
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import InputError, InputTooLongError
 from modernbert_edge.runtime.numerics import classification_function
+from modernbert_edge.serve import defaults
 from modernbert_edge.serve.batcher import Batcher, QueueFull
 from modernbert_edge.serve.requests import (
     ApiError,
@@ -50,15 +51,15 @@ log = logging.getLogger("mbedge.serve")
 class Settings:
     """What `mbedge serve` was given (besides the models)."""
 
-    batch_tokens: int = 8192
-    max_wait_ms: float = 2.0
-    max_queue_tokens: int = 65536
-    max_client_batch_size: int = 64
-    max_body_bytes: int = 2 << 20
+    batch_tokens: int = defaults.BATCH_TOKENS  # every default: serve/defaults.py
+    max_wait_ms: float = defaults.MAX_WAIT_MS
+    max_queue_tokens: int = defaults.MAX_QUEUE_TOKENS
+    max_client_batch_size: int = defaults.MAX_CLIENT_BATCH_SIZE
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
     api_key: str | None = None
-    max_top_k: int = 100  # top_k of /answer, /fill_mask and /predict
-    max_masks: int = 16  # mask tokens in one /fill_mask input
-    body_timeout: float = 30.0  # seconds a request's body may take to arrive (408 beyond)
+    max_top_k: int = defaults.MAX_TOP_K  # top_k of /answer, /fill_mask and /predict
+    max_masks: int = defaults.MAX_MASKS  # mask tokens in one /fill_mask input
+    body_timeout: float = defaults.BODY_TIMEOUT  # seconds a request's body may take to arrive (408 beyond)
 
 
 @dataclass

@@ -33,7 +33,7 @@ def api_results(folder: dict) -> dict:
     if task == "feature-extraction":
         return {"embed": model.embed(texts)}
     if task == "fill-mask":
-        return {"fill_mask": model.fill_mask(texts, top_k=5)}
+        return {"fill_mask": model.predict(texts, task="fill-mask", top_k=5)}  # a list per [MASK], as `mbedge run`
     if task == "text-classification":
         return {"classify": model.classify(texts, top_k=None)}
     if task == "token-classification":

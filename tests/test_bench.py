@@ -23,7 +23,7 @@ def test_bench_end_to_end(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "out"
     args = ["bench", "--size", "tiny", "--jobs", "embeddings", "--shapes", "2x48", "--systems", "pytorch,ours-fp32"]
-    args += ["--repeats", "2", "--out", str(out), "--work", str(tmp_path / "work")]
+    args += ["--repeats", "2", "--threads", "2", "--out", str(out), "--work", str(tmp_path / "work")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
 
@@ -57,6 +57,7 @@ def test_bench_end_to_end(tmp_path):
     else:
         assert not (out / "chart.png").exists()
     assert "target embeddings int8" in result.output
+    assert md in result.stdout  # the table on stdout too, not only in results.md
 
 
 def test_bad_shape_is_a_user_error(tmp_path):

@@ -101,17 +101,24 @@ def test_embed_matches_pytorch(models, checkpoint_factory, pooling) -> None:
     np.testing.assert_allclose(raw, ref, atol=ATOL)
     unit = model.embed(TEXTS, pooling=pooling)
     np.testing.assert_allclose(unit, ref / np.linalg.norm(ref, axis=1, keepdims=True), atol=ATOL)
-    assert model.embed("bob").shape == (1, 64) and model.embed([]).shape == (0, 64)
+    # sentence-transformers' shapes: one text -> (dim,), a list -> (n, dim), even of one text
+    assert model.embed("bob").shape == (64,) and model.embed(["bob"]).shape == (1, 64)
+    assert model.embed([]).shape == (0, 64)
+    np.testing.assert_allclose(model.embed("bob", pooling=pooling), unit[3], atol=ATOL)
 
 
 def test_fill_mask_matches_the_pipeline(models, checkpoint_factory) -> None:
     import transformers
 
     pipe = transformers.pipeline("fill-mask", model=_checkpoint(checkpoint_factory, "fill-mask"))
-    ours = models["fill-mask"][1].fill_mask(MASKED, top_k=5)
+    model = models["fill-mask"][1]
+    ours = model.fill_mask(MASKED, top_k=5)
     for text, result in zip(MASKED, ours, strict=True):
         ref = pipe(text, top_k=5)
-        ref = [ref] if isinstance(ref[0], dict) else ref  # the pipeline flattens a single mask
+        # the pipeline's nesting: one mask, a list of predictions; several, a list per mask; so is ours
+        assert isinstance(result[0], dict) == isinstance(ref[0], dict) == (text.count("[MASK]") == 1)
+        assert model.fill_mask(text, top_k=5) == result  # a text alone, as in a list
+        result, ref = ([result], [ref]) if isinstance(ref[0], dict) else (result, ref)
         assert len(result) == len(ref) == text.count("[MASK]")
         for got, want in zip(result, ref, strict=True):
             assert [p["token"] for p in got] == [p["token"] for p in want]
@@ -132,13 +139,33 @@ def test_classify_matches_the_pipeline(models, exported_factory, checkpoint_fact
     pipe = transformers.pipeline(
         "text-classification", model=_checkpoint(checkpoint_factory, "text-classification", **kwargs), top_k=None
     )
-    ours = model.classify(TEXTS)
+    ours = model.classify(TEXTS, top_k=None)
     for got, want in zip(ours, pipe(TEXTS), strict=True):
         assert [r["label"] for r in got] == [r["label"] for r in want]
         np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], atol=ATOL)
     if problem_type:  # sigmoid scores need not sum to 1
         assert abs(sum(r["score"] for r in ours[0]) - 1) > 1e-3
     assert len(model.classify(TEXTS[0], top_k=1)) == 1
+    # The pipeline's defaults and nesting: the top label by default (one text: a list of it), all with
+    # top_k=None, the best k with top_k=k.
+    default = transformers.pipeline(
+        "text-classification", model=_checkpoint(checkpoint_factory, "text-classification", **kwargs)
+    )
+    for call in (
+        lambda f, **k: f(TEXTS[0], **k),
+        lambda f, **k: f(TEXTS, **k),
+    ):
+        for options in ({}, {"top_k": None}, {"top_k": 2}):
+            got, want = call(model.classify, **options), call(default, **options)
+            assert _labels(got) == _labels(want), options
+    assert isinstance(model.classify(TEXTS)[0], dict) and len(model.classify(TEXTS[0])) == 1
+
+
+def _labels(result: object) -> object:
+    """The labels of a classify / pipeline result, nesting kept (scores are compared above)."""
+    if isinstance(result, dict):
+        return result["label"]
+    return [_labels(r) for r in result]
 
 
 @pytest.fixture(scope="module")
@@ -266,10 +293,10 @@ def test_fill_mask_runs_the_decoder_on_mask_rows_only(models) -> None:
     model = load(models["fill-mask"][0], batch_tokens=10**6)
     assert model._session.mark == 2 and model.decodes_masked_rows_only
     assert model._token_budget() == 10**6
-    selected = model.fill_mask(MASKED, top_k=3)
+    selected = model.predict(MASKED, top_k=3)
     model._session.mark = None  # as a graph without the metadata (one made elsewhere)
     assert model._token_budget() == OUTPUT_BYTES // (4 * model.info.vocab_size)  # (B, S, vocab) logits
-    every_row = model.fill_mask(MASKED, top_k=3)
+    every_row = model.predict(MASKED, top_k=3)
     flat = lambda results: [p for text in results for m in text for p in m]  # noqa: E731
     assert [(p["token"], p.get("sequence")) for p in flat(every_row)] == [
         (p["token"], p.get("sequence")) for p in flat(selected)
@@ -345,7 +372,7 @@ def test_bad_inputs_raise_specific_errors(models) -> None:
         fill.fill_mask("the [MASK]", top_k=0)
     results = fill.predict(["the [MASK] fox", "", "no mask", "a [MASK]"], errors="return")
     assert isinstance(results[1], EmptyInputError) and isinstance(results[2], MissingMaskError)
-    assert results[0] == fill.fill_mask("the [MASK] fox") and results[3] == fill.fill_mask("a [MASK]")
+    assert results[0] == [fill.fill_mask("the [MASK] fox")] and results[3] == [fill.fill_mask("a [MASK]")]
 
 
 def test_run_checks_token_ids(models) -> None:

@@ -103,10 +103,10 @@ def test_run_warns_about_truncation_by_line(folders, tmp_path) -> None:
     ("args", "message"),
     [
         (["--task", "classify", "x"], "holds a fill-mask model"),
-        (["--pooling", "mean", "the [MASK]"], "--pooling does not apply to fill-mask"),
-        (["--on-error", "ignore", "the [MASK]"], "--on-error must be one of skip, stop"),
+        (["--pooling", "mean", "the [MASK]"], "fill-mask takes no option pooling (it takes top_k)"),
+        (["--on-error", "ignore", "the [MASK]"], "'ignore' is not one of 'skip', 'stop'"),
         (["--top-k", "0", "the [MASK]"], "top_k must be a positive integer"),
-        (["--spinning", "fast", "the [MASK]"], "--spinning must be one of off, brief, on"),
+        (["--spinning", "fast", "the [MASK]"], "'fast' is not one of 'off', 'brief', 'on'"),
     ],
 )
 def test_run_bad_options(folders, args, message) -> None:

@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent(
 
     out = {{}}
     out["embed"] = mbe.load(folders["feature-extraction"], threads=1).embed(["alice works", "bob"]).shape
-    out["fill"] = mbe.load(folders["fill-mask"]).fill_mask("the [MASK] fox", top_k=2)[0][0]["token"]
+    out["fill"] = mbe.load(folders["fill-mask"]).fill_mask("the [MASK] fox", top_k=2)[0]["token"]
     out["classify"] = mbe.load(folders["text-classification"]).classify("bob")[0]["label"]
     out["tag"] = len(mbe.load(folders["token-classification"]).tag(["alice works at acme"], aggregation="max"))
     out["answer"] = mbe.load(folders["question-answering"]).answer("who?", "alice works")["answer"]
