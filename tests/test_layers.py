@@ -1,7 +1,7 @@
 """The package's layers, read from the source with `ast` (imports inside functions included):
 
     0  modernbert_edge/*.py (contract, manifest, errors, folders, safetensors, timing, cpu)
-    1  runtime/
+    1  runtime/, modernbert_edge/cli_options.py (the shared CLI options, over runtime/options.py)
     2  export/, quantize/, serve/, scaleout/, demo.py
     3  bench/
     4  cli.py (registers every package's commands)
@@ -32,7 +32,12 @@ FOLDERS = {  # pyproject.toml's package-dir
 # The composition root: `mbedge` registers each package's commands, `mbedge bench` included.
 MAY_IMPORT_BENCH = {"modernbert_edge.cli"}
 # Each module's layer (the docstring's picture); a module imports only from its own layer and below.
-TOP = {"modernbert_edge.cli": 4}
+TOP = {
+    "modernbert_edge.cli": 4,
+    # The typer declarations of the shared options, read by every package's commands (runtime's `mbedge
+    # run` included); they take defaults, choices and help texts from runtime/options.py.
+    "modernbert_edge.cli_options": 1,
+}
 LAYERS = {
     "modernbert_edge.demo": 2,  # export -> quantize -> runtime, on the bundled model
     "modernbert_edge.runtime": 1,
