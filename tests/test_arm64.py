@@ -514,8 +514,14 @@ def _assert_close(a: object, b: object, tol: float, where: str) -> None:
 
 
 def test_emulation_env_script_is_wired_into_ci():
-    """CI builds the arm64 env (so these tests run there) after the emulator and the x86 venv."""
-    commands = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if not line.startswith("#")]
-    ci = "\n".join(line.split(" #")[0] for line in commands)  # the commands, not their comments
-    assert ci.index("emulators.sh") < ci.index('pip install -q -e ".[dev]"') < ci.index("arm64-env.sh")
-    assert ci.index("arm64-env.sh") < ci.index("pytest")
+    """CI runs the README's test command (scripts/test.sh), which builds the arm64 env (so these tests run
+    there) after the emulator and the x86 venv, and before pytest."""
+
+    def commands(path: Path) -> str:
+        lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+        return "\n".join(line.split(" #")[0] for line in lines)  # the commands, not their comments
+
+    assert "bash scripts/test.sh" in commands(ROOT / ".ci" / "run")
+    test = commands(ROOT / "scripts" / "test.sh")
+    assert test.index("emulators.sh") < test.index('pip install -q -e ".[dev]"') < test.index("arm64-env.sh")
+    assert test.index("arm64-env.sh") < test.index("pytest")
