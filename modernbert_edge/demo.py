@@ -112,7 +112,7 @@ def run_demo(
         torch_call = _torch_fill_mask(src, texts)
         if torch_call is not None:
             calls["pytorch"] = torch_call
-        from modernbert_edge.bench.timing import summarize, time_calls
+        from modernbert_edge.timing import summarize, time_calls
 
         ms = {name: summarize(t)["median_ms"] for name, t in time_calls(calls, repeats=5).items()}
         line = ", ".join(f"{name} {v:.1f} ms" for name, v in ms.items())
