@@ -1,156 +1,34 @@
 """Model: a loaded model folder and its tasks, as plain Python and numpy results.
 
     load(folder) (loader.py) ─ open_folder ─ TextTokenizer ─ Model(info, session, tokenizer)
-    task method ─ predict = run_encoded(encode(...)):
-        encode:      the task's row (tasks.TASKS) ─ its prepare (prompt) or expand (rerank rows)
-                     ─ tokenize (validate, truncate) ─ the row's check ─ Encoded
-        run_encoded: plan_batches (sorted, token budget) ─ Session.run (the row's mark)
-                     ─ the row's post-processor per batch ─ results back in input order
-
-The two steps are public so that a caller that must count tokens before running (the server's
-admission, `mbedge batch`'s statistics) tokenizes once: what it counted is what runs.
+    task method (this module) ─ Predictor.predict (predictor.py): encode ─ run_encoded
 
 Each text method takes one text (and returns one result) or a list (and returns a list), nested as
 Hugging Face's pipelines nest them; `embed` returns a (dim,) vector for a text and an (n, dim) array
 for a list, as sentence-transformers does, and `embed_iter` streams one vector per text. Every input
 is checked before the model runs (embed: each batch_size chunk before it runs): a bad one raises
-its InputError (or, with `predict(..., errors="return")`, takes the error's place in the results).
-A task whose inputs stand for several rows each (rerank) runs all rows together and gathers each
-input's result from its rows (Model.run_encoded). Nothing in a Model changes after loading, so
-threads may share one.
+its InputError. Nothing in a Model changes after loading, so threads may share one.
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.batching import pad, plan_batches
-from modernbert_edge.runtime.engines import engine_line, int8_lines
-from modernbert_edge.runtime.errors import (
-    InputError,
-    InputTooLongError,
-    MissingTokenizerError,
-    TaskMismatchError,
-    TruncationWarning,
-)
-from modernbert_edge.runtime.folder import ModelInfo, describe
-from modernbert_edge.runtime.options import (
-    DEFAULT_BATCH_ROWS,
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_BATCH_TOKENS,
-    DEFAULT_MAX_PADDING,
-    DEFAULT_TRUNCATION,
-    Aggregation,
-    Pooling,
-    positive,
-)
-from modernbert_edge.runtime.postprocess import Batch
+from modernbert_edge.runtime.errors import InputError, TruncationWarning
+from modernbert_edge.runtime.options import DEFAULT_BATCH_SIZE, Aggregation, Pooling, positive
+from modernbert_edge.runtime.predictor import Predictor, as_list
 from modernbert_edge.runtime.progress import Progress
 from modernbert_edge.runtime.results import Answer, Entity, FillMaskPrediction, LabelScore, RankedDocument
-from modernbert_edge.runtime.session import Session
-from modernbert_edge.runtime.tasks import TASKS, Task, find_task
-from modernbert_edge.runtime.tokenize import TextTokenizer
-
-OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: tokens × vocab floats)
+from modernbert_edge.runtime.tasks import TASKS
 
 
-@dataclass(frozen=True)
-class TokenIds:
-    """A row given as token ids (`Model.encode_ids`): what the runtime reads of a tokenizer's Encoding."""
-
-    ids: list[int]
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Inputs tokenized and checked for one task (`Model.encode`), to run with `Model.run_encoded`.
-
-    One row per input, except for a task whose inputs stand for several rows (rerank), where `groups`
-    holds each input's number of rows (or its InputError). Parts with the same task and options join
-    into one (`Encoded.join`): a server batches requests so, and splits the results back by `len`.
-    """
-
-    task: Task
-    options: dict  # the post-processor's options (feature extraction: with prompt_tokens)
-    inputs: list  # per row, as the post-processor reads it (texts with their prompt, (question, context) pairs)
-    encodings: list  # per row: its Encoding (or TokenIds), or the InputError that says why it cannot run
-    groups: list | None = None  # per input of an expanded task: its number of rows, or its InputError
-
-    def __len__(self) -> int:
-        return len(self.encodings) if self.groups is None else len(self.groups)
-
-    @property
-    def errors(self) -> list:
-        """Per input: its InputError (an expanded input's own, or its first bad row's), else None."""
-        if self.groups is None:
-            return [e if isinstance(e, InputError) else None for e in self.encodings]
-        out, k = [], 0
-        for i, size in enumerate(self.groups):
-            if isinstance(size, InputError):
-                out.append(size)
-                continue
-            bad = next((e for e in self.encodings[k : k + size] if isinstance(e, InputError)), None)
-            out.append(type(bad)(bad.reason, i) if bad is not None else None)
-            k += size
-        return out
-
-    @property
-    def tokens(self) -> list[int]:
-        """Per row: the tokens it runs (0 for a bad one)."""
-        return [0 if isinstance(e, InputError) else len(e.ids) for e in self.encodings]
-
-    @staticmethod
-    def join(parts: Sequence[Encoded]) -> Encoded:
-        """The parts as one (same task and options; a part's InputErrors keep their own indices)."""
-        first = parts[0]
-        grouped = first.groups is not None
-        return Encoded(
-            first.task,
-            first.options,
-            [x for p in parts for x in p.inputs],
-            [e for p in parts for e in p.encodings],
-            [g for p in parts for g in p.groups] if grouped else None,
-        )
-
-
-class Model:
+class Model(Predictor):
     """A model folder loaded for CPU inference; create it with `load`."""
-
-    engine = "onnxruntime"  # the engine running the graph (runtime.engines.ENGINES); `load` sets it
-
-    def __init__(
-        self,
-        info: ModelInfo,
-        session: Session,
-        tokenizer: TextTokenizer | None,
-        batch_tokens: int = DEFAULT_BATCH_TOKENS,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
-        truncation: str = DEFAULT_TRUNCATION,
-        max_padding: float | None = DEFAULT_MAX_PADDING,
-    ) -> None:
-        self.info = info
-        self.tokenizer = tokenizer
-        self.batch_tokens = batch_tokens
-        self.batch_rows = batch_rows
-        self.max_padding = max_padding
-        self.truncation = truncation
-        self._session = session
-
-    @property
-    def task(self) -> str:
-        return self.info.task
-
-    @property
-    def max_length(self) -> int:
-        """The longest input in tokens, special tokens included."""
-        return self.tokenizer.max_length if self.tokenizer else self.info.max_position_embeddings
 
     def __repr__(self) -> str:
         return f"Model({str(self.info.folder)!r}, task={self.task!r}, precision={self.info.precision!r})"
@@ -181,7 +59,7 @@ class Model:
         """
         if isinstance(texts, str):
             return self.embed([texts], pooling, normalize, prompt_name=prompt_name, prompt=prompt, dim=dim)[0]
-        items = _as_list(texts, "embed")
+        items = as_list(texts, "embed")
         total = len(items)
         rows = list(
             self.embed_iter(
@@ -287,7 +165,7 @@ class Model:
         (without `sequence`). A list of texts gives a list of those, one per text."""
         if isinstance(texts, str):
             return _one_mask_flat(self.predict([texts], task="fill-mask", **_given(top_k=top_k))[0])
-        results = self.predict(_as_list(texts, "fill_mask"), task="fill-mask", **_given(top_k=top_k))
+        results = self.predict(as_list(texts, "fill_mask"), task="fill-mask", **_given(top_k=top_k))
         return [_one_mask_flat(r) for r in results]
 
     def classify(self, texts: str | Sequence[str], top_k: int | None = 1) -> list[LabelScore] | list[list[LabelScore]]:
@@ -297,7 +175,7 @@ class Model:
         (a list per text, one text: that list)."""
         if isinstance(texts, str):
             return self.predict([texts], task="text-classification", top_k=top_k)[0]
-        results = self.predict(_as_list(texts, "classify"), task="text-classification", top_k=top_k)
+        results = self.predict(as_list(texts, "classify"), task="text-classification", top_k=top_k)
         return [r[0] for r in results] if top_k == 1 else results
 
     def tag(
@@ -329,8 +207,8 @@ class Model:
         align_to_words=False; answers are at most max_answer_len (15) tokens long.
         """
         single = isinstance(question, str) and isinstance(context, str)
-        questions = _as_list(question, "answer", "question")
-        contexts = _as_list(context, "answer", "context")
+        questions = as_list(question, "answer", "question")
+        contexts = as_list(context, "answer", "context")
         if len(questions) == 1 and len(contexts) > 1:
             questions = questions * len(contexts)
         if len(questions) != len(contexts):
@@ -342,296 +220,15 @@ class Model:
         )
         return results[0] if single else results
 
-    def run(
-        self,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray | None = None,
-        mask_positions: np.ndarray | None = None,
-    ) -> dict[str, np.ndarray]:
-        """The graph's outputs for (batch, sequence) token ids, one call, no batching or post-processing.
-
-        mask_positions (fill-mask graphs of this project): flat indices b * S + s of real tokens; `logits`
-        is then (1, M, vocab) for those positions only, in row-major order (sorted, each once), which
-        skips the vocabulary decoder everywhere else.
-        """
-        try:
-            ids = np.asarray(input_ids)
-            mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        except (TypeError, ValueError) as e:  # ragged rows, objects numpy cannot hold
-            raise InputError(f"of run() is not an array of token ids ({type(e).__name__}).") from None
-        if ids.ndim == 1 and mask.ndim == 1:  # one row
-            ids, mask = ids[None], mask[None]
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer) or mask.shape != ids.shape:
-            raise InputError(
-                f"of run() must be (batch, sequence) integer input_ids and an attention_mask of the same shape, "
-                f"got {ids.dtype} {list(ids.shape)} and {list(mask.shape)}."
-            )
-        if ids.size == 0:
-            raise InputError(f"of run() is an empty batch (shape {list(ids.shape)}): pass at least one token.")
-        if ids.shape[1] > self.info.max_position_embeddings:
-            raise InputTooLongError(
-                f"has {ids.shape[1]} tokens per row, more than the {self.info.max_position_embeddings} "
-                "this model reads."
-            )
-        if ids.size and (ids.min() < 0 or ids.max() >= self.info.vocab_size):
-            raise UserError(f"run() got token ids outside the model's vocabulary [0, {self.info.vocab_size}).")
-        if mask.size and not np.isin(mask, (0, 1)).all():
-            raise UserError("run() got an attention_mask with values other than 0 and 1.")
-        empty = np.flatnonzero(mask.sum(axis=1) == 0)
-        if empty.size:
-            raise InputError(f"of run() has rows with no tokens (an attention_mask of only 0s): rows {empty.tolist()}.")
-        mask = mask.astype(np.int64)  # a copy: marks go into it
-        if mask_positions is not None:
-            if not self.decodes_masked_rows_only:
-                raise UserError(f"{self.info.folder}'s graph cannot decode chosen rows (not this project's fill-mask).")
-            flat = np.asarray(mask_positions).reshape(-1)
-            if not np.issubdtype(flat.dtype, np.integer) or (
-                flat.size and (flat.min() < 0 or flat.max() >= mask.size or not mask.reshape(-1)[flat].all())
-            ):
-                raise InputError(
-                    f"of run() has mask_positions that are not flat indices b * S + s of real tokens within "
-                    f"[0, {ids.size}) for a batch of shape {list(ids.shape)}."
-                )
-            mask.reshape(-1)[flat.astype(np.int64)] = self._session.mark
-        return self._session.run(ids.astype(np.int64, copy=False), mask)
-
-    def predict(
-        self,
-        inputs: Sequence,
-        task: str | None = None,
-        errors: str = "raise",
-        on_batch: Callable[[int], None] | None = None,
-        **options: object,
-    ) -> list:
-        """Run the folder's task on a list of inputs (texts; (question, context) pairs for QA).
-
-        errors="raise" raises the first bad input's InputError before anything runs;
-        errors="return" puts each bad input's InputError in its place and runs the others.
-        on_batch(rows) is called after each batch. Options are those of the task's method
-        (top_k, pooling, aggregation, ...). The same as `run_encoded(encode(inputs, task, **options))`.
-        """
-        if errors not in ("raise", "return"):
-            raise UserError(f"errors must be 'raise' or 'return', got {errors!r}.")
-        return self.run_encoded(self.encode(inputs, task, **options), errors, on_batch)
-
-    def encode(
-        self, inputs: Sequence, task: str | None = None, truncation: str | None = None, **options: object
-    ) -> Encoded:
-        """predict's first step: the inputs tokenized and checked, as `run_encoded` runs them (a bad input's
-        InputError in its place). truncation ("truncate" or "error") overrides the model's for this call.
-        A server counts the tokens of the result for admission and queues it: what was counted is what runs."""
-        spec = self.resolve_task(task)
-        options = spec.with_options(options)
-        tokenizer = self._need_tokenizer()
-        truncation = self.truncation if truncation is None else truncation
-        if truncation not in ("truncate", "error"):
-            raise UserError(f"truncation must be 'truncate' or 'error', got {truncation!r}.")
-        inputs = _as_list(inputs, "predict", plain=False)
-        if spec.expand is None:
-            if spec.prepare is not None:
-                inputs, options = spec.prepare(inputs, options, self.info, tokenizer)
-            rows, encodings = self._encode_rows(spec, inputs, truncation)
-            return Encoded(spec, options, rows, encodings)
-        groups = [spec.expand(x) for x in inputs]  # each input's rows, or why it has none
-        owner = [i for i, g in enumerate(groups) if not isinstance(g, InputError) for _ in g]  # row -> input
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            rows, encodings = self._encode_rows(
-                spec, [r for g in groups if not isinstance(g, InputError) for r in g], truncation
-            )
-        for w in caught:  # a row's warning names its input
-            m = w.message
-            if isinstance(m, TruncationWarning):
-                m = TruncationWarning(m.reason, owner[m.index], m.tokens, m.dropped)
-            warnings.warn(m, stacklevel=2)
-        sizes = [g if isinstance(g, InputError) else len(g) for g in groups]
-        return Encoded(spec, options, rows, encodings, sizes)
-
-    def encode_ids(self, ids: Sequence[Sequence[int]], truncation: str | None = None, **options: object) -> Encoded:
-        """Token ids of this model's tokenizer as `encode` gives them for feature extraction, used as given
-        (no special tokens or prompt added): an id outside the vocabulary or an empty row is an InputError
-        in its place, a row longer than the model reads is cut (or an InputTooLongError with "error")."""
-        spec = self.resolve_task("feature-extraction")
-        if options.get("prompt") is not None or options.get("prompt_name") is not None:
-            raise UserError("token ids are used as given: they take no prompt.")
-        options = {**spec.with_options(options), "prompt_tokens": 0}
-        del options["prompt"], options["prompt_name"]
-        truncation = self.truncation if truncation is None else truncation
-        encodings: list = []
-        for i, row in enumerate(ids):
-            row = list(row)
-            bad = next((t for t in row if isinstance(t, bool) or not isinstance(t, int)), None)
-            outside = next((t for t in row if isinstance(t, int) and not 0 <= t < self.info.vocab_size), None)
-            if not row or bad is not None:
-                encodings.append(InputError("must be a non-empty list of token ids (integers).", i))
-            elif outside is not None:
-                encodings.append(
-                    InputError(f"has token id {outside}, outside the vocabulary [0, {self.info.vocab_size}).", i)
-                )
-            elif len(row) > self.max_length and truncation == "error":
-                encodings.append(
-                    InputTooLongError(f"has {len(row)} tokens, more than the {self.max_length} this model reads.", i)
-                )
-            else:
-                encodings.append(TokenIds(row[: self.max_length]))
-        return Encoded(spec, options, [None] * len(encodings), encodings)
-
-    def run_encoded(
-        self, encoded: Encoded, errors: str = "raise", on_batch: Callable[[int], None] | None = None
-    ) -> list:
-        """predict's second step: run what `encode` made, in planned batches; one result per input."""
-        bad = [e for e in encoded.errors if e is not None]
-        if bad and errors == "raise":
-            raise bad[0]
-        spec, options = encoded.task, encoded.options
-        results = self._run(spec, encoded.inputs, encoded.encodings, None if encoded.groups else on_batch, options)
-        if encoded.groups is None:
-            return results
-        out: list = []
-        k = 0
-        for size, error in zip(encoded.groups, encoded.errors, strict=True):
-            part = [] if isinstance(size, InputError) else results[k : k + size]
-            k += len(part)
-            out.append(error if error is not None else spec.gather(part, **options))
-        if on_batch is not None:
-            on_batch(len(out) - len(bad))
-        return out
-
-    def _encode_rows(self, spec: Task, inputs: list, truncation: str) -> tuple[list, list]:
-        """(the rows as the post-processor reads them, each one's checked Encoding or InputError).
-        Text classification also takes (text, text_pair) pairs, encoded as [CLS] text [SEP] text_pair [SEP]."""
-        tokenizer = self.tokenizer
-        if spec.pair:
-            inputs = [_as_pair(x) for x in inputs]
-            names = ("query", "document") if spec.expand is not None else ("question", "context")
-            encoded = tokenizer.encode_pairs(inputs, truncation, names)
-        elif spec.name == "text-classification" and any(isinstance(x, (tuple, list)) for x in inputs):
-            encoded = [None] * len(inputs)
-            paired = [i for i, x in enumerate(inputs) if isinstance(x, (tuple, list))]
-            single = [i for i, x in enumerate(inputs) if not isinstance(x, (tuple, list))]
-            for part, done in (
-                (
-                    paired,
-                    tokenizer.encode_pairs([_as_pair(inputs[i]) for i in paired], truncation, ("text", "text pair")),
-                ),
-                (single, tokenizer.encode([inputs[i] for i in single], truncation)),
-            ):
-                for i, e in zip(part, done, strict=True):
-                    encoded[i] = type(e)(e.reason, i) if isinstance(e, InputError) else e
-        else:
-            encoded = tokenizer.encode(inputs, truncation)
-        if spec.check is not None:
-            encoded = [e if isinstance(e, InputError) else spec.check(e, i, tokenizer) for i, e in enumerate(encoded)]
-        return inputs, encoded
-
-    def _run(self, spec: Task, inputs: list, encoded: list, on_batch: Callable | None, options: dict) -> list:
-        """Run the valid rows in planned batches and post-process each batch; errors stay in place."""
-        tokenizer = self.tokenizer
-        results: list = list(encoded)  # errors stay in place; encodings are replaced by results
-        valid = [i for i, e in enumerate(encoded) if not isinstance(e, InputError)]
-        for planned in self.plan([len(encoded[i].ids) for i in valid]):
-            rows = [valid[j] for j in planned]
-            encs = [encoded[i] for i in rows]
-            ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)  # (B, S) each
-            marked = spec.mark is not None and self.decodes_masked_rows_only
-            out = self._session.run(ids, spec.mark(ids, mask, tokenizer, self._session.mark) if marked else mask)
-            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, marked)
-            for i, result in zip(rows, spec.post(batch, **options), strict=True):
-                results[i] = result
-            if on_batch is not None:
-                on_batch(len(rows))
-        return results
-
-    # ── helpers ─────────────────────────────────────────────────────────────────────────────────
-
     def _one_or_many(self, texts: str | Sequence[str], task: str, **options: object) -> list:
         if isinstance(texts, str):
             return self.predict([texts], task=task, **_given(**options))[0]
-        return self.predict(_as_list(texts, TASKS[task].method), task=task, **_given(**options))
-
-    def resolve_task(self, name: str | None) -> Task:
-        """The folder's task; `name` must be it (or feature-extraction, on a graph with hidden states)."""
-        try:
-            spec = TASKS[self.task] if name is None else find_task(name)
-        except KeyError:
-            raise UserError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}.") from None
-        hidden = "last_hidden_state" in self._session.output_names
-        if spec.name == self.task or (spec.name == "feature-extraction" and hidden):
-            return spec
-        if spec.folder_task == self.task and spec.head_size(self.info) == TASKS[self.task].head_size(self.info):
-            return spec  # rerank on a one-label text-classification folder
-        if spec.folder_task is not None:
-            raise TaskMismatchError(
-                f"{self.info.folder} holds a {self.task} model with a head of size "
-                f"{TASKS[self.task].head_size(self.info)}, so it cannot {spec.method}: {spec.name} runs on "
-                f"{spec.folder_task} models whose head has size {spec.head_size(self.info)}."
-            )
-        raise TaskMismatchError(
-            f"{self.info.folder} holds a {self.task} model, so {spec.method}() ({spec.name}) does not apply: "
-            f"use {TASKS[self.task].method}(), or export the checkpoint with --task {spec.name}."
-        )
-
-    def _need_tokenizer(self) -> TextTokenizer:
-        if self.tokenizer is None:
-            raise MissingTokenizerError(
-                f"{self.info.folder} has no tokenizer.json, so it cannot take text: pass token ids to "
-                "Model.run(), or export from a checkpoint folder that has a tokenizer.json."
-            )
-        return self.tokenizer
-
-    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
-        """The batches (input indices) this model runs inputs of these token lengths in."""
-        return plan_batches(lengths, self._token_budget(), self.batch_rows, self.max_padding)
-
-    @property
-    def decodes_masked_rows_only(self) -> bool:
-        """Whether the graph decodes marked rows only (fill-mask logits for the [MASK] rows)."""
-        return self._session.mark is not None
-
-    def _token_budget(self) -> int:
-        """Padded tokens per batch: batch_tokens, lowered so that the per-token outputs of one batch
-        (those shaped (batch, sequence, ...), e.g. fill-mask logits without marked rows) stay
-        within OUTPUT_BYTES."""
-        selected = self.decodes_masked_rows_only
-        per_token = sum(
-            math.prod(d if isinstance(d, int) else 1 for d in shape[2:])
-            for name, shape in self._session.output_shapes.items()
-            if len(shape) >= 2 and not isinstance(shape[1], int) and not (selected and name == "logits")
-        )
-        return max(1, min(self.batch_tokens, OUTPUT_BYTES // (4 * per_token))) if per_token else self.batch_tokens
-
-    def describe(self) -> dict:
-        """What the folder holds, for `mbedge info` (JSON-friendly)."""
-        return {
-            **describe(self.info, self._session, self.tokenizer, self.max_length),
-            "engine": engine_line(self.info, self.engine),
-            "int8": int8_lines(self.info),
-        }
-
-
-def _as_list(value: object, method: str, what: str = "", plain: bool = True) -> list:
-    """A text as [text] (when plain), a list, tuple or other iterable of inputs as a list; anything else
-    (None, a number, bytes, a mapping) is an InputError naming the method."""
-    if plain and isinstance(value, str):
-        return [value]
-    if isinstance(value, (str, bytes, bytearray, dict)) or not isinstance(value, Iterable):
-        kind = f"{what}s" if what else "texts"
-        expected = f"a {what or 'text'} or a list of {kind}" if plain else "a list of inputs"
-        raise InputError(f"of {method}() must be {expected} (got {type(value).__name__}).")
-    return list(value)
+        return self.predict(as_list(texts, TASKS[task].method), task=task, **_given(**options))
 
 
 def _one_mask_flat(per_mask: list) -> list:
     """A text's fill-mask result as the pipeline nests it: one mask, its predictions; several, a list each."""
     return per_mask[0] if len(per_mask) == 1 else per_mask
-
-
-def _as_pair(x: object) -> tuple[object, object]:
-    if isinstance(x, dict):
-        return x.get("question"), x.get("context")
-    if isinstance(x, (tuple, list)) and len(x) == 2:
-        return x[0], x[1]
-    return x, None  # reported as a missing context
 
 
 def _given(**options: object) -> dict[str, object]:

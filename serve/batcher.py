@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from modernbert_edge.errors import UserError
-from modernbert_edge.runtime.model import Encoded
+from modernbert_edge.runtime.encoded import Encoded
 
 
 class QueueFull(Exception):

@@ -288,7 +288,7 @@ def _same_entities(a: list, b: list) -> bool:
 def test_fill_mask_runs_the_decoder_on_mask_rows_only(models) -> None:
     """With the [MASK] rows marked in the attention mask (2), logits come back for those rows only, so the
     token budget need not bound (tokens × vocab) logits; a graph that does not offer it gives the same results."""
-    from modernbert_edge.runtime.model import OUTPUT_BYTES
+    from modernbert_edge.runtime.predictor import OUTPUT_BYTES
 
     model = load(models["fill-mask"][0], batch_tokens=10**6)
     assert model._session.mark == 2 and model.decodes_masked_rows_only
