@@ -46,7 +46,9 @@ class Batch:
     inputs: list  # the texts (or (question, context) pairs) of the rows
     info: ModelInfo
     tokenizer: TextTokenizer
-    marked: bool = False  # the graph decoded the marked rows only (fill-mask: logits (1, M, V))
+    # The flat indices b * S + s of the rows the graph decoded, in order (fill-mask: logits (1, M, V) for
+    # those M rows), when it decoded marked rows only; None: it decoded every row.
+    marked: np.ndarray | None = None
 
 
 # ── feature extraction ──────────────────────────────────────────────────────────────────────────
@@ -97,28 +99,27 @@ def check_mask(enc: Encoding, index: int, tok: TextTokenizer) -> Encoding | Inpu
 def fill_mask(batch: Batch, top_k: int) -> list:
     tok = batch.tokenizer
     width = batch.ids.shape[1]
-    flat = np.flatnonzero(batch.ids == tok.mask_id)  # (M,) b * S + s, row-major: the graph's order too
-    logits = batch.outputs["logits"]
-    if batch.marked:  # the graph decoded those rows only: (1, M, V)
-        logits = logits[0]
+    if batch.marked is not None:  # the graph decoded those rows only: (1, M, V)
+        flat, logits = batch.marked, batch.outputs["logits"][0]
     else:  # (B, S, V)
-        logits = logits.reshape(-1, logits.shape[-1])[flat]
+        flat = np.flatnonzero(batch.ids == tok.mask_id)  # (M,) b * S + s, row-major
+        logits = batch.outputs["logits"].reshape(-1, batch.outputs["logits"].shape[-1])[flat]
     results = []
     for b, enc in enumerate(batch.encodings):
         ids = np.asarray(enc.ids)
-        rows = np.flatnonzero(flat // width == b)  # this text's masks, in order
+        rows = np.flatnonzero(flat // width == b)  # this text's masks (in this batch's part), in order
         positions = flat[rows] % width
-        probs = softmax(logits[rows].astype(np.float32))  # (masks, V)
         # One mask: each prediction carries the filled text (`sequence`), as the pipeline does. Several:
         # no `sequence` (the whole text per prediction per mask would make the result grow as
         # masks × length); the text and each mask's `token_str` rebuild it.
-        single = len(positions) == 1
+        single = int(np.count_nonzero(ids == tok.mask_id)) == 1
         per_mask = []
         for m, position in enumerate(positions):
+            probs = softmax(logits[rows[m]].astype(np.float32))  # (V,): one mask at a time
             predictions = []
-            for token in top_k_indices(probs[m], top_k):
+            for token in top_k_indices(probs, top_k):
                 prediction = {
-                    "score": float(probs[m, token]),
+                    "score": float(probs[token]),
                     "token": int(token),
                     "token_str": tok.decode([int(token)], skip_special_tokens=False),
                 }

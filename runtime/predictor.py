@@ -46,6 +46,12 @@ from modernbert_edge.runtime.tasks import TASKS, Task, find_task
 from modernbert_edge.runtime.tokenize import TextTokenizer
 
 OUTPUT_BYTES = 256 << 20  # per-token outputs of one batch (fill-mask logits: tokens × vocab floats)
+# Logits of marked rows per graph run (fill-mask: masks × vocab floats). onnxruntime's decoder holds a few
+# such buffers: with a ModernBERT-base vocabulary (50,368) a run decodes up to 666 masks, and one text
+# of 8,000 masks peaked at 0.9 GB of RSS in `mbedge run` where one run for all of them took 9.8 GB
+# (one-off, tiny model with a base vocabulary, Xeon with AMX, 2026-12-05). A batch with more masks
+# runs the encoder once per part.
+DECODE_BYTES = 128 << 20
 
 
 class Predictor:
@@ -265,21 +271,42 @@ class Predictor:
 
     def _run(self, spec: Task, inputs: list, encoded: list, on_batch: Callable | None, options: dict) -> list:
         """Run the valid rows in planned batches and post-process each batch; errors stay in place."""
-        tokenizer = self.tokenizer
         results: list = list(encoded)  # errors stay in place; encodings are replaced by results
         valid = [i for i, e in enumerate(encoded) if not isinstance(e, InputError)]
         for planned in self.plan([len(encoded[i].ids) for i in valid]):
             rows = [valid[j] for j in planned]
             encs = [encoded[i] for i in rows]
             ids, mask = pad([e.ids for e in encs], self.info.pad_token_id)  # (B, S) each
-            marked = spec.mark is not None and self.decodes_masked_rows_only
-            out = self._session.run(ids, spec.mark(ids, mask, tokenizer, self._session.mark) if marked else mask)
-            batch = Batch(out, ids, mask, encs, [inputs[i] for i in rows], self.info, tokenizer, marked)
-            for i, result in zip(rows, spec.post(batch, **options), strict=True):
+            done = self._run_batch(spec, ids, mask, encs, [inputs[i] for i in rows], options)
+            for i, result in zip(rows, done, strict=True):
                 results[i] = result
             if on_batch is not None:
                 on_batch(len(rows))
         return results
+
+    def _run_batch(
+        self, spec: Task, ids: np.ndarray, mask: np.ndarray, encs: list, inputs: list, options: dict
+    ) -> list:
+        """One planned batch through the graph and the task's post-processor, one result per row.
+
+        A graph that decodes marked rows only (fill-mask) gets its marks in parts of at most
+        DECODE_BYTES of logits, one graph run each, and each row's per-mask results are joined in
+        order: thousands of [MASK] tokens in one text cost more runs, never more memory."""
+        tokenizer = self.tokenizer
+        if spec.mark is None or not self.decodes_masked_rows_only:
+            out = self._session.run(ids, mask)
+            return spec.post(Batch(out, ids, mask, encs, inputs, self.info, tokenizer), **options)
+        flat = np.flatnonzero(spec.mark(ids, mask, tokenizer, self._session.mark) == self._session.mark)
+        per_run = max(1, DECODE_BYTES // (4 * self.info.vocab_size))
+        joined: list[list] = [[] for _ in encs]
+        for start in range(0, max(flat.size, 1), per_run):
+            part = flat[start : start + per_run]
+            marked = mask.copy()
+            marked.reshape(-1)[part] = self._session.mark
+            batch = Batch(self._session.run(ids, marked), ids, mask, encs, inputs, self.info, tokenizer, part)
+            for row, result in zip(joined, spec.post(batch, **options), strict=True):
+                row.extend(result)
+        return joined
 
     def resolve_task(self, name: str | None) -> Task:
         """The folder's task; `name` must be it (or feature-extraction, on a graph with hidden states)."""

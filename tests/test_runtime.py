@@ -305,6 +305,35 @@ def test_fill_mask_runs_the_decoder_on_mask_rows_only(models) -> None:
     assert load(models["text-classification"][0], batch_tokens=10**6)._token_budget() == 10**6  # (B, labels)
 
 
+def test_many_masks_are_decoded_in_parts_with_the_same_results(models, monkeypatch) -> None:
+    """Issue 24: one text with thousands of [MASK] tokens took (masks × vocab) logits in one run (9.8 GB
+    for 8,000 at a base vocabulary). The marks now go to the graph in parts of DECODE_BYTES of logits,
+    and the results are those of one run, `sequence` included only where a text has one mask."""
+    from modernbert_edge.runtime import predictor
+
+    model = load(models["fill-mask"][0], batch_tokens=10**6)
+    mask = model.tokenizer.mask_token
+    texts = [f"a {mask} b {mask} c {mask} d {mask} e {mask}", f"only one {mask} here", f"{mask} {mask} {mask}"]
+    whole = model.predict(texts, top_k=3)
+    decoded: list[int] = []
+    run = model._session.run
+
+    def counting(ids, attention_mask):
+        decoded.append(int((attention_mask == model._session.mark).sum()))
+        return run(ids, attention_mask)
+
+    monkeypatch.setattr(model._session, "run", counting)
+    monkeypatch.setattr(predictor, "DECODE_BYTES", 2 * 4 * model.info.vocab_size)  # two masks per run
+    parts = model.predict(texts, top_k=3)
+    assert sum(decoded) == 5 + 1 + 3 and max(decoded) == 2 and len(decoded) > 1
+    assert [[[(p["token"], p.get("sequence")) for p in m] for m in r] for r in parts] == [
+        [[(p["token"], p.get("sequence")) for p in m] for m in r] for r in whole
+    ]
+    flat = lambda results: [p["score"] for text in results for m in text for p in m]  # noqa: E731
+    np.testing.assert_allclose(flat(parts), flat(whole), atol=ATOL)
+    assert "sequence" in parts[1][0][0] and "sequence" not in parts[0][0][0]
+
+
 # ── long inputs ─────────────────────────────────────────────────────────────────────────────────
 
 
