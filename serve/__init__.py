@@ -1,8 +1,10 @@
 """`mbedge serve`: an HTTP server (starlette on uvicorn) that batches requests across clients.
 
     app.py       the app: GET routes, auth, dispatch to the POST routes, access log, lifespan
-    routes.py    the POST routes (TEI, the Inference API's bodies, OpenAI, fill-mask / tag / answer) and the
-                 path they share: pick the model, encode and count once, queue, wait
+    routes.py    the POST routes (TEI, the Inference API's bodies, OpenAI, fill-mask / tag / answer), POST /
+                 by the model's task, the table of routes and their fields
+    admission.py the path every model route shares, a request's inputs to its rows: pick the model,
+                 encode and count once, check the limits, queue, await; the server's Settings and State
     requests.py  the body and its fields (422 naming the field), the error shapes
     metrics.py   Prometheus metrics: requests, batches per model and task, queues, process
     batcher.py   one queue per model, the scheduler that forms batches, the model thread

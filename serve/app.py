@@ -1,5 +1,5 @@
-"""The ASGI app of `mbedge serve` (starlette): the routes of routes.py, the GET routes, auth, the
-access log and metrics (metrics.py), the lifespan.
+"""The ASGI app of `mbedge serve` (starlette): the POST routes of routes.py, the GET routes, auth,
+the access log and metrics (metrics.py), the lifespan.
 
 The models are loaded and warmed up before /health says ready; SIGTERM stops accepting, finishes
 what is in flight and exits 0.
@@ -20,22 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from modernbert_edge import __version__
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import TruncationWarning
+from modernbert_edge.serve.admission import Settings, State, pick_model
 from modernbert_edge.serve.batcher import Batcher
 from modernbert_edge.serve.metrics import Metrics
 from modernbert_edge.serve.requests import ApiError, error_response, read_json, unknown
-from modernbert_edge.serve.routes import (
-    ENDPOINTS,
-    ROOTS,
-    Settings,
-    State,
-    model_info,
-    openai_model,
-    pick_model,
-    root,
-    tokenize_rows,
-)
+from modernbert_edge.serve.routes import ENDPOINTS, ROOTS, root, tokenize_rows
 
 log = logging.getLogger("mbedge.serve")
 access_log = logging.getLogger("mbedge.access")
@@ -136,6 +128,36 @@ def answer_get(request: Request, route: str, state: State, metrics: Metrics, cre
         return JSONResponse({"object": "list", "data": [openai_model(n, m, created) for n, m in models.items()]})
     name, model = pick_model(state, request.path_params["name"], "")  # /v1/models/{name}
     return JSONResponse(openai_model(name, model, created))
+
+
+def model_info(name: str, model: object, settings: Settings) -> dict:
+    """One model's entry of GET /info, in TEI's shape, with this server's limits."""
+    info = model.info
+    labels = {"id2label": dict(enumerate(info.id2label))}
+    kind = {"feature-extraction": {"embedding": {"pooling": "+".join(info.sentence.pooling)}}}.get(
+        model.task,
+        {"reranker" if len(info.id2label) == 1 else "classifier": labels} if info.id2label else {model.task: {}},
+    )  # TEI's model types: a one-label classifier is a reranker
+    return {
+        "model_id": name,
+        "model_dir": str(info.folder),
+        "task": model.task,
+        "model_dtype": info.precision,
+        "model_type": kind,
+        "max_input_length": model.max_length,
+        "max_batch_tokens": settings.batch_tokens,
+        "max_client_batch_size": settings.max_client_batch_size,
+        "max_queue_tokens": settings.max_queue_tokens,
+        "max_wait_ms": settings.max_wait_ms,
+        "max_top_k": settings.max_top_k,
+        "max_masks": settings.max_masks,
+        "version": __version__,
+    }
+
+
+def openai_model(name: str, model: object, created: int) -> dict:
+    """An entry of GET /v1/models, in OpenAI's shape."""
+    return {"id": name, "object": "model", "created": created, "owned_by": "mbedge", "task": model.task}
 
 
 async def get_ready(state: State) -> None:

@@ -104,7 +104,8 @@ def serve_cmd(
     try:
         import uvicorn
 
-        from modernbert_edge.serve.app import Settings, create_app
+        from modernbert_edge.serve.admission import Settings
+        from modernbert_edge.serve.app import create_app
         from modernbert_edge.serve.connections import ConnectionLimits, guarded_h11
     except ImportError as e:
         raise UserError(f"mbedge serve needs {e.name}: {EXTRA}.") from None

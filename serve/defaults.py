@@ -1,4 +1,4 @@
-"""The server's limits and their defaults, once: `mbedge serve`'s options and serve.routes.Settings
+"""The server's limits and their defaults, once: `mbedge serve`'s options and serve.admission.Settings
 take them from here. Pure constants, so `mbedge --help` reads them without starlette or numpy.
 The model's own options (threads, engine, max length, batch tokens) are the library's (runtime/options.py)."""
 

@@ -312,8 +312,8 @@ def test_loadtest_against_the_server(server, tmp_path) -> None:
 
 def test_the_server_tokenizes_once(offline, monkeypatch) -> None:
     """What a request was counted by for admission is what runs: the batcher runs the encodings."""
+    from modernbert_edge.serve.admission import admit
     from modernbert_edge.serve.batcher import Batcher, Job
-    from modernbert_edge.serve.routes import admit
 
     model = offline["feature-extraction"]
     texts = TEXTS[:3]
