@@ -79,7 +79,7 @@ def create_app(models: dict, settings: Settings) -> Starlette:
         path = request.url.path
         request.scope["mbedge.route"] = route  # the metrics' route label: the template, not the path
         try:
-            public = path in ("/", "/health", "/ping")
+            public = request.method == "GET" and path in ("/", "/health", "/ping")  # health only; POST / runs a model
             if settings.api_key is not None and not public and not authorized(request, settings.api_key):
                 raise ApiError(401, "this server needs an Authorization: Bearer <api key> header.")
             if request.method == "GET":

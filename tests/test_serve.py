@@ -224,6 +224,17 @@ def test_api_key(folders, tmp_path) -> None:
         ok = s.post("/embed", {"inputs": "a"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and len(ok.json()) == 1
         assert httpx.get(s.url + "/health").status_code == 200
+        # Every route but health needs the key: each POST route (the roots, which run a model, included)
+        # and each GET route that is not health.
+        from modernbert_edge.serve.app import GET_ROUTES
+        from modernbert_edge.serve.routes import ENDPOINTS, ROOTS
+
+        name = folders["feature-extraction"].name
+        for path in [*ENDPOINTS, *ROOTS]:
+            assert s.post(path.replace("{name}", name), {"inputs": "a"}).status_code == 401, path
+        for path in GET_ROUTES:
+            want = 200 if path in ("/", "/health", "/ping") else 401
+            assert httpx.get(s.url + path.replace("{name}", name)).status_code == want, path
     finally:
         assert s.stop() == 0
 
