@@ -21,6 +21,7 @@ import numpy as np
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.errors import InputError, TruncationWarning
 from modernbert_edge.runtime.options import DEFAULT_BATCH_SIZE, Aggregation, Pooling, positive
+from modernbert_edge.runtime.postprocess import pipeline_nesting
 from modernbert_edge.runtime.predictor import Predictor, as_list
 from modernbert_edge.runtime.progress import Progress
 from modernbert_edge.runtime.results import Answer, Entity, FillMaskPrediction, LabelScore, RankedDocument
@@ -164,9 +165,9 @@ class Model(Predictor):
         (each with the filled-in `sequence`); a text with several masks gives one such list per mask
         (without `sequence`). A list of texts gives a list of those, one per text."""
         if isinstance(texts, str):
-            return _one_mask_flat(self.predict([texts], task="fill-mask", **_given(top_k=top_k))[0])
+            return pipeline_nesting(self.predict([texts], task="fill-mask", **_given(top_k=top_k))[0])
         results = self.predict(as_list(texts, "fill_mask"), task="fill-mask", **_given(top_k=top_k))
-        return [_one_mask_flat(r) for r in results]
+        return [pipeline_nesting(r) for r in results]
 
     def classify(self, texts: str | Sequence[str], top_k: int | None = 1) -> list[LabelScore] | list[list[LabelScore]]:
         """Labels with their scores (softmax; sigmoid for multi-label models), as Hugging Face's
@@ -224,11 +225,6 @@ class Model(Predictor):
         if isinstance(texts, str):
             return self.predict([texts], task=task, **_given(**options))[0]
         return self.predict(as_list(texts, TASKS[task].method), task=task, **_given(**options))
-
-
-def _one_mask_flat(per_mask: list) -> list:
-    """A text's fill-mask result as the pipeline nests it: one mask, its predictions; several, a list each."""
-    return per_mask[0] if len(per_mask) == 1 else per_mask
 
 
 def _given(**options: object) -> dict[str, object]:

@@ -133,6 +133,12 @@ def fill_mask(batch: Batch, top_k: int) -> list:
     return results
 
 
+def pipeline_nesting(per_mask: list) -> list:
+    """A text's fill-mask result as Hugging Face's pipeline nests it: one mask, its predictions; several,
+    a list per mask (already nested: unchanged)."""
+    return per_mask[0] if len(per_mask) == 1 and isinstance(per_mask[0], list) else per_mask
+
+
 # ── labels ──────────────────────────────────────────────────────────────────────────────────────
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from modernbert_edge.runtime.postprocess import pipeline_nesting
 from modernbert_edge.runtime.numerics import classification_function
 from modernbert_edge.serve.admission import State, pick_model, run_task
 from modernbert_edge.serve.requests import (
@@ -90,12 +91,6 @@ async def predict(request: Request, state: State, body: dict) -> Response:
         request, state, name, "text-classification", inputs, {"top_k": top_k}, truncation(body), "inputs"
     )
     return JSONResponse(rows[0] if single and not envelope else rows)  # the Inference API: a list per input
-
-
-def pipeline_nesting(predictions: list) -> list:
-    """A fill-mask result as Hugging Face's pipeline nests it: one mask, its predictions; several,
-    a list per mask."""
-    return predictions[0] if len(predictions) == 1 and isinstance(predictions[0], list) else predictions
 
 
 async def fill_mask(request: Request, state: State, body: dict) -> Response:
