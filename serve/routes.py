@@ -20,8 +20,8 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from modernbert_edge.runtime.postprocess import pipeline_nesting
 from modernbert_edge.runtime.numerics import classification_function
+from modernbert_edge.runtime.postprocess import pipeline_nesting
 from modernbert_edge.serve.admission import State, pick_model, run_task
 from modernbert_edge.serve.requests import (
     ApiError,
