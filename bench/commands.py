@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +21,7 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-class Size(str, Enum):
+class Size(StrEnum):
     BASE = "base"
     TINY = "tiny"
 

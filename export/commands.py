@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +11,7 @@ import typer
 from modernbert_edge.errors import UserError
 
 
-class Ops(str, Enum):
+class Ops(StrEnum):
     """export.builder.OPSETS (a test checks they agree; the builder imports onnx)."""
 
     CONTRIB = "contrib"

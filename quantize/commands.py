@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +12,7 @@ from modernbert_edge.cli_options import ENGINE_DEFAULT, EngineOpt, File, plain
 from modernbert_edge.errors import UserError
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """quantize.quantizer.MODES (a test checks they agree; the quantizer imports onnx)."""
 
     INT8 = "int8"

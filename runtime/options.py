@@ -9,12 +9,12 @@ texts from here instead of repeating them.
 from __future__ import annotations
 
 import os
-from enum import Enum
+from enum import Enum, StrEnum
 
 from modernbert_edge.errors import UserError
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     """What runs the graph (runtime/engines.py)."""
 
     AUTO = "auto"
@@ -22,7 +22,7 @@ class Engine(str, Enum):
     OPENVINO = "openvino"
 
 
-class Spinning(str, Enum):
+class Spinning(StrEnum):
     """What idle ONNX Runtime pool threads do (runtime/session.py SPINNING says why "off" is the default)."""
 
     OFF = "off"
@@ -30,14 +30,14 @@ class Spinning(str, Enum):
     ON = "on"
 
 
-class Truncation(str, Enum):
+class Truncation(StrEnum):
     """An input longer than the model reads."""
 
     TRUNCATE = "truncate"
     ERROR = "error"
 
 
-class Pooling(str, Enum):
+class Pooling(StrEnum):
     """Embeddings: how token vectors become one vector (sentence-transformers' names)."""
 
     CLS = "cls"
@@ -48,7 +48,7 @@ class Pooling(str, Enum):
     LASTTOKEN = "lasttoken"
 
 
-class Aggregation(str, Enum):
+class Aggregation(StrEnum):
     """Entities: how tokens become entities (Hugging Face's token-classification pipeline's names)."""
 
     NONE = "none"
@@ -58,7 +58,7 @@ class Aggregation(str, Enum):
     MAX = "max"
 
 
-class InputFormat(str, Enum):
+class InputFormat(StrEnum):
     """`mbedge run --input`: one text per line, JSONL, or auto (JSONL when the first line is an object)."""
 
     AUTO = "auto"
@@ -66,7 +66,7 @@ class InputFormat(str, Enum):
     JSONL = "jsonl"
 
 
-class OnError(str, Enum):
+class OnError(StrEnum):
     """`mbedge run`: a bad input is reported and skipped, or stops the run."""
 
     SKIP = "skip"

@@ -160,7 +160,7 @@ class Batcher:
                 self._wakeup.clear()
                 try:
                     await asyncio.wait_for(self._wakeup.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             batch = self._take()
             if not batch:

@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -21,14 +21,14 @@ from modernbert_edge.serve import defaults
 EXTRA = 'install the serve extra: pip install "modernbert-edge[serve]"'
 
 
-class Route(str, Enum):
+class Route(StrEnum):
     """serve.loadtest.ROUTES (a test checks they agree)."""
 
     EMBED = "embed"
     OPENAI = "openai"
 
 
-class LogLevel(str, Enum):
+class LogLevel(StrEnum):
     DEBUG = "debug"
     INFO = "info"
     WARNING = "warning"

@@ -188,7 +188,7 @@ async def read_json(request: Request, limit: int, timeout: float | None = None) 
 
     try:
         await asyncio.wait_for(receive(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ApiError(
             408, f"the body did not arrive within {timeout:g} s; send it at once.", {"Connection": "close"}
         ) from None

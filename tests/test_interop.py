@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(".venv-interop") / "bin" / "python"
