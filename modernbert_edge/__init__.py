@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from modernbert_edge.runtime.options import Aggregation, Engine, Pooling, Spinning, Truncation
     from modernbert_edge.runtime.results import Answer, Entity, FillMaskPrediction, LabelScore, RankedDocument
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Running from a source checkout without installing (e.g. `python -c` in the repository root
 # puts this folder first on sys.path): let the sibling folders resolve as subpackages too.
