@@ -1,6 +1,6 @@
 """What a model folder holds: manifest.json, config.json and the model file, read and checked
-(`read_folder`), then checked against the graph the model file holds (`check_graph`); `open_folder`
-does both, for this project's folders and for ONNX folders made elsewhere (foreign.py).
+(`read_folder`; a folder made elsewhere: `foreign_info`, from its graph's outputs), then checked
+against the graph the model file holds (`check_graph`).
 
 Written by `mbedge export` (and `mbedge quantize`, which may name another model file: always use
 manifest["model_file"]). Every problem is a ModelFolderError that names the file and what to do.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +18,7 @@ from modernbert_edge.cpu import cpu_info
 from modernbert_edge.errors import UserError
 from modernbert_edge.manifest import MODEL_FILE, read_manifest
 from modernbert_edge.runtime.errors import ModelFolderError
-from modernbert_edge.runtime.foreign import foreign_manifest, is_foreign, pick_file
+from modernbert_edge.runtime.foreign import foreign_manifest
 from modernbert_edge.runtime.sentence import Embedder
 from modernbert_edge.runtime.tasks import FOLDER_TASKS, TASKS
 
@@ -172,25 +171,9 @@ def _activation(config: dict) -> str | None:
     return str(named) if named else None
 
 
-def open_folder(
-    model_dir: str | Path, file: str | None, session: Callable[[ModelInfo | None, Path], Session]
-) -> tuple[ModelInfo, Session]:
-    """A folder's ModelInfo and its model file's Session (session(info, path) opens one; info is None for
-    a folder made elsewhere, whose info comes from the graph), checked together.
-
-    A folder without manifest.json that holds .onnx files is read as one made elsewhere: `file` picks
-    its model file, and the graph's outputs and config.json say what it is (foreign.py)."""
-    folder = Path(model_dir).expanduser()
-    if is_foreign(folder):
-        model_file = pick_file(folder, file)
-        opened = session(None, folder / model_file)
-        info = folder_info(folder, foreign_manifest(folder, model_file, opened.output_shapes))
-    else:
-        if file is not None:
-            raise UserError(f"file= (--file) picks a model file in a folder without manifest.json; {folder} has one.")
-        info = read_folder(folder)
-        opened = session(info, info.model_path)
-    return check_graph(info, opened), opened
+def foreign_info(folder: Path, model_file: str, session: Session) -> ModelInfo:
+    """A folder made elsewhere (no manifest.json), read from its model file's graph and config.json."""
+    return folder_info(folder, foreign_manifest(folder, model_file, session.output_shapes))
 
 
 def check_graph(info: ModelInfo, session: Session) -> ModelInfo:

@@ -1,7 +1,9 @@
 """`load`: a model folder (this project's, or an ONNX folder made elsewhere) opened as a Model.
 
-load(folder) ─ open_folder (manifest or foreign graph, session on the chosen engine, check_graph)
+load(folder) ─ read_folder (manifest, config) ─ open_session (the chosen engine) ─ check_graph
              ─ TextTokenizer (tokenizer.json, limited to the model's positions) ─ Model
+A folder made elsewhere (no manifest.json): pick_file ─ an onnxruntime session ─ foreign_info (the
+graph's outputs, config.json) ─ check_graph ─ the same.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from pathlib import Path
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.engines import AUTO, ONNXRUNTIME, open_session
 from modernbert_edge.runtime.errors import ModelFolderError
-from modernbert_edge.runtime.folder import ModelInfo, open_folder
+from modernbert_edge.runtime.folder import check_graph, foreign_info, read_folder
+from modernbert_edge.runtime.foreign import is_foreign, pick_file
 from modernbert_edge.runtime.model import Model
 from modernbert_edge.runtime.options import (
     DEFAULT_BATCH_ROWS,
@@ -34,7 +37,7 @@ from modernbert_edge.runtime.options import (
     positive,
     spinning_mode,
 )
-from modernbert_edge.runtime.session import OrtSession, Session
+from modernbert_edge.runtime.session import OrtSession
 from modernbert_edge.runtime.tokenize import TextTokenizer
 
 
@@ -76,19 +79,20 @@ def load(
     spinning = spinning_mode(spinning)
     if file is not None:
         file = os.fspath(file)
-    chosen = ONNXRUNTIME
-
-    def open_model(info: ModelInfo | None, path: Path) -> Session:
-        """The model file's session on the chosen engine (info None: a folder made elsewhere)."""
-        nonlocal chosen
-        if info is not None:
-            session, chosen = open_session(info, engine, threads=threads, spinning=spinning)
-            return session
+    folder = Path(model_dir).expanduser()
+    if is_foreign(folder):
+        model_file = pick_file(folder, file)
         if engine not in (AUTO, ONNXRUNTIME):
-            raise UserError(f"engine {engine!r} runs folders exported with --ops portable; {path} was made elsewhere.")
-        return OrtSession(path, threads=threads, spinning=spinning)
-
-    info, session = open_folder(model_dir, file, open_model)
+            where = folder / model_file
+            raise UserError(f"engine {engine!r} runs folders exported with --ops portable; {where} was made elsewhere.")
+        session, chosen = OrtSession(folder / model_file, threads=threads, spinning=spinning), ONNXRUNTIME
+        info = foreign_info(folder, model_file, session)
+    else:
+        if file is not None:
+            raise UserError(f"file= (--file) picks a model file in a folder without manifest.json; {folder} has one.")
+        info = read_folder(folder)
+        session, chosen = open_session(info, engine, threads=threads, spinning=spinning)
+    info = check_graph(info, session)
     limit = min(info.max_position_embeddings, info.sentence.max_seq_length or info.max_position_embeddings)
     if max_length is not None:
         limit = min(limit, max_length)

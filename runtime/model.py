@@ -1,6 +1,6 @@
 """Model: a loaded model folder and its tasks, as plain Python and numpy results.
 
-    load(folder) (loader.py) ─ open_folder ─ TextTokenizer ─ Model(info, session, tokenizer)
+    load(folder) (loader.py): read_folder ─ open_session ─ check_graph ─ TextTokenizer ─ Model(info, session, ...)
     task method (this module) ─ Predictor.predict (predictor.py): encode ─ run_encoded
 
 Each text method takes one text (and returns one result) or a list (and returns a list), nested as
