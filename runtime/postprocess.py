@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Encoding
 
+from modernbert_edge.contract import END_LOGITS, LAST_HIDDEN_STATE, LOGITS, START_LOGITS
 from modernbert_edge.runtime.errors import InputError, MissingMaskError
 from modernbert_edge.runtime.numerics import (
     SCORE_FUNCTIONS,
@@ -63,7 +64,7 @@ def add_prompt(inputs: list, options: dict, info: ModelInfo, tokenizer: TextToke
 
 
 def embed(batch: Batch, pooling: str | None, normalize: bool | None, dim: int | None, prompt_tokens: int) -> list:
-    hidden = batch.outputs["last_hidden_state"]  # (B, S, D)
+    hidden = batch.outputs[LAST_HIDDEN_STATE]  # (B, S, D)
     return list(batch.info.sentence.vectors(hidden, batch.mask, prompt_tokens, pooling, normalize, dim))  # (B, dim)
 
 
@@ -100,10 +101,10 @@ def fill_mask(batch: Batch, top_k: int) -> list:
     tok = batch.tokenizer
     width = batch.ids.shape[1]
     if batch.marked is not None:  # the graph decoded those rows only: (1, M, V)
-        flat, logits = batch.marked, batch.outputs["logits"][0]
+        flat, logits = batch.marked, batch.outputs[LOGITS][0]
     else:  # (B, S, V)
         flat = np.flatnonzero(batch.ids == tok.mask_id)  # (M,) b * S + s, row-major
-        logits = batch.outputs["logits"].reshape(-1, batch.outputs["logits"].shape[-1])[flat]
+        logits = batch.outputs[LOGITS].reshape(-1, batch.outputs[LOGITS].shape[-1])[flat]
     results = []
     for b, enc in enumerate(batch.encodings):
         ids = np.asarray(enc.ids)
@@ -143,7 +144,7 @@ def pipeline_nesting(per_mask: list) -> list:
 
 
 def classify(batch: Batch, top_k: int | None) -> list:
-    logits = batch.outputs["logits"]  # (B, num_labels)
+    logits = batch.outputs[LOGITS]  # (B, num_labels)
     function = classification_function(batch.info.problem_type, logits.shape[-1])
     return [label_scores(row, batch.info.id2label, function, top_k) for row in logits]
 
@@ -164,7 +165,7 @@ def rerank_pairs(x: object) -> list[tuple[object, object]] | InputError:
 def rerank_scores(batch: Batch, top_k: int | None) -> list:
     """Each (query, document) row's score: the cross-encoder's one logit through its activation."""
     function = cross_encoder_function(batch.info.activation, 1)
-    scores = SCORE_FUNCTIONS[function](batch.outputs["logits"][:, :1].astype(np.float32))  # (B, 1)
+    scores = SCORE_FUNCTIONS[function](batch.outputs[LOGITS][:, :1].astype(np.float32))  # (B, 1)
     return [float(s) for s in scores[:, 0]]
 
 
@@ -179,7 +180,7 @@ def tag(batch: Batch, aggregation: str, ignore_labels: Sequence[str]) -> list:
     tok = batch.tokenizer
     results = []
     for b, (enc, text) in enumerate(zip(batch.encodings, batch.inputs, strict=True)):
-        scores = softmax(batch.outputs["logits"][b, : len(enc.ids)].astype(np.float32))  # (S, labels)
+        scores = softmax(batch.outputs[LOGITS][b, : len(enc.ids)].astype(np.float32))  # (S, labels)
         flags = subword_flags(
             text, enc.tokens, enc.offsets, [i == tok.unk_id for i in enc.ids], tok.continuing_subword_prefix
         )
@@ -210,8 +211,8 @@ def answer(batch: Batch, top_k: int, max_answer_len: int, align_to_words: bool) 
         ids = np.asarray(enc.ids)
         cls = np.flatnonzero((ids == cls_id) & np.asarray(enc.special_tokens_mask, dtype=bool))
         spans = best_spans(
-            batch.outputs["start_logits"][b, :n],
-            batch.outputs["end_logits"][b, :n],
+            batch.outputs[START_LOGITS][b, :n],
+            batch.outputs[END_LOGITS][b, :n],
             allowed,
             int(cls[0]) if len(cls) else None,
             top_k,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from modernbert_edge.contract import LAST_HIDDEN_STATE, LOGITS
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime.batching import pad, plan_batches
 from modernbert_edge.runtime.encoded import Encoded, TokenIds
@@ -314,7 +315,7 @@ class Predictor:
             spec = TASKS[self.task] if name is None else find_task(name)
         except KeyError:
             raise UserError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}.") from None
-        hidden = "last_hidden_state" in self._session.output_names
+        hidden = LAST_HIDDEN_STATE in self._session.output_names
         if spec.name == self.task or (spec.name == "feature-extraction" and hidden):
             return spec
         if spec.folder_task == self.task and spec.head_size(self.info) == TASKS[self.task].head_size(self.info):
@@ -355,7 +356,7 @@ class Predictor:
         per_token = sum(
             math.prod(d if isinstance(d, int) else 1 for d in shape[2:])
             for name, shape in self._session.output_shapes.items()
-            if len(shape) >= 2 and not isinstance(shape[1], int) and not (selected and name == "logits")
+            if len(shape) >= 2 and not isinstance(shape[1], int) and not (selected and name == LOGITS)
         )
         return max(1, min(self.batch_tokens, OUTPUT_BYTES // (4 * per_token))) if per_token else self.batch_tokens
 
