@@ -47,8 +47,12 @@ class Encoded:
             if isinstance(size, InputError):
                 out.append(size)
                 continue
-            bad = next((e for e in self.encodings[k : k + size] if isinstance(e, InputError)), None)
-            out.append(type(bad)(bad.reason, i) if bad is not None else None)
+            j, bad = next(
+                ((j, e) for j, e in enumerate(self.encodings[k : k + size]) if isinstance(e, InputError)), (0, None)
+            )
+            out.append(
+                type(bad)(f"{bad.reason.rstrip('.')} ({self.task.row_name} {j}).", i) if bad is not None else None
+            )
             k += size
         return out
 

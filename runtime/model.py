@@ -155,6 +155,8 @@ class Model(Predictor):
     def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None) -> list[RankedDocument]:
         """[{index, score}] of the documents, best first (top_k of them): a one-label cross-encoder's score
         of each (query, document) pair, through its activation (sigmoid unless its config names one)."""
+        if isinstance(documents, (str, bytes, bytearray, dict)) or not isinstance(documents, Iterable):
+            raise InputError(f"of rerank() must be a query and a list of documents (got {type(documents).__name__}).")
         return self.predict([(query, list(documents))], task="rerank", **_given(top_k=top_k))[0]
 
     def fill_mask(

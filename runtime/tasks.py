@@ -41,6 +41,7 @@ class Task:
     # An input that stands for several rows (rerank: one (query, document) pair per document):
     expand: Callable | None = None  # expand(input) -> its rows, or the InputError that says why it has none
     gather: Callable | None = None  # gather(the rows' results, **options) -> the input's result
+    row_name: str = "row"  # what an error calls one of an expanded input's rows
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -106,6 +107,7 @@ TASKS: dict[str, Task] = {
             folder_task="text-classification",
             expand=postprocess.rerank_pairs,
             gather=postprocess.ranking,
+            row_name="document",
         ),
         Task(
             "token-classification",

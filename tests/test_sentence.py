@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from modernbert_edge.cli import app
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.exporter import export
-from modernbert_edge.runtime import load
+from modernbert_edge.runtime import InputError, load
 from modernbert_edge.runtime.numerics import pool
 
 runner = CliRunner()
@@ -134,6 +134,13 @@ def test_rerank_scores_and_run_jsonl(checkpoint_factory, tmp_path) -> None:
     assert "documents" in json.loads(result.stdout.splitlines()[1])["error"]
     plain = runner.invoke(app, ["run", str(tmp_path / "ce"), "--input", "-"], input=lines)  # without --task
     assert plain.exit_code == 2 and "--task rerank" in json.loads(plain.stdout.splitlines()[0])["error"]
+    # Documents that are not a list of texts are one sentence, never a ranking of a string's characters.
+    for documents in ("abc", None, 3, {"a": 1}):
+        with pytest.raises(InputError, match="must be a query and a list of documents"):
+            model.rerank("q", documents)
+    assert len(model.rerank("q", (d for d in docs))) == 3  # any iterable of texts
+    with pytest.raises(InputError, match=r"has an empty document \(document 1\)"):
+        model.rerank("q", ["ok", ""])
 
 
 def test_foreign_folder_loads_as_its_outputs_say(exported_factory, tmp_path) -> None:
