@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modernbert_edge.errors import UserError
+from modernbert_edge.manifest import MANIFEST
 
 if TYPE_CHECKING:
     import onnx
@@ -135,12 +136,27 @@ def _sync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _has_entries(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except OSError:
+        return True  # unreadable: not ours to replace
+
+
 class OutputFolder:
     """A model folder to be written at out_dir; see the module docstring for the guarantees."""
 
     def __init__(
-        self, out_dir: str | Path, overwrite: bool, sources: Iterable[str | Path] = (), need_bytes: int = 0
+        self,
+        out_dir: str | Path,
+        overwrite: bool,
+        sources: Iterable[str | Path] = (),
+        need_bytes: int = 0,
+        marker: str | None = MANIFEST,
     ) -> None:
+        """marker: the file that makes an existing, non-empty OUT_DIR one --overwrite may replace (a model
+        folder's manifest.json), so that a mistyped OUT_DIR never takes a folder of other files with it."""
         self.path = Path(out_dir).expanduser().absolute()
         self.overwrite = overwrite
         self.sources = [Path(s).expanduser().resolve() for s in sources]
@@ -152,6 +168,16 @@ class OutputFolder:
         self.seen = _identity(self.path)  # what --overwrite may replace: the folder there now
         if self.seen is not None and not overwrite:
             raise UserError(f"{self.path} already exists; pass --overwrite to replace it.")
+        if (
+            self.seen is not None
+            and marker is not None
+            and not (self.path / marker).is_file()
+            and _has_entries(self.path)
+        ):
+            raise UserError(
+                f"{self.path} holds files but no {marker}, so it is not a model folder --overwrite may replace; "
+                "remove it yourself or choose another OUT_DIR."
+            )
         self._probe(need_bytes)
 
     def _check_not_a_source(self) -> None:

@@ -95,10 +95,10 @@ def test_overwrite_replaces_only_the_folder_seen_at_the_start(tmp_path, monkeypa
     out = tmp_path / "out"
     out.mkdir()
     write_file(out, "old.txt")
-    OutputFolder(out, overwrite=True).write(write_file)
+    OutputFolder(out, overwrite=True, marker=None).write(write_file)  # mechanics; the marker: below
     assert sorted(p.name for p in out.iterdir()) == ["f"]
 
-    target = OutputFolder(out, overwrite=True)
+    target = OutputFolder(out, overwrite=True, marker=None)
     shutil.rmtree(out)
     out.mkdir()  # replaced by another writer meanwhile
     write_file(out, "other.txt")
@@ -161,9 +161,30 @@ def test_stale_temporaries_of_dead_runs_are_cleaned(tmp_path):
         write_file(p)
     for p in (stale, alive, aside):
         os.utime(p, (old, old))
-    OutputFolder(tmp_path / "out", overwrite=True)
+    OutputFolder(tmp_path / "out", overwrite=True, marker=None)
     assert not stale.exists() and recent.exists() and alive.exists() and not aside.exists()
     assert (tmp_path / "out" / "f").exists()  # moved back: OUT_DIR has its old folder again
+
+
+def test_overwrite_replaces_only_a_model_folder_or_an_empty_one(tmp_path, ckpt, exported_factory):
+    """A mistyped OUT_DIR with --overwrite used to take a folder of the user's files with it."""
+    out = tmp_path / "mydocs"
+    (out / "sub").mkdir(parents=True)
+    write_file(out, "notes.txt", b"important")
+    with pytest.raises(UserError, match="no manifest.json, so it is not a model folder"):
+        OutputFolder(out, overwrite=True)
+    fp32 = exported_factory("feature-extraction")
+    for args in (("export", ckpt, out, "--no-validate"), ("quantize", fp32, out)):
+        assert_user_error(cli(*args, "--overwrite"), "not a model folder")
+    assert (out / "notes.txt").read_bytes() == b"important" and (out / "sub").is_dir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    OutputFolder(empty, overwrite=True).write(write_file)  # an empty folder may be replaced
+    model = tmp_path / "model"
+    model.mkdir()
+    write_file(model, "manifest.json", b"{}")
+    OutputFolder(model, overwrite=True).write(write_file)  # so may a model folder
+    assert sorted(p.name for p in model.iterdir()) == ["f"]
 
 
 @pytest.mark.parametrize("inside", ["same", "inside", "contains"])
