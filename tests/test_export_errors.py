@@ -138,7 +138,11 @@ def test_out_dir_exists_is_kept(ckpt, tmp_path):
     (out / "keep.txt").write_text("mine")
     assert_user_error(run_export(ckpt, out), "already exists", "--overwrite")
     assert (out / "keep.txt").read_text() == "mine"
-    result = runner.invoke(app, ["export", str(ckpt), str(out), "--overwrite", "--no-validate"])
+    overwrite = ["export", str(ckpt), str(out), "--overwrite", "--no-validate"]
+    assert_user_error(runner.invoke(app, overwrite), "not a model folder")  # not a folder mbedge wrote
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "manifest.json").write_text("{}")  # a model folder (an old export's): --overwrite replaces it
+    result = runner.invoke(app, overwrite)
     assert result.exit_code == 0, result.output
     assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
 
