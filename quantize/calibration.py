@@ -85,10 +85,14 @@ class CalibrationSet:
 def read_texts(path: str | Path) -> list[str]:
     """One text per line, or JSONL objects with a "text" field; blank lines are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"calibration file {path} is a folder; give a file of texts (one per line, or JSONL).")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"calibration file {path} could not be read ({e}).") from None
+    except UnicodeDecodeError:
+        raise UserError(f"calibration file {path} is not UTF-8 text; give a file of texts.") from None
+    except OSError as e:
+        raise UserError(f"calibration file {path} could not be read ({e.strerror or e}).") from None
     texts = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -104,8 +108,11 @@ def read_texts(path: str | Path) -> list[str]:
                 texts.append(obj["text"])
                 continue
         texts.append(line)
-    if len(texts) < 2:
-        raise UserError(f"calibration file {path} has {len(texts)} texts; give at least 2 (one per line).")
+    if len(texts) < HELDOUT_EVERY:
+        raise UserError(
+            f"calibration file {path} has {len(texts)} texts; give at least {HELDOUT_EVERY} (one per line): every "
+            f"{HELDOUT_EVERY}th is held out to measure the result."
+        )
     return texts
 
 
@@ -155,7 +162,10 @@ def calibration_set(
     held = [s for i, s in enumerate(seqs) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1]
     calib = [s for i, s in enumerate(seqs) if i % HELDOUT_EVERY != HELDOUT_EVERY - 1]
     if not held or not calib:
-        raise UserError(f"the calibration texts ({source}) give too few non-empty sequences; give at least 2.")
+        raise UserError(
+            f"the calibration texts ({source}) give {len(seqs)} non-empty sequences; give at least {HELDOUT_EVERY}: "
+            f"every {HELDOUT_EVERY}th is held out to measure the result."
+        )
     return CalibrationSet(
         source,
         len(seqs),

@@ -246,13 +246,20 @@ def test_int4_packing_matches_matmulnbits():
 
 
 def test_calibration_file_formats(tmp_path):
-    (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
-    assert read_texts(tmp_path / "a.txt") == ["first line", "second line"]
-    (tmp_path / "b.jsonl").write_text('{"text": "one"}\n{"text": "two"}\n')
-    assert read_texts(tmp_path / "b.jsonl") == ["one", "two"]
+    five = [f"line {i}" for i in range(5)]
+    (tmp_path / "a.txt").write_text("\n\n".join(five) + "\n")
+    assert read_texts(tmp_path / "a.txt") == five
+    (tmp_path / "b.jsonl").write_text("".join(f'{{"text": "{t}"}}\n' for t in five))
+    assert read_texts(tmp_path / "b.jsonl") == five
     (tmp_path / "c.jsonl").write_text('{"label": 1}\n{"text": "two"}\n')
     with pytest.raises(UserError, match="line 1"):
         read_texts(tmp_path / "c.jsonl")
+    # Every fifth text is held out, so four are too few, and the message says why (it said "at least 2").
+    (tmp_path / "d.txt").write_text("\n".join(five[:4]))
+    with pytest.raises(UserError, match="has 4 texts; give at least 5 .*held out"):
+        read_texts(tmp_path / "d.txt")
+    with pytest.raises(UserError, match="is a folder; give a file of texts"):
+        read_texts(tmp_path)
 
 
 def test_cli_quantize_and_compare(exported_factory, tmp_path):
