@@ -31,6 +31,8 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
     if not Path(folder).is_dir():
+        if Path(folder).exists():
+            raise UserError(f"{folder} is a file, not a model folder: give the folder that holds {MANIFEST}.")
         raise UserError(f"model folder {folder} does not exist.")
     if not path.is_file():
         raise UserError(f"{folder} has no {MANIFEST}: is it a folder written by mbedge export?")

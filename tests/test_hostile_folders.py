@@ -123,3 +123,10 @@ def test_a_vocabulary_with_a_shared_id_is_one_sentence(classifier, tmp_path) -> 
     with pytest.raises(UserError, match=f"gives two tokens the id {vocab[b]} ") as raised:
         load(folder)
     assert repr(a) in str(raised.value) and repr(b) in str(raised.value)
+
+
+def test_a_file_given_as_the_folder_is_named_a_file(classifier, tmp_path) -> None:
+    with pytest.raises(UserError, match="is a file, not a model folder"):
+        load(classifier / "config.json")
+    with pytest.raises(UserError, match="does not exist"):
+        load(tmp_path / "nope")
