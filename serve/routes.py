@@ -248,8 +248,18 @@ async def root(request: Request, state: State, body: dict) -> Response:
         raise ApiError(422, f'"model" is {given!r}, but the path names model {named!r}.')
     name, model = pick_model(state, named or given or next(iter(state.models)), "")
     path = root_route(model, body)
-    unknown(body, ENDPOINTS[path].fields)
-    return await ENDPOINTS[path].handler(request, state, {**body, "model": name})
+    try:
+        unknown(body, ENDPOINTS[path].fields)
+        return await ENDPOINTS[path].handler(request, state, {**body, "model": name})
+    except ApiError as e:  # a body for another task's route: say which route the root took, and why
+        if e.status != 422:
+            raise
+        raise ApiError(
+            422,
+            f"{request.url.path} runs model {name!r} ({model.task}) as {path}: {e.message} Another model or "
+            f'task: name it with "model", POST /models/NAME, or the task\'s route.',
+            e.headers,
+        ) from None
 
 
 # ── the table ─────────────────────────────────────────────────────────────────────────────────────

@@ -180,6 +180,9 @@ def test_tei_bodies(server, offline) -> None:
     assert np.array_equal(np.asarray(post("/embed", {"inputs": ids}).json(), np.float32), want[:2])
     r = post("/embed", {"inputs": "a", "normalise": True})
     assert r.status_code == 422 and r.json()["error"].startswith('"normalise" is not a field this route takes')
+    r = post("/", {"inputs": "a", "parameters": {"top_k": 2}})  # a classifier's body at an embedder's root
+    assert r.status_code == 422 and r.json()["error"].startswith("/ runs model 'emb' (feature-extraction) as /embed: ")
+    assert '"parameters" is not a field' in r.json()["error"] and "POST /models/NAME" in r.json()["error"]
     r = post("/models/emb", {"inputs": "a", "model": "cls"})
     assert r.status_code == 422 and "the path names model 'emb'" in r.json()["error"]
     r = post("/embed", {"inputs": "a", "truncation_direction": "left"})
