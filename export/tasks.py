@@ -147,7 +147,8 @@ def build_graph(cfg: ModernBertConfig, w: Weights, task: Task, ops: str = CONTRI
     if task.head_keys and not any(k.startswith(task.head_keys) for k in w.names()):
         raise UserError(
             f"task {task.name} needs a {task.architecture} checkpoint, but the checkpoint has no "
-            f"{' / '.join(task.head_keys)} tensors (config.architectures = {list(cfg.architectures)})."
+            f"{' / '.join(k.rstrip('.') + '*' for k in task.head_keys)} tensors (config.architectures = "
+            f"{list(cfg.architectures)})."
         )
     g = GraphBuilder(OPSETS[ops])
     lay = make_layout(g, cfg, ops)

@@ -231,7 +231,10 @@ def quantize(
         return out_manifest
     model, manifest = load_model(model_dir, file)
     if manifest.get("precision", "fp32") != "fp32":
-        raise UserError(f"{model_dir} holds a {manifest['precision']} model; quantize the fp32 folder it came from.")
+        raise UserError(
+            f"{model_dir} holds a model already quantized ({manifest['precision']}); quantize the fp32 folder it "
+            "came from."
+        )
     task = manifest["task"]
     _check_engine(engine, mode, manifest)
     data = load_data(model_dir, manifest, calibration)

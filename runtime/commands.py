@@ -158,7 +158,10 @@ def run(
     if total == 0:
         raise UserError("no input: the input was empty.")
     if failed:
-        raise UserError(f"{failed} of {total} inputs failed (see above); the others were written.")
+        raise UserError(
+            f"{failed} of {total} inputs failed (see above)"
+            + ("." if failed == total else "; the others were written.")
+        )
 
 
 def info_cmd(
