@@ -66,7 +66,10 @@ def bench_cmd(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option(help="Folders: the task to run on every folder; 'embed' compares embeddings of any folders."),
+        typer.Option(
+            help="Folders: the task to run on every folder; 'embed' on folders whose graph outputs hidden states "
+            "compares their embeddings."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Folders: progress on stderr.")] = False,
     checkpoint: Annotated[
@@ -108,8 +111,11 @@ def bench_cmd(
         str, typer.Option(help="Peer race: comma-separated system@shape pairs not to run, e.g. trace-int8@1x8192.")
     ] = "",
 ) -> None:
-    """Compare model folders on your texts (speed, memory, fidelity); without MODEL_DIR, race PyTorch, plain
-    ONNX export + quantize_dynamic, optimum and this project on a random checkpoint."""
+    """Compare model folders on your texts (speed, memory, fidelity), or race peers on a random checkpoint.
+
+    Without MODEL_DIR, race PyTorch, plain ONNX export + quantize_dynamic, optimum and this project on a
+    random checkpoint (--size, --jobs, --shapes, --systems).
+    """
     given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
     if model_dirs:
         stray = [_flag(n) for n in RACE_OPTIONS if n in given]

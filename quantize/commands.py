@@ -51,9 +51,12 @@ def _gate_engine(engine: str, precision: str, model_dir: Path) -> str:
 
 def quantize_cmd(
     model_dir: Annotated[
-        Path, typer.Argument(help="fp32 model folder written by mbedge export, or an ONNX folder made elsewhere.")
+        Path,
+        typer.Argument(
+            metavar="MODEL_DIR", help="fp32 model folder written by mbedge export, or an ONNX folder made elsewhere."
+        ),
     ],
-    out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Model folder to write.")],
     mode: Annotated[
         Mode, typer.Option(help="int8 (dynamic), int8-static (QDQ; OpenVINO runs it) or int4 (MatMulNBits).")
     ] = Mode.INT8,
@@ -101,8 +104,8 @@ def quantize_cmd(
 
 
 def compare_cmd(
-    model_a: Annotated[Path, typer.Argument(help="Reference model folder (usually fp32).")],
-    model_b: Annotated[Path, typer.Argument(help="Model folder to measure against it.")],
+    model_a: Annotated[Path, typer.Argument(metavar="MODEL_A", help="Reference model folder (usually fp32).")],
+    model_b: Annotated[Path, typer.Argument(metavar="MODEL_B", help="Model folder to measure against it.")],
     calibration: Annotated[Path | None, typer.Option(help="Texts to compare on (default: the built-in set).")] = None,
     engine: EngineOpt = ENGINE_DEFAULT,
 ) -> None:

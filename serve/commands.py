@@ -49,7 +49,9 @@ def parse_models(specs: list[str]) -> dict[str, Path]:
 
 
 def serve_cmd(
-    models: Annotated[list[str], typer.Argument(help="Model folders, each MODEL_DIR or NAME=MODEL_DIR.")],
+    models: Annotated[
+        list[str], typer.Argument(metavar="MODEL_DIR", help="Model folders, each MODEL_DIR or NAME=MODEL_DIR.")
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 8080,
     threads: Threads = None,
@@ -198,7 +200,7 @@ def _raise_open_file_limit(wanted: int) -> None:
 
 
 def loadtest_cmd(
-    url: Annotated[str, typer.Argument(help="The server, on this machine: http://127.0.0.1:PORT")],
+    url: Annotated[str, typer.Argument(metavar="URL", help="The server, on this machine: http://127.0.0.1:PORT")],
     concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of closed-loop clients.")] = "1,8,32",
     requests: Annotated[int, typer.Option(help="Requests per concurrency level (at most).")] = 500,
     seconds: Annotated[float, typer.Option(help="Seconds per concurrency level (at most).")] = 30.0,
