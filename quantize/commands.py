@@ -83,8 +83,7 @@ def quantize_cmd(
     from modernbert_edge.quantize.quantizer import quantize
 
     check_min_cosine(min_cosine)
-    if calibration is not None and not calibration.is_file():
-        raise UserError(f"calibration file {calibration} does not exist.")
+    _check_calibration(calibration)
     manifest = quantize(
         model_dir,
         out_dir,
@@ -103,6 +102,15 @@ def quantize_cmd(
         typer.echo("warning: written with --force although it fails the fidelity gate.", err=True)
 
 
+def _check_calibration(calibration: Path | None) -> None:
+    """--calibration names a file of texts, or one sentence says what it names instead."""
+    if calibration is None or calibration.is_file():
+        return
+    if calibration.is_dir():
+        raise UserError(f"calibration file {calibration} is a folder; give a file of texts.")
+    raise UserError(f"calibration file {calibration} does not exist.")
+
+
 def compare_cmd(
     model_a: Annotated[Path, typer.Argument(metavar="MODEL_A", help="Reference model folder (usually fp32).")],
     model_b: Annotated[Path, typer.Argument(metavar="MODEL_B", help="Model folder to measure against it.")],
@@ -111,6 +119,7 @@ def compare_cmd(
 ) -> None:
     """Print the fidelity report of MODEL_B against MODEL_A (token cosine, head agreement, logits)."""
     _need_onnx()
+    _check_calibration(calibration)
     from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import compare_models, format_report, load_model
 

@@ -162,3 +162,12 @@ def test_info_points_to_the_benchmark_that_exists() -> None:
         assert "README, Benchmark" not in line
     bench = (root / "docs" / "bench.md").read_text()
     assert "2.99×" in bench and "4.43×" in bench  # the 3.0-4.4x of INT8_SPEED's int32 line
+
+
+def test_calibration_that_is_a_folder_is_one_sentence(folders, tmp_path) -> None:
+    folder = str(folders["fill-mask"])
+    for args in (["compare", folder, folder], ["quantize", folder, str(tmp_path / "out")]):
+        result = runner.invoke(app, [*args, "--calibration", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"error: calibration file {tmp_path} is a folder; give a file of texts.\n"
+    assert not (tmp_path / "out").exists()
