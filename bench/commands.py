@@ -66,7 +66,10 @@ def bench_cmd(
     ] = None,
     task: Annotated[
         str | None,
-        typer.Option(help="Folders: the task to run on every folder; 'embed' compares embeddings of any folders."),
+        typer.Option(
+            help="Folders: the task to run on every folder; 'embed' on folders whose graph outputs hidden states "
+            "compares their embeddings."
+        ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Folders: progress on stderr.")] = False,
     checkpoint: Annotated[
@@ -108,8 +111,11 @@ def bench_cmd(
         str, typer.Option(help="Peer race: comma-separated system@shape pairs not to run, e.g. trace-int8@1x8192.")
     ] = "",
 ) -> None:
-    """Compare model folders on your texts (speed, memory, fidelity); without MODEL_DIR, race PyTorch, plain
-    ONNX export + quantize_dynamic, optimum and this project on a random checkpoint."""
+    """Compare model folders on your texts (speed, memory, fidelity), or race peers on a random checkpoint.
+
+    Without MODEL_DIR, race PyTorch, plain ONNX export + quantize_dynamic, optimum and this project on a
+    random checkpoint (--size, --jobs, --shapes, --systems).
+    """
     given = {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
     if model_dirs:
         stray = [_flag(n) for n in RACE_OPTIONS if n in given]
@@ -214,6 +220,8 @@ def folders_cmd(
     sizes = folders.parse_batch_sizes(batch_sizes)
     targets = [folders.target(d) for d in model_dirs]
     ref = folders.target(str(reference)) if reference is not None else None
+    for t, what in [*((t, "MODEL_DIR") for t in targets), *(((ref, "--reference"),) if ref else ())]:
+        _check_folder(t.folder, t.label, what)
     load_start = folders.load_average()
     run_out = folders.run_folders(
         targets, sizes, input_file, repeats, threads, engine, task, ref, _log if progress else lambda _m: None
@@ -236,6 +244,22 @@ def folders_cmd(
         raise UserError(
             f"{len(failed)} of {len(results['folders'])} folders failed ({', '.join(failed)}): see the table."
         )
+
+
+def _check_folder(folder: Path, label: str, what: str) -> None:
+    """A model folder that is missing, not a folder or unreadable is refused before anything runs."""
+    if not folder.exists():
+        problem = "does not exist"
+    elif not folder.is_dir():
+        problem = "is not a folder"
+    elif not os.access(folder, os.R_OK | os.X_OK):
+        problem = "cannot be read"
+    else:
+        return
+    raise UserError(
+        f"{what} {label} {problem}: name a model folder (or an .onnx file in one) written by mbedge export or "
+        "quantize, or made elsewhere."
+    )
 
 
 def run(

@@ -17,6 +17,7 @@ A folder that fails to load or run is a row with its error; the others go on.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modernbert_edge.contract import LAST_HIDDEN_STATE
 from modernbert_edge.errors import UserError
 from modernbert_edge.timing import cosines, interleave, machine
 
@@ -208,6 +210,7 @@ def run_folders(
     inputs: list = []
     source = ""
     chosen: str | None = task
+    graph_outputs: dict[str, dict] = {}  # each loaded folder's graph outputs {name: shape}
 
     for k, batch in enumerate(batch_sizes):
         first = k == 0
@@ -220,10 +223,11 @@ def run_folders(
                 if here[n]["error"]:
                     folders[n]["error"] = here[n]["error"]
                 elif first:
+                    graph_outputs[n] = described.pop("outputs", {})
                     folders[n].update(described, size_mb=round(described["model_bytes"] / 1e6, 2))
             loaded = [n for n in live if folders[n]["error"] is None]
             if first:
-                chosen = _common_task(task, {n: folders[n] for n in loaded})
+                chosen = _common_task(task, {n: folders[n] for n in loaded}, graph_outputs)
                 if chosen is None:  # nothing loaded: every folder's row says why
                     rows += [(n, _finish(here[n], folders[n])) for n in live if n != "reference"]
                     break
@@ -332,20 +336,42 @@ def _short(e: BaseException) -> str:
     return " ".join(str(e).split())[:400]
 
 
-def _common_task(task: str | None, loaded: dict[str, dict]) -> str | None:
-    """The task every folder runs: --task (embed: feature-extraction), else the one task they all hold."""
-    if task is not None:
-        return task
+def _common_task(task: str | None, loaded: dict[str, dict], outputs: dict[str, dict]) -> str | None:
+    """The task every folder runs: --task (embed: feature-extraction), else the one task they all hold.
+    Folders that cannot be compared on it (no hidden states to embed, heads of different sizes) are
+    refused before anything is timed or written."""
     if not loaded:
-        return None
-    tasks = {f["task"] for f in loaded.values()}
-    if len(tasks) > 1:
-        held = ", ".join(f"{f['folder']} {f['task']}" for f in loaded.values())
-        raise UserError(
-            f"the folders hold different tasks ({held}): bench compares folders of one task; "
-            "pass --task embed to compare their embeddings."
-        )
-    return tasks.pop()
+        return task
+    hidden = {n for n in loaded if LAST_HIDDEN_STATE in outputs.get(n, {})}
+    if task is None:
+        tasks = {f["task"] for f in loaded.values()}
+        if len(tasks) > 1:
+            held = ", ".join(f"{f['folder']} {f['task']}" for f in loaded.values())
+            advice = (
+                "pass --task embed to compare their embeddings"
+                if hidden == set(loaded)
+                else "they cannot be compared, since not every graph outputs hidden states to embed"
+            )
+            raise UserError(f"the folders hold different tasks ({held}): bench compares folders of one task; {advice}.")
+        task = tasks.pop()
+    if task == "feature-extraction":
+        missing = [loaded[n]["folder"] for n in loaded if n not in hidden]
+        if missing:
+            raise UserError(
+                f"--task embed needs graphs that output hidden states, and {', '.join(missing)} "
+                f"{'does' if len(missing) == 1 else 'do'} not: bench these folders on their own task."
+            )
+        return task
+    heads = {json.dumps(outputs.get(n), sort_keys=True) for n in loaded}
+    if len(heads) > 1:
+        sizes = ", ".join(f"{loaded[n]['folder']} {_head(outputs.get(n) or {})}" for n in loaded)
+        raise UserError(f"the folders' {task} heads differ in size ({sizes}), so their results cannot be compared.")
+    return task
+
+
+def _head(outputs: dict) -> str:
+    """A graph's outputs as 'logits [batch, 3]'."""
+    return "; ".join(f"{name} [{', '.join(map(str, shape))}]" for name, shape in outputs.items())
 
 
 def _finish(row: dict, folder: dict) -> dict:

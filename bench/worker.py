@@ -224,6 +224,7 @@ class FolderRunner:
             "model_file": d["model_file"],
             "model_bytes": d["model_bytes"],
             "mask_token": None if tok is None else tok.mask_token,
+            "outputs": d["outputs"],  # {name: shape}: hidden states, and the head's size
             "load_rss_mb": peak_rss_mb(),
         }
 

@@ -23,8 +23,10 @@ def _log(msg: str) -> None:
 
 
 def export_cmd(
-    checkpoint: Annotated[str, typer.Argument(help="Hugging Face checkpoint folder (or Hub id, when reachable).")],
-    out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
+    checkpoint: Annotated[
+        str, typer.Argument(metavar="CHECKPOINT", help="Hugging Face checkpoint folder (or Hub id, when reachable).")
+    ],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Model folder to write.")],
     task: Annotated[
         str | None,
         typer.Option(
@@ -54,8 +56,10 @@ def export_cmd(
 
 
 def parity_cmd(
-    checkpoint: Annotated[str, typer.Argument(help="The Hugging Face checkpoint folder the model came from.")],
-    model_dir: Annotated[Path, typer.Argument(help="Model folder written by mbedge export.")],
+    checkpoint: Annotated[
+        str, typer.Argument(metavar="CHECKPOINT", help="The Hugging Face checkpoint folder the model came from.")
+    ],
+    model_dir: Annotated[Path, typer.Argument(metavar="MODEL_DIR", help="Model folder written by mbedge export.")],
     atol: Annotated[float | None, typer.Option(help="Tolerance; default: the task's (1e-4).")] = None,
 ) -> None:
     """Compare an exported model folder with its PyTorch checkpoint on several batches."""

@@ -26,10 +26,14 @@ class OneLineErrors(TyperGroup):
     def main(self, *args: object, standalone_mode: bool = True, **kwargs: object) -> object:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
+        argv = list(kwargs.get("args") or (args[0] if args else None) or sys.argv[1:])
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except UsageError as e:
-            where = e.ctx.command_path if e.ctx is not None else "mbedge"
+            if type(e).__name__ == "NoArgsIsHelpError":  # `mbedge` alone: the help is the answer, not an error
+                typer.echo(e.format_message())
+                sys.exit(0)
+            where = e.ctx.command_path if e.ctx is not None else self._command_path(argv)
             message = e.format_message().replace("Value error, ", "").rstrip(".")  # typer 0.29's prefix
             typer.echo(f"error: {message}; see {where} --help.", err=True)
             sys.exit(2)
@@ -37,6 +41,12 @@ class OneLineErrors(TyperGroup):
             typer.echo("interrupted", err=True)
             sys.exit(130)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _command_path(self, argv: list[str]) -> str:
+        """'mbedge CMD' for the first argument that names a command (click leaves some errors without a
+        context, e.g. an option missing its value), else 'mbedge'."""
+        name = next((a for a in argv if a in self.commands), None)
+        return f"mbedge {name}" if name else "mbedge"
 
 
 app = typer.Typer(

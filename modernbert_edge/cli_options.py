@@ -30,7 +30,9 @@ from modernbert_edge.runtime.options import (
     Truncation,
 )
 
-ModelDir = Annotated[Path, typer.Argument(help="Model folder written by mbedge export or quantize.")]
+ModelDir = Annotated[
+    Path, typer.Argument(metavar="MODEL_DIR", help="Model folder written by mbedge export or quantize.")
+]
 
 # ── loading a model (load()'s keyword arguments) ────────────────────────────────────────────────
 Threads = Annotated[int | None, typer.Option(help=HELP["threads"], show_default=False)]

@@ -68,7 +68,9 @@ def run_demo(
     from modernbert_edge.export.exporter import export
     from modernbert_edge.quantize.quantizer import quantize
     from modernbert_edge.runtime import load
+    from modernbert_edge.runtime.options import check_threads
 
+    check_threads(threads)  # before minutes of export and quantization, not at load()
     t_start = time.perf_counter()
     src = bundled_checkpoint()
     with tempfile.TemporaryDirectory(prefix="mbedge-demo-") as tmp:

@@ -51,9 +51,12 @@ def _gate_engine(engine: str, precision: str, model_dir: Path) -> str:
 
 def quantize_cmd(
     model_dir: Annotated[
-        Path, typer.Argument(help="fp32 model folder written by mbedge export, or an ONNX folder made elsewhere.")
+        Path,
+        typer.Argument(
+            metavar="MODEL_DIR", help="fp32 model folder written by mbedge export, or an ONNX folder made elsewhere."
+        ),
     ],
-    out_dir: Annotated[Path, typer.Argument(help="Model folder to write.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="Model folder to write.")],
     mode: Annotated[
         Mode, typer.Option(help="int8 (dynamic), int8-static (QDQ; OpenVINO runs it) or int4 (MatMulNBits).")
     ] = Mode.INT8,
@@ -80,8 +83,7 @@ def quantize_cmd(
     from modernbert_edge.quantize.quantizer import quantize
 
     check_min_cosine(min_cosine)
-    if calibration is not None and not calibration.is_file():
-        raise UserError(f"calibration file {calibration} does not exist.")
+    _check_calibration(calibration)
     manifest = quantize(
         model_dir,
         out_dir,
@@ -100,14 +102,24 @@ def quantize_cmd(
         typer.echo("warning: written with --force although it fails the fidelity gate.", err=True)
 
 
+def _check_calibration(calibration: Path | None) -> None:
+    """--calibration names a file of texts, or one sentence says what it names instead."""
+    if calibration is None or calibration.is_file():
+        return
+    if calibration.is_dir():
+        raise UserError(f"calibration file {calibration} is a folder; give a file of texts.")
+    raise UserError(f"calibration file {calibration} does not exist.")
+
+
 def compare_cmd(
-    model_a: Annotated[Path, typer.Argument(help="Reference model folder (usually fp32).")],
-    model_b: Annotated[Path, typer.Argument(help="Model folder to measure against it.")],
+    model_a: Annotated[Path, typer.Argument(metavar="MODEL_A", help="Reference model folder (usually fp32).")],
+    model_b: Annotated[Path, typer.Argument(metavar="MODEL_B", help="Model folder to measure against it.")],
     calibration: Annotated[Path | None, typer.Option(help="Texts to compare on (default: the built-in set).")] = None,
     engine: EngineOpt = ENGINE_DEFAULT,
 ) -> None:
     """Print the fidelity report of MODEL_B against MODEL_A (token cosine, head agreement, logits)."""
     _need_onnx()
+    _check_calibration(calibration)
     from modernbert_edge.quantize.calibration import load_data
     from modernbert_edge.quantize.fidelity import compare_models, format_report, load_model
 

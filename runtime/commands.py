@@ -71,7 +71,7 @@ class RunOutput:
 def run_cmd(
     model_dir: ModelDir,
     texts: Annotated[
-        list[str] | None, typer.Argument(help="Texts to run; without them, --input or stdin is read.")
+        list[str] | None, typer.Argument(metavar="TEXT", help="Texts to run; without them, --input or stdin is read.")
     ] = None,
     input_file: Annotated[
         Path | None,

@@ -52,7 +52,8 @@ AUTO_RULE = (
 )
 # What int8 buys in speed over fp32, per kernel class, as measured (base shape, 2 threads, onnxruntime):
 INT8_SPEED = {
-    INT32: "int8 ran 3.3-3.8x PyTorch fp32 eager at 8 x 128 on an AMD EPYC Zen 4 (AVX512-VNNI; README, Benchmark)",
+    INT32: "int8 ran 3.0-4.4x PyTorch fp32 eager at base shape (embeddings and fill-mask, 1 x 128 to 1 x 8192, "
+    "2 threads) on an AMD EPYC Zen 4 (AVX512-VNNI; docs/bench.md)",
     INT16_SATURATING: "int8 ran 1.00-1.14x this project's fp32 on an AMD EPYC with AVX2 only (8 x 128, 1 x 512; "
     "docs/cpu-classes.md): on this CPU class int8 buys a smaller file, not speed",
 }
@@ -84,7 +85,8 @@ def int8_lines(info: ModelInfo) -> list[str]:
     if info.precision == "fp32":
         return []
     cpu = cpu_info()
-    classes = ((info.manifest.get("fidelity") or {}).get("kernel_classes") or {}).get("classes") or {}
+    fidelity = info.manifest.get("fidelity") or {}
+    classes = (fidelity.get("kernel_classes") or {}).get("classes") or {}
     entry = classes.get(cpu.kernel_class) if isinstance(classes, dict) else None
     cosine = entry.get("cosine_worst") if isinstance(entry, dict) else None
     if isinstance(cosine, (int, float)):
@@ -102,6 +104,9 @@ def int8_lines(info: ModelInfo) -> list[str]:
         ]
     else:
         lines = ["the folder records no fidelity per int8 kernel class (made before they were recorded, or elsewhere)"]
+    forced = _forced_gate_line(fidelity)
+    if forced:
+        lines.insert(0, forced)
     speed = info.manifest.get("speed")
     if isinstance(speed, dict) and isinstance(speed.get("speedup"), (int, float)):
         lines.append(
@@ -109,6 +114,21 @@ def int8_lines(info: ModelInfo) -> list[str]:
             f"on {speed.get('cpu', 'an unrecorded CPU')}"
         )
     return [*lines, INT8_SPEED[cpu.kernel_class]]
+
+
+def _forced_gate_line(fidelity: dict) -> str | None:
+    """The warning for a folder that FAILED its fidelity gate and was written anyway (--force), or None."""
+    gate = fidelity.get("gate") if isinstance(fidelity, dict) else None
+    if not isinstance(gate, dict) or gate.get("status") != "forced":
+        return None
+    why = []
+    cosine, least = fidelity.get("cosine_worst"), gate.get("min_cosine")
+    if isinstance(cosine, (int, float)) and isinstance(least, (int, float)) and cosine < least:
+        why.append(f"worst-token cosine {cosine:.5f} < --min-cosine {least}")
+    if gate.get("not_covered"):
+        why.append(f"{', '.join(map(str, gate['not_covered']))} int8 kernels not covered")
+    reason = f" ({'; '.join(why)})" if why else ""
+    return f"WARNING: this folder FAILED its fidelity gate{reason} and was written with --force"
 
 
 class EngineMissingError(UserError):

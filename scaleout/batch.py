@@ -190,6 +190,7 @@ def run_batch(
     """
     import modernbert_edge
 
+    import_ray()  # a missing extra is refused before anything is read or written
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     options = dict(options or {})
     model = modernbert_edge.load(model_dir, threads=1, engine=engine)  # checks the folder and options before Ray

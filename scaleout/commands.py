@@ -30,12 +30,17 @@ def batch_cmd(
     input_path: Annotated[
         str, typer.Argument(metavar="INPUT", help="Parquet, JSONL or CSV: a file, a folder or a glob (quoted).")
     ],
-    output: Annotated[Path, typer.Argument(help="Folder for the Parquet shards (a rerun finishes what is missing).")],
+    output: Annotated[
+        Path, typer.Argument(metavar="OUTPUT", help="Folder for the Parquet shards (a rerun finishes what is missing).")
+    ],
     column: Annotated[str, typer.Option(help="The text column (JSONL: field).")] = "text",
     id_column: Annotated[
         str | None, typer.Option(help="Column copied to the output to identify rows (default: 'id' if present).")
     ] = None,
-    task: Annotated[str | None, typer.Option(help="Check the folder's task (or 'embed' on any folder).")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="Check the folder's task (or 'embed' on a folder whose graph outputs hidden states)."),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Model actors (default: CPUs // threads).")] = None,
     threads: Threads = None,
     oversubscribe: Annotated[

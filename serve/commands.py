@@ -49,7 +49,9 @@ def parse_models(specs: list[str]) -> dict[str, Path]:
 
 
 def serve_cmd(
-    models: Annotated[list[str], typer.Argument(help="Model folders, each MODEL_DIR or NAME=MODEL_DIR.")],
+    models: Annotated[
+        list[str], typer.Argument(metavar="MODEL_DIR", help="Model folders, each MODEL_DIR or NAME=MODEL_DIR.")
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (1-65535).")] = 8080,
     threads: Threads = None,
@@ -111,12 +113,13 @@ def serve_cmd(
         raise UserError(f"mbedge serve needs {e.name}: {EXTRA}.") from None
     import modernbert_edge
 
-    counts = (batch_tokens, max_queue_tokens, max_client_batch_size, max_body_bytes, max_top_k, max_masks,
-              max_connections, 1 if limit_concurrency is None else limit_concurrency, max_header_bytes)  # fmt: skip
-    if min(counts) < 1:
-        raise UserError("--batch-tokens, --max-queue-tokens, --max-client-batch-size, --max-body-bytes, --max-top-k, "
-                        "--max-masks, --max-connections, --limit-concurrency and --max-header-bytes must be at "
-                        "least 1.")  # fmt: skip
+    counts = {"--batch-tokens": batch_tokens, "--max-queue-tokens": max_queue_tokens,
+              "--max-client-batch-size": max_client_batch_size, "--max-body-bytes": max_body_bytes,
+              "--max-top-k": max_top_k, "--max-masks": max_masks, "--max-connections": max_connections,
+              "--limit-concurrency": limit_concurrency, "--max-header-bytes": max_header_bytes}  # fmt: skip
+    for flag, value in counts.items():
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}.")
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be between 1 and 65535, got {port}.")
     if not 0 <= max_wait_ms <= 60000:  # NaN fails too
@@ -154,6 +157,9 @@ def serve_cmd(
     # uvicorn stops gracefully on SIGTERM (no new connections, in-flight requests finish), then raises
     # the signal again: with this handler in place that ends in exit code 0, not a kill.
     signal.signal(signal.SIGTERM, lambda *_: logging.getLogger("mbedge.serve").info("stopped on SIGTERM"))
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    logging.getLogger("mbedge.serve").info("listening on http://%s:%d", shown, bound_port)
     server.run(sockets=[sock])
     if not server.started:
         raise UserError(f"the server could not start on {host}:{port}.")
@@ -194,7 +200,7 @@ def _raise_open_file_limit(wanted: int) -> None:
 
 
 def loadtest_cmd(
-    url: Annotated[str, typer.Argument(help="The server, on this machine: http://127.0.0.1:PORT")],
+    url: Annotated[str, typer.Argument(metavar="URL", help="The server, on this machine: http://127.0.0.1:PORT")],
     concurrency: Annotated[str, typer.Option(help="Comma-separated numbers of closed-loop clients.")] = "1,8,32",
     requests: Annotated[int, typer.Option(help="Requests per concurrency level (at most).")] = 500,
     seconds: Annotated[float, typer.Option(help="Seconds per concurrency level (at most).")] = 30.0,

@@ -142,16 +142,49 @@ def test_reference_outside_the_folders_runs_untimed(three_folders, tmp_path):
 def test_folders_of_different_tasks_are_refused_unless_embed(three_folders, exported_factory, tmp_path):
     fp32, _, _, texts = three_folders
     fill_mask = exported_factory("fill-mask")
+    # a fill-mask graph has no hidden states: no advice to embed it, one sentence, nothing written
     result = _bench(fp32, fill_mask, "--input", texts, "--repeats", 1, "--out", tmp_path / "a")
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "hold different tasks" in result.output and "--task embed" in result.output
-    assert not (tmp_path / "a" / "results.json").exists()
-    # --task embed: embeddings of every folder with hidden states; this fill-mask graph has none (its line says so)
+    assert "hold different tasks" in result.output and "--task embed" not in result.output
+    assert "cannot be compared" in result.output
+    assert not (tmp_path / "a").exists()
     result = _bench(fp32, fill_mask, "--task", "embed", "--input", texts, "--batch-sizes", 2, "--repeats", 1,
                     "--threads", 1, "--out", tmp_path / "b")  # fmt: skip
-    assert result.exit_code == 2
-    rows = {r["folder"]: r for r in json.loads((tmp_path / "b" / "results.json").read_text())["rows"]}
-    assert rows[str(fp32)]["error"] is None and "TaskMismatchError" in rows[str(fill_mask)]["error"]
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--task embed needs graphs that output hidden states, and {fill_mask} does not" in result.output
+    assert not (tmp_path / "b").exists()
+    # graphs that all output hidden states (folders made elsewhere may): the advice to embed them holds
+    loaded = {"#0": {"folder": "a", "task": "feature-extraction"}, "#1": {"folder": "b", "task": "fill-mask"}}
+    hidden = {"last_hidden_state": ["batch", "sequence", 64]}
+    outputs = {"#0": hidden, "#1": {**hidden, "logits": ["batch", "sequence", 100]}}
+    with pytest.raises(folders.UserError, match="pass --task embed to compare their embeddings"):
+        folders._common_task(None, loaded, outputs)
+
+
+def test_missing_folders_are_refused_before_anything_runs(three_folders, tmp_path):
+    fp32, _, _, texts = three_folders
+    nope = tmp_path / "nope"
+    (tmp_path / "file").write_text("x")
+    cases = [
+        ((fp32, nope), f"MODEL_DIR {nope} does not exist"),
+        ((fp32, tmp_path / "file"), f"MODEL_DIR {tmp_path / 'file'} is not a folder"),
+        ((fp32, "--reference", nope), f"--reference {nope} does not exist"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "out"
+        result = _bench(*args, "--input", texts, "--repeats", 1, "--out", out)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert result.output.count("\n") == 1 and "loading" not in result.output
+        assert not out.exists()
+
+
+def test_classifiers_whose_heads_differ_are_refused(exported_factory, tmp_path):
+    three = exported_factory("text-classification", num_labels=3)
+    one = exported_factory("text-classification", num_labels=1)
+    result = _bench(three, one, "--repeats", 1, "--batch-sizes", 1, "--threads", 1, "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "text-classification heads differ in size" in result.output and "label agreement" not in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_options_of_the_other_mode_are_refused(tmp_path):

@@ -131,7 +131,8 @@ def test_failures_are_one_sentence_and_exit_2(blocked_env, tmp_path) -> None:
         (["run", str(tmp_path), "x", "--engine", "gpu"], "'gpu' is not one of"),
         (["serve", str(tmp_path), "--log-level", "loud"], "'loud' is not one of"),
         (["run", str(tmp_path), "x", "--bogus"], "No such option: --bogus; see mbedge run --help."),
-        (["run"], "Missing argument"),
+        (["run"], "Missing argument 'MODEL_DIR'; see mbedge run --help."),
+        (["run", "--threads"], "Option '--threads' requires an argument; see mbedge run --help."),
     ]
     for args, message in cases:
         proc = subprocess.run(
@@ -179,3 +180,21 @@ def test_quantize_engine_auto_is_the_runtime_rule(exported_factory) -> None:
     assert _gate_engine("openvino", "int8", portable) == "openvino"  # given: passed on (the quantizer checks it)
     written = SimpleNamespace(manifest={"ops": "portable"}, precision="int8-static", task="feature-extraction")
     assert _gate_engine("auto", "int8-static", portable) == choose_engine(written, "auto")
+
+
+def test_mbedge_alone_prints_the_help_and_exits_0(blocked_env) -> None:
+    cmd = [sys.executable, "-m", "modernbert_edge.cli"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=blocked_env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "Usage: mbedge" in proc.stdout and "Commands" in proc.stdout
+
+
+def test_usage_lines_name_arguments_in_capitals() -> None:
+    """Arguments read as the docs write them (CHECKPOINT, OUT_DIR, MODEL_DIR, INPUT, OUTPUT), and each
+    command's summary in `mbedge --help` is one line (its docstring's first paragraph)."""
+    for name, command in COMMANDS.items():
+        for param in command.params:
+            if param.param_type_name == "argument":
+                assert param.metavar and param.metavar == param.metavar.upper(), (name, param.name)
+        summary = (command.help or "").split("\n\n")[0]
+        assert "\n" not in summary.strip(), (name, summary)

@@ -80,3 +80,11 @@ def test_demo_exports_quantizes_and_runs_the_bundled_model(tmp_path):
     scores = {p: masked_accuracy(load(tmp_path / f"fill-mask-{p}", threads=1), texts) for p in ("fp32", "int8")}
     assert scores["fp32"] >= 0.15, scores  # a random model scores about 1 / vocabulary
     assert abs(scores["int8"] - scores["fp32"]) <= 0.01, scores
+
+
+def test_demo_checks_threads_before_exporting(tmp_path):
+    """A bad --threads is refused before the exports and quantization (nothing written, no time spent)."""
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--threads", "99999"])
+    assert result.exit_code == 2, result.output
+    assert "threads must be an integer" in result.output
+    assert "[demo]" not in result.output and not (tmp_path / "demo").exists()

@@ -305,3 +305,22 @@ def test_bad_rows_of_every_format_are_error_rows(local_ray, embedder, tmp_path):
     assert "nested too deeply" in errors[("rows.jsonl", 1)] and "could not be read" in errors[("rows.jsonl", 2)]
     assert "not UTF-8" in errors[("rows.csv", 1)]
     assert errors[("rows.jsonl", 0)] is None and errors[("rows.csv", 0)] is None and errors[("rows.csv", 2)] is None
+
+
+def test_batch_without_ray_writes_nothing(corpus, embedder, tmp_path):
+    """Without the ray extra (its import blocked): one sentence naming the extra, exit 2, no OUTPUT folder."""
+    root, _ = corpus
+    block = (
+        "import builtins, sys; real = builtins.__import__\n"
+        "def guard(name, *a, **k):\n"
+        "    if name.split('.')[0] == 'ray': raise ImportError(f'blocked import of {name}', name=name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guard\n"
+        "from modernbert_edge.cli import main; sys.argv[0] = 'mbedge'; main()\n"
+    )
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", block, "batch", str(embedder), str(root / "docs.jsonl"), str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == ['error: this needs Ray Data: pip install "modernbert-edge[ray]".']
+    assert not out.exists()

@@ -133,3 +133,41 @@ def test_embed_task_check_and_info(folders, tmp_path) -> None:
     assert as_json["outputs"] == {"last_hidden_state": ["batch", "sequence", 64]}
     broken = runner.invoke(app, ["info", str(tmp_path)])
     assert broken.exit_code == 2 and "has no manifest.json" in broken.stderr
+
+
+def test_info_says_a_forced_folder_failed_its_gate(folders, tmp_path) -> None:
+    forced = tmp_path / "forced"
+    args = ["quantize", str(folders["fill-mask"]), str(forced), "--min-cosine", "0.9999999", "--force"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert json.loads((forced / "manifest.json").read_text())["fidelity"]["gate"]["status"] == "forced"
+    text = runner.invoke(app, ["info", str(forced)])
+    assert text.exit_code == 0
+    (line,) = [line for line in text.stdout.splitlines() if "FAILED its fidelity gate" in line]
+    assert "< --min-cosine 0.9999999" in line and line.endswith("written with --force"), line
+    as_json = json.loads(runner.invoke(app, ["info", str(forced), "--json"]).stdout)
+    assert any("FAILED its fidelity gate" in line for line in as_json["int8"])
+
+
+def test_info_points_to_the_benchmark_that_exists() -> None:
+    """The int8 speed figures name a document of this repository that holds them."""
+    import pathlib
+    import re
+
+    from modernbert_edge.runtime.engines import INT8_SPEED
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for line in INT8_SPEED.values():
+        for doc in re.findall(r"docs/[\w./-]+\.md", line):
+            assert (root / doc).is_file(), (line, doc)
+        assert "README, Benchmark" not in line
+    bench = (root / "docs" / "bench.md").read_text()
+    assert "2.99×" in bench and "4.43×" in bench  # the 3.0-4.4x of INT8_SPEED's int32 line
+
+
+def test_calibration_that_is_a_folder_is_one_sentence(folders, tmp_path) -> None:
+    folder = str(folders["fill-mask"])
+    for args in (["compare", folder, folder], ["quantize", folder, str(tmp_path / "out")]):
+        result = runner.invoke(app, [*args, "--calibration", str(tmp_path)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr == f"error: calibration file {tmp_path} is a folder; give a file of texts.\n"
+    assert not (tmp_path / "out").exists()

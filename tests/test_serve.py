@@ -336,3 +336,18 @@ def test_the_server_tokenizes_once(offline, monkeypatch) -> None:
     rows = Batcher(model, "emb", 8192, 0.0, 65536)._run([Job("feature-extraction", work, work.options, tokens, None)])
     assert calls == [3] and tokens == sum(work.tokens) == sum(len(e.ids) for e in encode(texts))
     assert np.array_equal(np.stack(rows[0]), want)
+
+
+def test_serve_logs_the_address_it_listens_on(exported_factory, tmp_path) -> None:
+    s = Server(tmp_path, str(exported_factory("feature-extraction")))
+    assert s.stop() == 0
+    log = s.log()
+    assert f"listening on http://127.0.0.1:{s.port}" in log and "ready: " in log, log
+
+
+@pytest.mark.parametrize("flag", ["--batch-tokens", "--max-masks", "--limit-concurrency"])
+def test_serve_names_the_count_that_is_below_1(tmp_path, flag) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "modernbert_edge.cli", "serve", str(tmp_path), flag, "0"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and proc.stderr == f"error: {flag} must be at least 1, got 0.\n", proc.stderr
