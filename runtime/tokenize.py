@@ -4,7 +4,8 @@ Special tokens come from the tokenizer's own post-processor ([CLS] text [SEP], [
 Inputs longer than the model reads follow the caller's policy: "truncate" (with a
 TruncationWarning that says how many tokens were dropped) or "error" (InputTooLongError). For a
 question and its context, only the context is cut. The tokenizer objects are configured once, when
-loaded, and never changed afterwards, so one TextTokenizer can serve several threads.
+made (the truncating clones on first use), and never changed afterwards, so one TextTokenizer can
+serve several threads.
 
 Tokenization is bounded before it happens: a text (or context) longer than `max_chars`
 (CHARS_PER_TOKEN characters per token the model reads) is cut to that many characters before the
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
@@ -71,16 +73,12 @@ class TextTokenizer:
     """Encodes texts and (question, context) pairs to at most max_length tokens."""
 
     def __init__(self, tokenizer: Tokenizer, max_length: int, special_tokens: dict[str, str]) -> None:
+        """`tokenizer` becomes this object's (its truncation and padding are turned off): pass a copy to keep yours."""
         self.max_length = max_length
         self.max_chars = CHARS_PER_TOKEN * max_length  # longer texts are cut to this before tokenization
-        self._plain = Tokenizer.from_str(tokenizer.to_str())
+        self._plain = tokenizer
         self._plain.no_truncation()
         self._plain.no_padding()
-        # Clones that cut to max_length, used only for inputs found too long.
-        self._single = Tokenizer.from_str(self._plain.to_str())
-        self._single.enable_truncation(max_length, strategy="longest_first")
-        self._pair = Tokenizer.from_str(self._plain.to_str())
-        self._pair.enable_truncation(max_length, strategy="only_second")
 
         def token_id(key: str, *fallbacks: str) -> tuple[str | None, int | None]:
             for token in (special_tokens.get(key), *fallbacks):
@@ -93,6 +91,22 @@ class TextTokenizer:
         self.unk_token, self.unk_id = token_id("unk_token", "[UNK]", "<unk>")
         self.continuing_subword_prefix: str | None = getattr(self._plain.model, "continuing_subword_prefix", None)
         self.max_id = max(self._plain.get_vocab(with_added_tokens=True).values(), default=-1)
+
+    # Clones that cut to max_length, used only for inputs found too long: made on first use (each clone
+    # parses the whole tokenizer again, a third of load()'s time on a base-vocabulary model). Two
+    # threads that race here each build an identical clone, and one is kept.
+    @cached_property
+    def _single(self) -> Tokenizer:
+        return self._clone(strategy="longest_first")
+
+    @cached_property
+    def _pair(self) -> Tokenizer:
+        return self._clone(strategy="only_second")
+
+    def _clone(self, strategy: str) -> Tokenizer:
+        clone = Tokenizer.from_str(self._plain.to_str())
+        clone.enable_truncation(self.max_length, strategy=strategy)
+        return clone
 
     @classmethod
     def from_folder(cls, folder: Path, max_length: int, expected: Sequence[str] = ()) -> TextTokenizer | None:

@@ -51,3 +51,30 @@ def exported_factory(tmp_path_factory, checkpoint_factory):
         return cache[key]
 
     return make
+
+
+# tests/test_arm64.py's emulated drivers take about three CPU-minutes. They start with the session's
+# first test and run beside the rest of the suite; the tests that need them run last and wait for them.
+_ARM64_SELECTED = pytest.StashKey[bool]()
+
+
+def pytest_collection_modifyitems(config, items):
+    waiting = [item for item in items if "arm64_drivers" in getattr(item, "fixturenames", ())]
+    items[:] = [item for item in items if item not in waiting] + waiting
+    config.stash[_ARM64_SELECTED] = bool(waiting)
+
+
+@pytest.fixture(scope="session")
+def arm64_drivers(tmp_path_factory):
+    """tests/arm64_jobs.py's Drivers: the background run started; results() waits for it."""
+    import arm64_jobs
+
+    drivers = arm64_jobs.start(tmp_path_factory.mktemp("arm64"))
+    yield drivers
+    drivers.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_arm64_drivers_first(request):
+    if request.config.stash.get(_ARM64_SELECTED, False):
+        request.getfixturevalue("arm64_drivers")
