@@ -106,6 +106,8 @@ def _alive(pid: int) -> bool:
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of what is at path now. A folder deleted and made again can get the old one's inode
+    number back, and is then taken for it (--overwrite replaces it as it would have the old one)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -99,8 +99,10 @@ def test_overwrite_replaces_only_the_folder_seen_at_the_start(tmp_path, monkeypa
     assert sorted(p.name for p in out.iterdir()) == ["f"]
 
     target = OutputFolder(out, overwrite=True, marker=None)
-    shutil.rmtree(out)
-    out.mkdir()  # replaced by another writer meanwhile
+    # Replaced by another writer meanwhile. The old folder is moved aside, not deleted: a deleted folder's
+    # inode number may be given to the new one, and (device, inode) is what identifies the folder seen.
+    out.rename(tmp_path / "moved-aside")
+    out.mkdir()
     write_file(out, "other.txt")
     with pytest.raises(UserError, match="someone else"):
         target.write(lambda tmp: write_file(tmp, "mine.txt"))
