@@ -203,7 +203,12 @@ def tag(batch: Batch, aggregation: str, ignore_labels: Sequence[str]) -> list:
 
 
 def answer(batch: Batch, top_k: int, max_answer_len: int, align_to_words: bool) -> list:
+    """The top_k answers per (question, context), as the Hugging Face pipeline gives them (transformers
+    4.53+): spans whose text is the same (ignoring case; widening to whole words makes many) are one
+    answer, at the first one's offsets, with their scores summed; top_k * 2 + 10 spans are looked at
+    when aligning to words, so that top_k answers remain."""
     cls_id = batch.tokenizer.cls_id if batch.tokenizer.cls_id is not None else batch.info.cls_token_id
+    candidates = top_k * 2 + 10 if align_to_words else top_k
     results = []
     for b, (enc, (_, context)) in enumerate(zip(batch.encodings, batch.inputs, strict=True)):
         n = len(enc.ids)
@@ -215,13 +220,18 @@ def answer(batch: Batch, top_k: int, max_answer_len: int, align_to_words: bool) 
             batch.outputs[END_LOGITS][b, :n],
             allowed,
             int(cls[0]) if len(cls) else None,
-            top_k,
+            candidates,
             max_answer_len,
         )
-        answers = []
+        by_text: dict[str, dict] = {}
         for s, e, score in spans:
             start, end = _char_span(enc, s, e, align_to_words)
-            answers.append({"score": score, "start": start, "end": end, "answer": context[start:end]})
+            text = context[start:end]
+            if text.lower() in by_text:
+                by_text[text.lower()]["score"] += score
+            else:
+                by_text[text.lower()] = {"score": score, "start": start, "end": end, "answer": text}
+        answers = sorted(by_text.values(), key=lambda a: -a["score"])[:top_k]  # stable: ties keep span order
         results.append(answers[0] if top_k == 1 and answers else answers)
     return results
 

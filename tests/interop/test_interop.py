@@ -170,3 +170,33 @@ def test_optimum_loads_our_folders(checkpoint_factory, exported_factory, task) -
             if w.dim() >= 2 and w.shape[:2] == real.shape:  # per token: real tokens only
                 w, g = w[real], g[real]
             np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-4)
+
+
+QA_PAIRS = [
+    ("where does alice work?", "alice works at acme corp in berlin since march of last year."),
+    ("who lives in london?", "bob lives in london. his sister lives in paris, and their parents in new york city."),
+]
+
+
+@pytest.mark.parametrize("align_to_words", [True, False])
+@pytest.mark.parametrize("top_k", [1, 3, 10])
+def test_answer_matches_the_question_answering_pipeline(checkpoint_factory, exported_factory, top_k, align_to_words):
+    """answer() against transformers' pipeline (4.57 here; 5.x has no question-answering pipeline) on the
+    PyTorch model: the same answers in the same order, with the same offsets, spans of one text merged."""
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, pipeline
+
+    ckpt = checkpoint_factory("question-answering")
+    reference = pipeline(
+        "question-answering",
+        model=AutoModelForQuestionAnswering.from_pretrained(str(ckpt)).eval(),
+        tokenizer=AutoTokenizer.from_pretrained(str(ckpt)),
+        device="cpu",
+    )
+    model = mbe.load(exported_factory("question-answering"))
+    for question, context in QA_PAIRS:
+        want = reference(question=question, context=context, top_k=top_k, align_to_words=align_to_words)
+        got = model.answer(question, context, top_k=top_k, align_to_words=align_to_words)
+        want, got = ([want], [got]) if top_k == 1 else (want, got)
+        assert len({a["answer"].lower() for a in got}) == len(got) == top_k  # distinct, and as many as asked
+        assert [(a["answer"], a["start"], a["end"]) for a in got] == [(a["answer"], a["start"], a["end"]) for a in want]
+        np.testing.assert_allclose([a["score"] for a in got], [a["score"] for a in want], rtol=1e-4)
