@@ -93,7 +93,7 @@ class TextTokenizer:
         self.max_id = max(self._plain.get_vocab(with_added_tokens=True).values(), default=-1)
 
     # Clones that cut to max_length, used only for inputs found too long: made on first use (each clone
-    # parses the whole tokenizer again, a third of load()'s time on a base-vocabulary model). Two
+    # parses the whole tokenizer again: a third of load()'s time, scripts/load_time.py). Two
     # threads that race here each build an identical clone, and one is kept.
     @cached_property
     def _single(self) -> Tokenizer:
