@@ -13,7 +13,7 @@ from collections.abc import Callable
 import typer
 from typer.core import TyperGroup
 
-from modernbert_edge.errors import UserError
+from modernbert_edge.errors import OptionError, UserError
 
 # click's UsageError (typer may vendor click, so it is found through typer's BadParameter)
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
@@ -83,8 +83,8 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args: object, **kwargs: object) -> object:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            typer.echo(f"error: {e}", err=True)
+        except UserError as e:  # an option's error names its flag, as the user typed it
+            typer.echo(f"error: {e.as_flags() if isinstance(e, OptionError) else e}", err=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

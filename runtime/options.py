@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from enum import Enum, StrEnum
 
-from modernbert_edge.errors import UserError
+from modernbert_edge.errors import OptionError
 
 
 class Engine(StrEnum):
@@ -129,9 +129,10 @@ def check_threads(threads: object) -> None:
     THREADS_PER_CORE per logical core."""
     most = THREADS_PER_CORE * (os.cpu_count() or 1)
     if threads is not None and not (_is_int(threads) and 0 <= threads <= most):
-        raise UserError(
+        raise OptionError(
             f"threads must be an integer from 0 (one per physical core) to {most} ({THREADS_PER_CORE} per core "
-            f"of this machine's {os.cpu_count() or 1}), got {threads!r}."
+            f"of this machine's {os.cpu_count() or 1}), got {threads!r}.",
+            "threads",
         )
 
 
@@ -139,7 +140,7 @@ def choice(name: str, value: object, choices: tuple[str, ...]) -> str:
     """value (a string or one of the Enums above) as its string; a UserError naming the choices otherwise."""
     text = value.value if isinstance(value, Enum) else value
     if text not in choices:
-        raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}.")
+        raise OptionError(f"{name} must be one of {', '.join(choices)}, got {value!r}.", name)
     return text
 
 
@@ -153,19 +154,19 @@ def spinning_mode(spinning: object) -> str:
 def positive(name: str, value: object) -> None:
     """A UserError unless value is None or a positive integer."""
     if value is not None and not (_is_int(value) and value >= 1):
-        raise UserError(f"{name} must be a positive integer, got {value!r}.")
+        raise OptionError(f"{name} must be a positive integer, got {value!r}.", name)
 
 
 def check_max_padding(max_padding: object) -> None:
     if max_padding is not None and not (
         isinstance(max_padding, (int, float)) and not isinstance(max_padding, bool) and 0.0 <= max_padding <= 1.0
     ):
-        raise UserError(f"max_padding must be between 0 and 1 (or None: any), got {max_padding!r}.")
+        raise OptionError(f"max_padding must be between 0 and 1 (or None: any), got {max_padding!r}.", "max_padding")
 
 
 def check_max_length(max_length: object) -> None:
     if max_length is not None and not (_is_int(max_length) and max_length >= MIN_MAX_LENGTH):
-        raise UserError(f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {max_length!r}.")
+        raise OptionError(f"max_length must be at least {MIN_MAX_LENGTH} tokens, got {max_length!r}.", "max_length")
 
 
 def check_task_option(key: str, value: object) -> object:
@@ -173,11 +174,11 @@ def check_task_option(key: str, value: object) -> object:
     if key in ("top_k", "max_answer_len", "dim"):
         positive(key, value)
     if key in ("normalize", "align_to_words") and not (value is None or isinstance(value, bool)):
-        raise UserError(f"{key} must be True or False, got {value!r}.")
+        raise OptionError(f"{key} must be True or False, got {value!r}.", key)
     if key == "ignore_labels" and not (
         isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value)
     ):
-        raise UserError(f"ignore_labels must be a list of labels, got {value!r}.")
+        raise OptionError(f"ignore_labels must be a list of labels, got {value!r}.", "ignore_labels")
     choices = {"pooling": POOLINGS, "aggregation": AGGREGATIONS}.get(key)
     if choices is not None and value is not None:  # None: as the model says
         return choice(key, value, choices)

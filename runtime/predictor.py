@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from modernbert_edge.contract import LAST_HIDDEN_STATE, LOGITS
-from modernbert_edge.errors import UserError
+from modernbert_edge.errors import OptionError, UserError
 from modernbert_edge.runtime.batching import pad, plan_batches
 from modernbert_edge.runtime.encoded import Encoded, TokenIds
 from modernbert_edge.runtime.engines import engine_line, int8_lines
@@ -171,7 +171,7 @@ class Predictor:
         tokenizer = self._need_tokenizer()
         truncation = self.truncation if truncation is None else truncation
         if truncation not in ("truncate", "error"):
-            raise UserError(f"truncation must be 'truncate' or 'error', got {truncation!r}.")
+            raise OptionError(f"truncation must be 'truncate' or 'error', got {truncation!r}.", "truncation")
         inputs = as_list(inputs, "predict", plain=False)
         if spec.expand is None:
             if spec.prepare is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from modernbert_edge.errors import UserError
+from modernbert_edge.errors import OptionError, UserError
 from modernbert_edge.runtime.errors import ModelFolderError
 from modernbert_edge.runtime.numerics import POOLINGS, l2_normalize, pool, sigmoid
 
@@ -144,7 +144,7 @@ class Embedder:
         dim = dim if dim is not None else self.truncate_dim
         if dim is not None:
             if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= x.shape[-1]:
-                raise UserError(f"dim must be an integer from 1 to {x.shape[-1]}, got {dim!r}.")
+                raise OptionError(f"dim must be an integer from 1 to {x.shape[-1]}, got {dim!r}.", "dim")
             x = x[:, :dim]
         if normalize if normalize is not None else (self.normalize or dim is not None):  # dim= renormalizes
             x = l2_normalize(x)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from modernbert_edge.contract import HEADS
-from modernbert_edge.errors import UserError
+from modernbert_edge.errors import OptionError
 from modernbert_edge.runtime import postprocess
 from modernbert_edge.runtime.options import AGGREGATIONS, DEFAULT_AGGREGATION, POOLINGS, check_task_option
 
@@ -53,8 +53,10 @@ class Task:
         """The task's options: its defaults updated with `given` (None keeps the default), checked."""
         unknown = sorted(set(given) - set(self.options))
         if unknown:
-            raise UserError(
-                f"{self.name} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(self.options))})."
+            raise OptionError(
+                f"{self.name} takes no option {', '.join(unknown)} (it takes {', '.join(sorted(self.options))}).",
+                *unknown,
+                *self.options,
             )
         options = {**self.options, **{k: v for k, v in given.items() if v is not None}}  # None: the default
         return {key: check_task_option(key, value) for key, value in options.items()}

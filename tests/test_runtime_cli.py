@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -103,9 +104,9 @@ def test_run_warns_about_truncation_by_line(folders, tmp_path) -> None:
     ("args", "message"),
     [
         (["--task", "classify", "x"], "holds a fill-mask model"),
-        (["--pooling", "mean", "the [MASK]"], "fill-mask takes no option pooling (it takes top_k)"),
+        (["--pooling", "mean", "the [MASK]"], "fill-mask takes no option --pooling (it takes --top-k)"),
         (["--on-error", "ignore", "the [MASK]"], "'ignore' is not one of 'skip', 'stop'"),
-        (["--top-k", "0", "the [MASK]"], "top_k must be a positive integer"),
+        (["--top-k", "0", "the [MASK]"], "--top-k must be a positive integer"),
         (["--spinning", "fast", "the [MASK]"], "'fast' is not one of 'off', 'brief', 'on'"),
     ],
 )
@@ -113,6 +114,21 @@ def test_run_bad_options(folders, args, message) -> None:
     result = runner.invoke(app, ["run", str(folders["fill-mask"]), *args])
     assert result.exit_code == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1  # one line, no traceback
+
+
+def test_option_errors_name_flags_on_the_cli_and_python_names_elsewhere(folders) -> None:
+    """The library (and the server's JSON) say top_k; the CLI says --top-k, for every option it names, and
+    a pickled error (Ray) keeps them."""
+    from modernbert_edge.errors import OptionError
+
+    model = load(folders["fill-mask"])
+    with pytest.raises(OptionError) as raised:
+        model.predict(["the [MASK]"], task="fill-mask", top_k=2, max_answer_len=3)
+    error = pickle.loads(pickle.dumps(raised.value))
+    assert str(error) == str(raised.value) == "fill-mask takes no option max_answer_len (it takes top_k)."
+    assert error.as_flags() == "fill-mask takes no option --max-answer-len (it takes --top-k)."
+    result = runner.invoke(app, ["run", str(folders["fill-mask"]), "--max-length", "2", "x"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: --max-length must be at least"), result.stderr
 
 
 def test_run_rejects_utf16_and_missing_files(folders, tmp_path) -> None:

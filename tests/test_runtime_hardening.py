@@ -290,7 +290,7 @@ def test_model_run_and_public_methods_refuse_bad_calls(models) -> None:
 def test_threads_are_bounded(folders, threads) -> None:
     result = runner.invoke(app, ["run", str(folders["fill-mask"]), "--threads", threads, "x [MASK]"])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert result.stderr.startswith("error: threads must be an integer from 0 (one per physical core) to ")
+    assert result.stderr.startswith("error: --threads must be an integer from 0 (one per physical core) to ")
     with pytest.raises(UserError, match="threads must be"):
         load(folders["fill-mask"], threads=True)
 
