@@ -205,8 +205,8 @@ def tag(batch: Batch, aggregation: str, ignore_labels: Sequence[str]) -> list:
 def answer(batch: Batch, top_k: int, max_answer_len: int, align_to_words: bool) -> list:
     """The top_k answers per (question, context), as the Hugging Face pipeline gives them (transformers
     4.53+): spans whose text is the same (ignoring case; widening to whole words makes many) are one
-    answer, at the first one's offsets, with their scores summed; top_k * 2 + 10 spans are looked at
-    when aligning to words, so that top_k answers remain."""
+    answer, at the first one's offsets, with their scores summed, among the best top_k * 2 + 10 spans
+    when aligning to words (top_k otherwise): where those repeat a few texts, fewer than top_k remain."""
     cls_id = batch.tokenizer.cls_id if batch.tokenizer.cls_id is not None else batch.info.cls_token_id
     candidates = top_k * 2 + 10 if align_to_words else top_k
     results = []

@@ -73,7 +73,10 @@ def test_the_4kb_answer_request_is_refused_and_costs_nothing(server) -> None:
     _status(server.post("/answer", {**body, "top_k": 1}), 422, '"max_answer_len" must be at most 128')
     _status(server.post("/answer", {**body, "top_k": 100, "max_answer_len": 128}), 413, '"context[0]"')
     cut = server.post("/answer", {**body, "top_k": 100, "max_answer_len": 128, "truncate": True})
-    assert cut.status_code == 200 and len(cut.json()) == 100  # the largest allowed: a bounded result
+    # the largest allowed: a bounded result. 210 spans are looked at (top_k * 2 + 10, as transformers'
+    # pipeline), and the many that repeat a text ("word word") merge, so fewer than 100 answers remain
+    answers = [a["answer"] for a in cut.json()] if cut.status_code == 200 else cut.text
+    assert 50 <= len(answers) <= 100 and len(set(answers)) == len(answers), answers
     assert _rss_mb(server) < 500
 
 
