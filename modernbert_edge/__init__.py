@@ -9,7 +9,7 @@ from __future__ import annotations
 import os as _os
 from typing import TYPE_CHECKING
 
-from modernbert_edge.errors import UserError
+from modernbert_edge.errors import OptionError, UserError
 
 if TYPE_CHECKING:
     from modernbert_edge.runtime.errors import (
@@ -87,6 +87,7 @@ __all__ = [
     "MissingTokenizerError",
     "Model",
     "ModelFolderError",
+    "OptionError",
     "Pooling",
     "RankedDocument",
     "Spinning",

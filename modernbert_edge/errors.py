@@ -7,6 +7,7 @@ keeps its traceback.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 
 class UserError(Exception):
@@ -28,8 +29,15 @@ class OptionError(UserError):
         return type(self), (str(self), *self.options)
 
     def as_flags(self) -> str:
-        """The message with each option's name as its flag (top_k -> --top-k)."""
+        """The message with each option's name as its flag (top_k -> --top-k), for the CLI."""
+        return self.renamed(lambda name: "--" + name.replace("_", "-"))
+
+    def as_fields(self) -> str:
+        """The message with each option's name quoted as a JSON field ("top_k"), for the server."""
+        return self.renamed(lambda name: f'"{name}"')
+
+    def renamed(self, rename: Callable[[str], str]) -> str:
         if not self.options:
             return str(self)
         names = "|".join(re.escape(o) for o in sorted(self.options, key=len, reverse=True))
-        return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: "--" + m[1].replace("_", "-"), str(self))
+        return re.sub(rf"(?<![\w\-\"])({names})(?![\w\-\"])", lambda m: rename(m[1]), str(self))

@@ -144,7 +144,7 @@ def run(
     options = task_options.given()
     spec.with_options(options)  # the task's one check: unknown options and values, before any input is read
     if source.question is not None and not (spec.pair and spec.expand is None):
-        raise UserError(f"--question does not apply to {spec.name}.")
+        raise UserError(f"{spec.name} takes no option --question (question-answering and text pairs do).")
 
     cap = line_cap(CHARS_PER_TOKEN * model.max_length, texts_per_line=2 if spec.pair else 1)
     items, total_known = read_inputs(source.texts, source.file, plain(source.format), spec, source.question, cap)

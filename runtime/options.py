@@ -161,7 +161,9 @@ def check_max_padding(max_padding: object) -> None:
     if max_padding is not None and not (
         isinstance(max_padding, (int, float)) and not isinstance(max_padding, bool) and 0.0 <= max_padding <= 1.0
     ):
-        raise OptionError(f"max_padding must be between 0 and 1 (or None: any), got {max_padding!r}.", "max_padding")
+        raise OptionError(
+            f"max_padding must be a fraction from 0 to 1 (1: any padding), got {max_padding!r}.", "max_padding"
+        )
 
 
 def check_max_length(max_length: object) -> None:

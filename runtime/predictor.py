@@ -314,7 +314,8 @@ class Predictor:
         try:
             spec = TASKS[self.task] if name is None else find_task(name)
         except KeyError:
-            raise UserError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}.") from None
+            names = [n for t in TASKS.values() for n in (t.name, *t.aliases)]
+            raise OptionError(f"task {name!r} is not one of {', '.join(names)}.", "task") from None
         hidden = LAST_HIDDEN_STATE in self._session.output_names
         if spec.name == self.task or (spec.name == "feature-extraction" and hidden):
             return spec

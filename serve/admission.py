@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.requests import Request
 
-from modernbert_edge.errors import UserError
+from modernbert_edge.errors import OptionError, UserError
 from modernbert_edge.runtime import InputError, InputTooLongError
 from modernbert_edge.serve import defaults
 from modernbert_edge.serve.batcher import Batcher, QueueFull
@@ -108,7 +108,7 @@ def admit(
         else:
             encoded = model.encode(inputs, task, truncation, **options)
     except UserError as e:  # an option the task refuses (a prompt the model does not have, ...)
-        raise ApiError(400, str(e)) from None
+        raise refused(e) from None
     rows = encoded if task == "tokenize" else encoded.encodings
     tok = model.tokenizer
     total = 0
@@ -149,7 +149,7 @@ async def run_task(
         try:
             model.resolve_task(task)
         except UserError as e:
-            raise ApiError(400, str(e)) from None
+            raise refused(e) from None
     if model.tokenizer is None and not ids:
         raise ApiError(400, f"model {name!r} has no tokenizer.json, so it cannot take text.")
     work, tokens = await asyncio.to_thread(
@@ -175,7 +175,7 @@ async def run_task(
     try:
         rows = job.future.result()
     except UserError as e:
-        raise ApiError(400, str(e)) from None
+        raise refused(e) from None
     for i, row in enumerate(rows):
         where = field_name[i] if isinstance(field_name, list) else f"{field_name}[{i}]"
         if isinstance(row, InputError):
@@ -201,3 +201,11 @@ def _finite(value: object) -> bool:
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+def refused(e: UserError) -> ApiError:
+    """A UserError from the model as the answer: 422 naming the field for an option's value (as a bad
+    field's type or range is), 400 otherwise (a prompt the model does not have, a task it does not do)."""
+    if isinstance(e, OptionError):
+        return ApiError(422, e.as_fields())
+    return ApiError(400, str(e))

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,7 +24,7 @@ from starlette.routing import Route
 from modernbert_edge import __version__
 from modernbert_edge.errors import UserError
 from modernbert_edge.runtime import TruncationWarning
-from modernbert_edge.serve.admission import Settings, State, pick_model
+from modernbert_edge.serve.admission import Settings, State, pick_model, refused
 from modernbert_edge.serve.batcher import Batcher
 from modernbert_edge.serve.metrics import Metrics
 from modernbert_edge.serve.requests import ApiError, error_response, read_json, unknown
@@ -96,7 +97,8 @@ def create_app(models: dict, settings: Settings) -> Starlette:
         except ApiError as e:
             return error_response(path, e.status, e.message, e.headers)
         except UserError as e:
-            return error_response(path, 400, str(e))
+            refusal = refused(e)
+            return error_response(path, refusal.status, refusal.message, refusal.headers)
 
     def endpoint(route: str) -> Callable[[Request], Awaitable[Response]]:
         async def handle(request: Request) -> Response:
@@ -106,7 +108,7 @@ def create_app(models: dict, settings: Settings) -> Starlette:
 
     routes = [Route(p, endpoint(p), methods=["POST"]) for p in (*ENDPOINTS, *ROOTS)]
     routes += [Route(p, endpoint(p), methods=["GET"]) for p in GET_ROUTES]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: no_such_route})
     app.state.serve = state
     return access_log_and_metrics(app, metrics)
 
@@ -210,3 +212,16 @@ def access_log_and_metrics(app: Starlette, metrics: Metrics) -> Callable:
             )
 
     return timed
+
+
+async def no_such_route(request: Request, exc: HTTPException) -> Response:
+    """404 and 405 (Starlette's routing) in the error shape of every other answer."""
+    path = request.url.path
+    if exc.status_code == 404:
+        message = f"there is no route {path}; POST takes {', '.join(ENDPOINTS)}; GET takes {', '.join(GET_ROUTES)}."
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{path} does not take {request.method}" + (f"; it takes {allowed}." if allowed else ".")
+    else:
+        message = str(exc.detail)
+    return error_response(path, exc.status_code, message, exc.headers)

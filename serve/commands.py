@@ -43,7 +43,7 @@ def parse_models(specs: list[str]) -> dict[str, Path]:
         if not sep or not name or "/" in name:
             name, folder = Path(spec).resolve().name, spec
         if name in models:
-            raise UserError(f"two models are named {name!r}: name them with NAME=DIR.")
+            raise UserError(f"two models are named {name!r}: give them different names with NAME=DIR.")
         models[name] = Path(folder)
     return models
 

@@ -260,7 +260,9 @@ def markdown(results: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_outputs(results: dict, out_dir: Path, name: str = "loadtest") -> list[Path]:
+def write_outputs(
+    results: dict, out_dir: Path, name: str = "loadtest", log: Callable[[str], None] = print
+) -> list[Path]:
     """name.json, name.md and (with matplotlib) name.png in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
@@ -272,6 +274,7 @@ def write_outputs(results: dict, out_dir: Path, name: str = "loadtest") -> list[
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        log("chart skipped: matplotlib is not installed (pip install matplotlib)")
         return files
     levels = results["levels"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))

@@ -14,8 +14,9 @@ import json
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-ERROR_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 408: "Timeout", 413: "Validation",
-               422: "Validation", 429: "Overloaded", 499: "ClientClosed", 500: "Backend", 503: "Unhealthy"}  # fmt: skip
+ERROR_TYPES = {400: "Validation", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 408: "Timeout",
+               413: "Validation", 422: "Validation", 429: "Overloaded", 499: "ClientClosed", 500: "Backend",
+               503: "Unhealthy"}  # fmt: skip
 
 
 class ApiError(Exception):

@@ -46,7 +46,7 @@ def test_load_names_its_options_and_takes_paths(exported_factory) -> None:
         mbe.load(folder, engine="gpu")
     with pytest.raises(mbe.UserError, match="spinning must be one of off, brief, on"):
         mbe.load(folder, spinning="sometimes")
-    with pytest.raises(mbe.UserError, match="max_padding must be between 0 and 1"):
+    with pytest.raises(mbe.UserError, match="max_padding must be a fraction from 0 to 1"):
         mbe.load(folder, max_padding=2)
 
 

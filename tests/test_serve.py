@@ -351,3 +351,19 @@ def test_serve_names_the_count_that_is_below_1(tmp_path, flag) -> None:
         [sys.executable, "-m", "modernbert_edge.cli", "serve", str(tmp_path), flag, "0"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr == f"error: {flag} must be at least 1, got 0.\n", proc.stderr
+
+
+def test_errors_have_one_shape_and_name_the_field(server) -> None:
+    """An option's bad value is a 422 naming its field, however deep it is checked; an unknown route or
+    method gets the JSON error of every other answer (TEI's shape, OpenAI's under /v1/)."""
+    r = server.post("/tag", {"inputs": "alice works", "aggregation": "sum", "model": NAMES["token-classification"]})
+    assert r.status_code == 422 and r.json()["error"].startswith('"aggregation" must be one of none, simple'), r.text
+    r = server.post("/nope", {})
+    assert r.status_code == 404 and r.json()["error_type"] == "NotFound" and "/embed" in r.json()["error"], r.text
+    r = httpx.get(server.url + "/embed", timeout=5)
+    assert r.status_code == 405 and r.json() == {
+        "error": "/embed does not take GET; it takes POST.",
+        "error_type": "MethodNotAllowed",
+    }
+    r = server.post("/v1/nope", {})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error", r.text
