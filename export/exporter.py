@@ -18,16 +18,16 @@ from pathlib import Path
 
 import onnx
 
-from modernbert_edge.contract import INPUTS
+from modernbert_edge.contract import INPUTS, task_of_architecture
 from modernbert_edge.errors import UserError
 from modernbert_edge.export.builder import CONTRIB, OPSETS
-from modernbert_edge.export.config import read_config
+from modernbert_edge.export.config import ModernBertConfig, read_config
 from modernbert_edge.export.prove import prove_folder
 from modernbert_edge.export.sentence import copy_sentence, read_sentence
 from modernbert_edge.export.tasks import build_graph, choose_task
 from modernbert_edge.folders import OutputFolder, package_versions, save_model
 from modernbert_edge.manifest import FORMAT, MODEL_FILE, TOKENIZER_FILES, write_manifest
-from modernbert_edge.safetensors import Weights, find_weight_files
+from modernbert_edge.safetensors import MissingTensorError, Weights, find_weight_files
 
 FUSED_OPS = (
     "MultiHeadAttention",
@@ -129,7 +129,10 @@ def export(
     sentence = read_sentence(src, cfg.hidden_size) if chosen.name == "feature-extraction" else None
     t0 = time.perf_counter()
     weights = Weights(files)
-    model, unused = build_graph(cfg, weights, chosen, ops)
+    try:
+        model, unused = build_graph(cfg, weights, chosen, ops)
+    except MissingTensorError as e:
+        raise _head_mismatch(cfg, chosen.name, e) if task is not None else e from None
     build_s = time.perf_counter() - t0
     log(f"built {chosen.name} graph: {len(model.graph.node)} nodes, {cfg.num_hidden_layers} layers ({build_s:.1f} s)")
 
@@ -185,3 +188,20 @@ def export(
     target.write(fill)
     log(f"wrote {out_dir}")
     return manifest
+
+
+def _head_mismatch(cfg: ModernBertConfig, task: str, missing: MissingTensorError) -> UserError:
+    """--task names a head the checkpoint does not have: say which it has (config.architectures)."""
+    for arch in cfg.architectures:
+        has = task_of_architecture(arch)
+        if has == "feature-extraction":
+            return UserError(
+                f"the checkpoint is a {arch}, an encoder with no {task} head (no tensor {missing.tensor!r}): "
+                "export it without --task (feature-extraction)."
+            )
+        if has is not None and has != task:
+            return UserError(
+                f"the checkpoint is a {arch} ({has}), with no {task} head (no tensor {missing.tensor!r}): drop "
+                f"--task to export it as {has}, or pass --task feature-extraction for its encoder alone."
+            )
+    return missing

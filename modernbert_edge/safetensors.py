@@ -94,6 +94,12 @@ def _check_entries(path: Path, header: dict, data_bytes: int) -> None:
         )
 
 
+class MissingTensorError(UserError):
+    """A tensor the graph needs is not in the checkpoint; `tensor` is its name."""
+
+    tensor: str = ""
+
+
 class Weights:
     """All tensors of a checkpoint, by name, loaded lazily from memory maps."""
 
@@ -116,7 +122,9 @@ class Weights:
     def get(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor `name` as float32, checked against `shape`; marks it used."""
         if name not in self._where:
-            raise UserError(f"the checkpoint has no tensor {name!r} (expected shape {list(shape)}).")
+            error = MissingTensorError(f"the checkpoint has no tensor {name!r} (expected shape {list(shape)}).")
+            error.tensor = name
+            raise error
         path, info, start = self._where[name]
         if tuple(info["shape"]) != tuple(shape):
             raise UserError(

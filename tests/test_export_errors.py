@@ -151,6 +151,10 @@ def test_wrong_task_for_checkpoint(checkpoint_factory, tmp_path):
     ckpt = checkpoint_factory("feature-extraction")
     assert_user_error(run_export(ckpt, tmp_path / "out", "--task", "fill-mask"), "needs a ModernBertForMaskedLM")
     assert_user_error(run_export(ckpt, tmp_path / "out", "--task", "summarize"), "unknown task")
+    masked_lm = checkpoint_factory("fill-mask")  # a head, but not the one --task names: which one it is
+    result = run_export(masked_lm, tmp_path / "out", "--task", "question-answering")
+    assert_user_error(result, "is a ModernBertForMaskedLM (fill-mask), with no question-answering head", "drop --task")
+    assert not (tmp_path / "out").exists()
 
 
 def test_unsupported_architecture(ckpt, tmp_path):
