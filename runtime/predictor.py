@@ -327,9 +327,10 @@ class Predictor:
                 f"{TASKS[self.task].head_size(self.info)}, so it cannot {spec.method}: {spec.name} runs on "
                 f"{spec.folder_task} models whose head has size {spec.head_size(self.info)}."
             )
+        own = TASKS[self.task]  # the task first, then the method that runs it: CLI, server and library users
         raise TaskMismatchError(
-            f"{self.info.folder} holds a {self.task} model, so {spec.method}() ({spec.name}) does not apply: "
-            f"use {TASKS[self.task].method}(), or export the checkpoint with --task {spec.name}."
+            f"{self.info.folder} holds a {self.task} model: it does {self.task} ({own.method}()), not "
+            f"{spec.name} ({spec.method}()); for that, export the checkpoint with --task {spec.name}."
         )
 
     def _need_tokenizer(self) -> TextTokenizer:
