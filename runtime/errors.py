@@ -44,7 +44,13 @@ class MissingMaskError(InputError):
 
 
 class InputTooLongError(InputError):
-    """An input longer than the model reads, with truncation='error' (or a question that alone fills it)."""
+    """An input longer than the model reads, with truncation='error' (or a question that alone fills it).
+    `what` is the reason without its remedy, `remedy` what would make it fit (None: nothing would), so
+    that a front end can name its own way to truncate."""
+
+    def __init__(self, what: str, index: int | None = None, remedy: str | None = None) -> None:
+        self.what, self.remedy = what.rstrip("."), remedy
+        super().__init__(f"{self.what} ({remedy})." if remedy else f"{self.what}.", index)
 
 
 class TruncationWarning(UserWarning):

@@ -216,7 +216,11 @@ class Predictor:
                 )
             elif len(row) > self.max_length and truncation == "error":
                 encodings.append(
-                    InputTooLongError(f"has {len(row)} tokens, more than the {self.max_length} this model reads.", i)
+                    InputTooLongError(
+                        f"has {len(row)} tokens, more than the {self.max_length} this model reads",
+                        i,
+                        "shorten it, or let it be truncated",
+                    )
                 )
             else:
                 encodings.append(TokenIds(row[: self.max_length]))

@@ -144,7 +144,7 @@ class TextTokenizer:
             if n <= self.max_length and not cut_chars:
                 out[i] = enc
             elif truncation == "error":
-                out[i] = InputTooLongError(f"{self._too_long(n, cut_chars)} (shorten it, or let it be truncated).", i)
+                out[i] = InputTooLongError(self._too_long(n, cut_chars), i, "shorten it, or let it be truncated")
             else:
                 cut = _guarded(lambda i=i: self._single.encode(bounded[i]), i)
                 if not isinstance(cut, InputError):
@@ -187,14 +187,14 @@ class TextTokenizer:
             if room <= 0:
                 out[i] = InputTooLongError(
                     f"has a {first} of {question_tokens} tokens, which leaves no room for the {second} "
-                    f"within the {self.max_length} tokens this model reads.",
+                    f"within the {self.max_length} tokens this model reads",
                     i,
                 )
             elif truncation == "error":
                 out[i] = InputTooLongError(
-                    f"{self._too_long(n, cut_chars, f'{first} and {second}')} (shorten the {second}, or let it "
-                    "be truncated).",
+                    self._too_long(n, cut_chars, f"{first} and {second}"),
                     i,
+                    f"shorten the {second}, or let it be truncated",
                 )
             else:
                 cut = _guarded(lambda i=i: self._pair.encode(*bounded[i]), i)

@@ -115,8 +115,8 @@ def admit(
     for i, e in enumerate(rows):
         where = field_name[i] if isinstance(field_name, list) else f"{field_name}[{i}]"
         if isinstance(e, InputTooLongError):
-            hint = "" if truncate or "leaves no room" in e.reason else ' Send "truncate": true to cut it.'
-            raise ApiError(413, f'"{where}" {e.reason}{hint}')
+            hint = f' ({e.remedy.split(", or")[0]}, or send "truncate": true).' if e.remedy and not truncate else "."
+            raise ApiError(413, f'"{where}" {e.what}{hint}')
         if isinstance(e, InputError):  # token ids that are not this model's: the request's fault as sent
             raise ApiError(422 if ids else 400, f'"{where}" {e.reason}')
         total += len(e.ids)

@@ -199,6 +199,7 @@ def test_bad_requests(server, offline) -> None:
     check("/embed", {"inputs": ["a " * 12000]}, 413, "more than the 20000")
     long = " ".join(TEXTS) * 2
     check("/embed", {"inputs": ["a", long]}, 413, '"inputs[1]" has')
+    check("/embed", {"inputs": ["a", long]}, 413, 'this model reads (shorten it, or send "truncate": true).')
     cut = server.post("/embed", {"inputs": ["a", long], "truncate": True}).json()
     assert np.array_equal(np.asarray(cut, np.float32), offline["feature-extraction"].embed(["a", long]))
     check("/fill_mask", {"inputs": ["a [MASK]", "no mask here"]}, 400, '"inputs[1]" has no [MASK]')
