@@ -171,6 +171,11 @@ def main() -> None:
     parser.add_argument("--outlier-scale", type=float, default=30.0, help="how much larger than the rest")
     parser.add_argument("--outlier-ln-gain", type=float, default=10.0, help="extra scale in the layers' LayerNorms")
     args = parser.parse_args()
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        parser.exit(2, "error: this needs torch and transformers: pip install 'modernbert-edge[dev]'.\n")
     make_checkpoint(
         args.out_dir,
         args.task,
