@@ -30,6 +30,9 @@ class InputError(UserError):
         self.index = index
         super().__init__(f"input {index} {reason}" if index is not None else f"the input {reason}")
 
+    def __reduce__(self) -> tuple:  # pickles (Ray) as it was made, not from its message
+        return type(self), (self.reason, self.index)
+
     def named(self, label: str) -> str:
         """The message with the input called `label` (e.g. 'line 3 of texts.txt')."""
         return f"{label} {self.reason}"
@@ -51,6 +54,9 @@ class InputTooLongError(InputError):
     def __init__(self, what: str, index: int | None = None, remedy: str | None = None) -> None:
         self.what, self.remedy = what.rstrip("."), remedy
         super().__init__(f"{self.what} ({remedy})." if remedy else f"{self.what}.", index)
+
+    def __reduce__(self) -> tuple:
+        return type(self), (self.what, self.index, self.remedy)
 
 
 class TruncationWarning(UserWarning):

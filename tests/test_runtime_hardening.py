@@ -418,3 +418,22 @@ def test_any_jsonl_lines_give_one_json_line_each(folders, lines, task) -> None:
     if rows or result.exit_code == 0:
         assert [r["index"] for r in rows] == list(range(len(rows)))
     assert "Traceback" not in result.stderr
+
+
+def test_errors_pickle_as_they_were_made() -> None:
+    """Errors cross process boundaries (Ray workers): each comes back with the same message and fields."""
+    import pickle
+
+    from modernbert_edge.errors import OptionError
+    from modernbert_edge.runtime.errors import EmptyInputError, InputError, InputTooLongError
+
+    errors = [
+        InputError("is not a string", 2),
+        EmptyInputError("is empty", 0),
+        InputTooLongError("has 9 tokens, more than the 8 this model reads", 3, "shorten it, or let it be truncated"),
+        InputTooLongError("has a question of 9 tokens, which leaves no room", None),
+        OptionError("top_k must be a positive integer, got 0.", "top_k"),
+    ]
+    for error in errors:
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error) and str(back) == str(error) and vars(back) == vars(error), error
