@@ -48,15 +48,16 @@ class MissingMaskError(InputError):
 
 class InputTooLongError(InputError):
     """An input longer than the model reads, with truncation='error' (or a question that alone fills it).
-    `what` is the reason without its remedy, `remedy` what would make it fit (None: nothing would), so
-    that a front end can name its own way to truncate."""
+    `what` is the reason without its remedy; `shorten` what to shorten ("it", "the context"; None: a
+    question that alone fills the model), so that a front end can add its own way to truncate."""
 
-    def __init__(self, what: str, index: int | None = None, remedy: str | None = None) -> None:
-        self.what, self.remedy = what.rstrip("."), remedy
-        super().__init__(f"{self.what} ({remedy})." if remedy else f"{self.what}.", index)
+    def __init__(self, what: str, index: int | None = None, shorten: str | None = None) -> None:
+        self.what, self.shorten = what.rstrip("."), shorten
+        remedy = f" (shorten {shorten}, or let it be truncated)" if shorten else ""
+        super().__init__(f"{self.what}{remedy}.", index)
 
     def __reduce__(self) -> tuple:
-        return type(self), (self.what, self.index, self.remedy)
+        return type(self), (self.what, self.index, self.shorten)
 
 
 class TruncationWarning(UserWarning):

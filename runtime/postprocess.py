@@ -227,8 +227,8 @@ def answer(batch: Batch, top_k: int, max_answer_len: int, align_to_words: bool) 
         for s, e, score in spans:
             start, end = _char_span(enc, s, e, align_to_words)
             text = context[start:end]
-            if text.lower() in by_text:
-                by_text[text.lower()]["score"] += score
+            if (same := by_text.get(text.lower())) is not None:
+                same["score"] += score
             else:
                 by_text[text.lower()] = {"score": score, "start": start, "end": end, "answer": text}
         answers = sorted(by_text.values(), key=lambda a: -a["score"])[:top_k]  # stable: ties keep span order

@@ -219,7 +219,7 @@ class Predictor:
                     InputTooLongError(
                         f"has {len(row)} tokens, more than the {self.max_length} this model reads",
                         i,
-                        "shorten it, or let it be truncated",
+                        "it",
                     )
                 )
             else:

@@ -144,7 +144,7 @@ class TextTokenizer:
             if n <= self.max_length and not cut_chars:
                 out[i] = enc
             elif truncation == "error":
-                out[i] = InputTooLongError(self._too_long(n, cut_chars), i, "shorten it, or let it be truncated")
+                out[i] = InputTooLongError(self._too_long(n, cut_chars), i, "it")
             else:
                 cut = _guarded(lambda i=i: self._single.encode(bounded[i]), i)
                 if not isinstance(cut, InputError):
@@ -194,7 +194,7 @@ class TextTokenizer:
                 out[i] = InputTooLongError(
                     self._too_long(n, cut_chars, f"{first} and {second}"),
                     i,
-                    f"shorten the {second}, or let it be truncated",
+                    f"the {second}",
                 )
             else:
                 cut = _guarded(lambda i=i: self._pair.encode(*bounded[i]), i)

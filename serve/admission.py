@@ -115,7 +115,7 @@ def admit(
     for i, e in enumerate(rows):
         where = field_name[i] if isinstance(field_name, list) else f"{field_name}[{i}]"
         if isinstance(e, InputTooLongError):
-            hint = f' ({e.remedy.split(", or")[0]}, or send "truncate": true).' if e.remedy and not truncate else "."
+            hint = f' (shorten {e.shorten}, or send "truncate": true).' if e.shorten and not truncate else "."
             raise ApiError(413, f'"{where}" {e.what}{hint}')
         if isinstance(e, InputError):  # token ids that are not this model's: the request's fault as sent
             raise ApiError(422 if ids else 400, f'"{where}" {e.reason}')

@@ -430,7 +430,7 @@ def test_errors_pickle_as_they_were_made() -> None:
     errors = [
         InputError("is not a string", 2),
         EmptyInputError("is empty", 0),
-        InputTooLongError("has 9 tokens, more than the 8 this model reads", 3, "shorten it, or let it be truncated"),
+        InputTooLongError("has 9 tokens, more than the 8 this model reads", 3, "it"),
         InputTooLongError("has a question of 9 tokens, which leaves no room", None),
         OptionError("top_k must be a positive integer, got 0.", "top_k"),
     ]
